@@ -1,0 +1,1520 @@
+// rdma_cm core: see cm.hpp for the model.
+//
+// Objects:
+//   Channel - an rdma_event_channel: a FIFO of events plus a pipe whose read end is the
+//             channel fd. The pipe holds one byte exactly while the FIFO is non-empty (both
+//             changed under Channel::mu), so poll() on the fd is truthful and a non-blocking
+//             fd makes rdma_get_cm_event fail with EAGAIN.
+//   Id      - an rdma_cm_id (first member) plus what application threads touch: the channel,
+//             delivered/acked event counts (rdma_destroy_id waits for the acks of delivered
+//             events, like librdmacm), rdma_create_ep state.
+//   Core    - the connection state of one id, owned by the progress thread (every access is
+//             on it). Asynchronous handlers hold a shared_ptr<Core>; Core::owner becomes null
+//             when the id is destroyed, and handlers then do nothing.
+//   Event   - an rdma_cm_event (first member) with storage for its private data. Events are
+//             accounted to their owner id: the id itself, or the listening id for a
+//             CONNECT_REQUEST (as in librdmacm).
+#include "provider/cm/cm.hpp"
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/ip.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <vector>
+
+#include "provider/core/backend.hpp"
+#include "provider/core/log.hpp"
+#include "provider/core/objects.hpp"
+#include "transport/llp.hpp"
+#include "transport/mpa_cm.hpp"
+#include "transport/progress.hpp"
+
+namespace eca::cm {
+namespace {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+namespace mpa = eca::wire::mpa;
+using transport::LlpConnection;
+using transport::MpaOutcome;
+using transport::MpaParams;
+using transport::MpaSession;
+using transport::MpaStatus;
+using transport::Progress;
+
+struct Id;
+struct Core;
+
+struct Event {
+  rdma_cm_event ev{};  // first
+  Id *owner = nullptr;
+  Id *child = nullptr;  // CONNECT_REQUEST: the new id (destroyed with the event if undelivered)
+  uint8_t pdata[mpa::kMaxPrivateData]{};
+};
+
+struct Channel {
+  rdma_event_channel ch{};  // first; ch.fd = read end of the pipe
+  int wfd = -1;
+  std::mutex mu;
+  std::deque<Event *> q;
+};
+
+enum class St : uint8_t {
+  Idle,
+  Bound,
+  AddrResolved,
+  RouteResolved,
+  Connecting,    // TCP connect + MPA request/reply
+  ConnResponse,  // active, MPA done, no QP yet: waiting for rdma_establish
+  Listen,
+  ConnReq,       // passive, MPA request received, waiting for accept/reject
+  Accepting,     // passive, reply being written
+  Established,
+  Disconnecting,
+  Disconnected,
+  Failed,        // connection attempt over (rejected, error); only destroy is useful
+};
+
+const char *st_name(St s) {
+  static const char *const n[] = {"idle",        "bound",        "addr-resolved", "route-resolved",
+                                  "connecting",  "conn-response", "listen",       "conn-request",
+                                  "accepting",   "established",  "disconnecting", "disconnected",
+                                  "failed"};
+  return n[static_cast<int>(s)];
+}
+
+struct Core : std::enable_shared_from_this<Core> {
+  Id *owner = nullptr;  // null once the id is destroyed
+  St st = St::Idle;
+  int bfd = -1;  // bound (port-reserving) TCP socket, until it connects or listens
+  std::optional<tcp::socket> sock;  // connecting socket
+  std::unique_ptr<tcp::acceptor> acceptor;
+  std::unique_ptr<asio::steady_timer> timer;
+  bool timed_out = false;
+  std::shared_ptr<MpaSession> mpa;
+  std::set<std::shared_ptr<MpaSession>> inflight;  // listener: handshakes before an id exists
+  std::optional<LlpConnection> llp;                // ConnResponse: stream awaiting a QP
+  Qp *qp = nullptr;          // the QP the connection is for (application-owned)
+  Context *qp_ctx = nullptr;  // ... and how to find it again (liveness check, see qp_alive)
+  uint32_t qp_qpn = 0;
+  uint32_t qp_num = 0;  // conn_param->qp_num given to rdma_connect
+  uint16_t ird = 0, ord = 0;  // negotiated
+  uint16_t def_ird = kMaxIrdOrd, def_ord = kMaxIrdOrd;  // passive defaults (from the request)
+  bool disc_delivered = false;
+  int tos = -1;
+  bool reuseaddr = false;
+  bool afonly = false;
+  bool reserved = false;
+  in_addr_t resv_addr = 0;
+  uint16_t resv_port = 0;
+};
+
+struct Id {
+  rdma_cm_id id{};  // first
+  Channel *chan = nullptr;
+  bool sync = false;
+  std::mutex mu;
+  std::condition_variable cv;
+  uint64_t delivered = 0, acked = 0;
+  std::shared_ptr<Core> core;
+  std::optional<ibv_qp_init_attr> ep_attr;
+  std::vector<uint8_t> connect_data;
+  static Id *from(rdma_cm_id *i) { return reinterpret_cast<Id *>(i); }
+};
+
+Channel *chan_of(rdma_event_channel *c) { return reinterpret_cast<Channel *>(c); }
+
+// Runs f on the progress thread and returns its result; exceptions become EIO.
+template <typename F>
+int run(F &&f) {
+  int r = 0;
+  Progress::instance().run_sync([&] {
+    try {
+      r = f();
+    } catch (const std::exception &e) {
+      ECA_LOG(Error, "rdma_cm: unexpected exception: %s", e.what());
+      r = EIO;
+    } catch (...) {
+      r = EIO;
+    }
+  });
+  return r;
+}
+
+asio::io_context &io() { return Progress::instance().io(); }
+
+// ---------------------------------------------------------------------------------------------
+// Devices and their CM contexts
+
+struct DevEntry {
+  Device *dev = nullptr;
+  Context *ctx = nullptr;
+  ibv_pd *pd = nullptr;
+};
+
+std::mutex g_dev_mu;
+std::vector<std::unique_ptr<DevEntry>> g_devs;
+ibv_pd *(*g_pd_alloc)(ibv_context *) = nullptr;
+
+DevEntry *dev_entry(Device *d) {
+  if (!d) return nullptr;
+  std::lock_guard g(g_dev_mu);
+  DevEntry *e = nullptr;
+  for (auto &p : g_devs)
+    if (p->dev == d) e = p.get();
+  if (!e) {
+    Context *ctx = nullptr;
+    int r = context_open(d, &ctx);
+    if (r || !ctx) {
+      ECA_LOG(Error, "rdma_cm: cannot open device %s: %s", d->ifname.c_str(), strerror(r));
+      return nullptr;
+    }
+    g_devs.push_back(std::make_unique<DevEntry>());
+    e = g_devs.back().get();
+    e->dev = d;
+    e->ctx = ctx;
+  }
+  if (!e->pd && g_pd_alloc) e->pd = g_pd_alloc(e->ctx->ibv());
+  return e;
+}
+
+void set_device(Id *id, DevEntry *e) {
+  if (!e || id->id.verbs) return;
+  id->id.verbs = e->ctx->ibv();
+  id->id.port_num = 1;
+  if (!id->id.pd) id->id.pd = e->pd;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Addresses
+
+int to_sin(const sockaddr *a, sockaddr_in *out) {
+  if (!a) return EINVAL;
+  std::memset(out, 0, sizeof *out);
+  out->sin_family = AF_INET;
+  if (a->sa_family == AF_INET) {
+    std::memcpy(out, a, sizeof *out);
+    return 0;
+  }
+  if (a->sa_family == AF_INET6) {
+    sockaddr_in6 s6;
+    std::memcpy(&s6, a, sizeof s6);
+    out->sin_port = s6.sin6_port;
+    if (IN6_IS_ADDR_V4MAPPED(&s6.sin6_addr)) {
+      std::memcpy(&out->sin_addr, &s6.sin6_addr.s6_addr[12], 4);
+      return 0;
+    }
+    if (IN6_IS_ADDR_UNSPECIFIED(&s6.sin6_addr)) return 0;  // :: listens on IPv4 any
+    return EAFNOSUPPORT;
+  }
+  return EINVAL;
+}
+
+tcp::endpoint to_ep(const sockaddr_in &s) {
+  return {asio::ip::address_v4(ntohl(s.sin_addr.s_addr)), ntohs(s.sin_port)};
+}
+
+sockaddr_in from_ep(const tcp::endpoint &e) {
+  sockaddr_in s{};
+  s.sin_family = AF_INET;
+  if (e.address().is_v4()) s.sin_addr.s_addr = htonl(e.address().to_v4().to_uint());
+  s.sin_port = htons(e.port());
+  return s;
+}
+
+void set_src(Id *id, const sockaddr_in &s) {
+  std::memset(&id->id.route.addr.src_storage, 0, sizeof id->id.route.addr.src_storage);
+  std::memcpy(&id->id.route.addr.src_sin, &s, sizeof s);
+}
+void set_dst(Id *id, const sockaddr_in &s) {
+  std::memset(&id->id.route.addr.dst_storage, 0, sizeof id->id.route.addr.dst_storage);
+  std::memcpy(&id->id.route.addr.dst_sin, &s, sizeof s);
+}
+
+// The source address the routing table picks for `dst` (network order).
+int route_source(in_addr_t dst, in_addr_t *src) {
+  int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return errno;
+  sockaddr_in d{};
+  d.sin_family = AF_INET;
+  d.sin_addr.s_addr = dst;
+  d.sin_port = htons(9);
+  int r = 0;
+  if (::connect(fd, reinterpret_cast<sockaddr *>(&d), sizeof d) < 0) {
+    r = errno;
+  } else {
+    sockaddr_in s{};
+    socklen_t l = sizeof s;
+    if (::getsockname(fd, reinterpret_cast<sockaddr *>(&s), &l) < 0)
+      r = errno;
+    else
+      *src = s.sin_addr.s_addr;
+  }
+  ::close(fd);
+  return r;
+}
+
+// In-process port reservations (progress thread only): rdma_cm ports are exclusive unless
+// both ids set RDMA_OPTION_ID_REUSEADDR, even though our TCP sockets use SO_REUSEADDR so
+// that a restarted server can bind next to TIME_WAIT connections.
+struct Resv {
+  in_addr_t addr;
+  bool reuse;
+  Core *core;
+};
+std::multimap<uint16_t, Resv> g_resv;
+
+bool resv_conflict(in_addr_t a, uint16_t port, bool reuse) {
+  auto [b, e] = g_resv.equal_range(port);
+  for (auto it = b; it != e; ++it) {
+    const Resv &r = it->second;
+    if ((r.addr == a || r.addr == INADDR_ANY || a == INADDR_ANY) && !(r.reuse && reuse))
+      return true;
+  }
+  return false;
+}
+
+void resv_release(Core &c) {
+  if (!c.reserved) return;
+  auto [b, e] = g_resv.equal_range(c.resv_port);
+  for (auto it = b; it != e; ++it)
+    if (it->second.core == &c) {
+      g_resv.erase(it);
+      break;
+    }
+  c.reserved = false;
+}
+
+// Opens a TCP socket bound to `want` (port 0: the kernel picks) and records the
+// reservation. *got receives the bound address.
+int bind_socket(Core &c, const sockaddr_in &want, sockaddr_in *got) {
+  uint16_t port = ntohs(want.sin_port);
+  if (port && resv_conflict(want.sin_addr.s_addr, port, c.reuseaddr)) return EADDRINUSE;
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return errno;
+  if (port) {
+    int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  }
+  if (::bind(fd, reinterpret_cast<const sockaddr *>(&want), sizeof want) < 0) {
+    int e = errno;
+    ::close(fd);
+    return e;
+  }
+  sockaddr_in s{};
+  socklen_t l = sizeof s;
+  ::getsockname(fd, reinterpret_cast<sockaddr *>(&s), &l);
+  s.sin_family = AF_INET;
+  resv_release(c);
+  if (c.bfd >= 0) ::close(c.bfd);
+  c.bfd = fd;
+  c.reserved = true;
+  c.resv_addr = s.sin_addr.s_addr;
+  c.resv_port = ntohs(s.sin_port);
+  g_resv.emplace(c.resv_port, Resv{c.resv_addr, c.reuseaddr, &c});
+  *got = s;
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events
+
+void chan_drain_locked(Channel *c) {
+  char b;
+  (void)!::read(c->ch.fd, &b, 1);
+}
+
+// Queues an event on its owner's channel (progress thread).
+void push(Event *e) {
+  Channel *c = e->owner->chan;
+  std::lock_guard g(c->mu);
+  bool was_empty = c->q.empty();
+  c->q.push_back(e);
+  if (was_empty) {
+    char b = 1;
+    (void)!::write(c->wfd, &b, 1);
+  }
+}
+
+Event *make_event(Id *owner, Id *id, rdma_cm_event_type t, int status) {
+  auto *e = new Event;
+  e->owner = owner;
+  e->ev.id = &id->id;
+  e->ev.event = t;
+  e->ev.status = status;
+  return e;
+}
+
+void set_conn(Event *e, const std::vector<uint8_t> &pd, uint16_t resp_res, uint16_t init_depth) {
+  size_t n = std::min<size_t>(pd.size(), 255);  // private_data_len is 8 bits in the ABI
+  if (pd.size() > 255)
+    ECA_LOG(Info, "rdma_cm: peer private data of %zu bytes truncated to 255 for the event",
+            pd.size());
+  if (n) {
+    std::memcpy(e->pdata, pd.data(), n);
+    e->ev.param.conn.private_data = e->pdata;
+  }
+  e->ev.param.conn.private_data_len = uint8_t(n);
+  e->ev.param.conn.responder_resources = uint8_t(std::min<uint16_t>(resp_res, 255));
+  e->ev.param.conn.initiator_depth = uint8_t(std::min<uint16_t>(init_depth, 255));
+}
+
+void push_simple(Core &c, rdma_cm_event_type t, int status) {
+  push(make_event(c.owner, c.owner, t, status));
+}
+
+void push_conn(Core &c, rdma_cm_event_type t, int status, const std::vector<uint8_t> &pd) {
+  Event *e = make_event(c.owner, c.owner, t, status);
+  set_conn(e, pd, c.ird, c.ord);
+  push(e);
+}
+
+int channel_new(Channel **out) {
+  auto *c = new Channel;
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC) < 0) {
+    int e = errno;
+    delete c;
+    return e;
+  }
+  ::fcntl(p[1], F_SETFL, ::fcntl(p[1], F_GETFL) | O_NONBLOCK);
+  c->ch.fd = p[0];
+  c->wfd = p[1];
+  *out = c;
+  return 0;
+}
+
+void channel_free(Channel *c) {
+  {
+    std::lock_guard g(c->mu);
+    for (Event *e : c->q) delete e;
+    c->q.clear();
+  }
+  ::close(c->ch.fd);
+  ::close(c->wfd);
+  delete c;
+}
+
+// librdmacm's ucma_complete: a synchronous id waits for the event its call produces.
+int complete(Id *id) {
+  if (!id->sync) return 0;
+  if (id->id.event) {
+    ack_cm_event(id->id.event);
+    id->id.event = nullptr;
+  }
+  rdma_cm_event *ev = nullptr;
+  for (;;) {
+    int r = get_cm_event(&id->chan->ch, &ev);
+    if (r == EINTR) continue;
+    if (r) return r;
+    break;
+  }
+  id->id.event = ev;
+  if (ev->status) {
+    if (ev->event == RDMA_CM_EVENT_REJECTED) return ECONNREFUSED;
+    return ev->status < 0 ? -ev->status : ev->status;
+  }
+  return 0;
+}
+
+// Events of `id` still queued (not delivered) on its channel.
+bool has_queued(Id *id) {
+  std::lock_guard g(id->chan->mu);
+  for (Event *e : id->chan->q)
+    if (e->owner == id) return true;
+  return false;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection plumbing (progress thread)
+
+void llp_ended(Core &c, LlpEnd why) {
+  if (!c.owner) return;
+  ECA_LOG(Debug, "rdma_cm: connection ended (reason %d) in state %s", int(why), st_name(c.st));
+  if (c.st == St::Established || c.st == St::Disconnecting) {
+    c.st = St::Disconnected;
+    if (!c.disc_delivered) {
+      c.disc_delivered = true;
+      push_simple(c, RDMA_CM_EVENT_DISCONNECTED, 0);
+    }
+  }
+}
+
+// Qp::on_llp_end is guarded by Qp::engine_mu (provider/core/qp.cpp takes it to fire the hook).
+void set_hook(Qp *qp, std::function<void(LlpEnd)> f) {
+  std::lock_guard g(qp->engine_mu);
+  qp->on_llp_end = std::move(f);
+}
+
+// Hands the stream to the QP's backend; the QP goes to RTS.
+bool attach(Core &c, LlpConnection &&llp) {
+  Qp *qp = c.qp;
+  if (!qp || !qp->ctx || !qp->ctx->dev || !qp->ctx->dev->backend) {
+    ECA_LOG(Error, "rdma_cm: no QP/device to attach the connection to");
+    return false;
+  }
+  c.ird = llp.ird;
+  c.ord = llp.ord;
+  qp->ird = llp.ird;
+  qp->ord = llp.ord;
+  std::weak_ptr<Core> w = c.weak_from_this();
+  set_hook(qp, [w](LlpEnd why) {
+    // May run inside the QP's own teardown: only hand the news to the progress queue.
+    Progress::instance().post([w, why] {
+      if (auto p = w.lock()) llp_ended(*p, why);
+    });
+  });
+  ECA_QP_LOG(Info, qp->qpn, "connected: mpa rev %u, crc %d, %s, ird %u ord %u, rtr %d/%d",
+             unsigned(llp.mpa_rev), int(llp.crc), llp.initiator ? "initiator" : "responder",
+             unsigned(llp.ird), unsigned(llp.ord), int(llp.rtr_send), int(llp.rtr_recv));
+  try {
+    auto eng = qp->ctx->dev->backend->attach(*qp, std::move(llp));
+    if (!eng) {
+      set_hook(qp, nullptr);
+      return false;
+    }
+    qp->attach_engine(std::move(eng));
+  } catch (const std::exception &e) {
+    ECA_QP_LOG(Error, qp->qpn, "attaching the connection failed: %s", e.what());
+    set_hook(qp, nullptr);
+    return false;
+  }
+  return true;
+}
+
+void fail_conn(Core &c, rdma_cm_event_type t, int err, const std::vector<uint8_t> &pd = {}) {
+  c.st = St::Failed;
+  c.qp = nullptr;
+  push_conn(c, t, -err, pd);
+}
+
+void on_initiator_done(const std::shared_ptr<Core> &cp, MpaOutcome o) {
+  Core &c = *cp;
+  if (!c.owner || !c.mpa) return;
+  std::shared_ptr<MpaSession> s = std::move(c.mpa);
+  const std::vector<uint8_t> &pd = s->peer().pdata;
+  switch (o.status) {
+    case MpaStatus::Ok: {
+      LlpConnection llp = s->take_llp();
+      c.ird = llp.ird;
+      c.ord = llp.ord;
+      if (c.qp) {
+        if (!attach(c, std::move(llp))) return fail_conn(c, RDMA_CM_EVENT_CONNECT_ERROR, EIO);
+        c.st = St::Established;
+        c.disc_delivered = false;
+        push_conn(c, RDMA_CM_EVENT_ESTABLISHED, 0, pd);
+      } else {
+        c.llp.emplace(std::move(llp));
+        c.st = St::ConnResponse;
+        push_conn(c, RDMA_CM_EVENT_CONNECT_RESPONSE, 0, pd);
+      }
+      return;
+    }
+    case MpaStatus::Rejected:
+      return fail_conn(c, RDMA_CM_EVENT_REJECTED, ECONNREFUSED, pd);
+    case MpaStatus::Closed:
+      // The responder closed without replying: a refusal (the kernel reports the same).
+      return fail_conn(c, RDMA_CM_EVENT_REJECTED, ECONNRESET);
+    default:
+      ECA_LOG(Warn, "rdma_cm: connection setup failed: %s", transport::mpa_status_str(o.status));
+      return fail_conn(c, RDMA_CM_EVENT_CONNECT_ERROR, o.err ? o.err : EPROTO);
+  }
+}
+
+void start_connect(const std::shared_ptr<Core> &cp, const sockaddr_in &dst, MpaParams p) {
+  Core &c = *cp;
+  boost::system::error_code ec;
+  c.sock.emplace(io());
+  if (c.bfd >= 0) {
+    c.sock->assign(tcp::v4(), c.bfd, ec);
+    c.bfd = -1;
+  } else {
+    c.sock->open(tcp::v4(), ec);
+  }
+  if (ec) return fail_conn(c, RDMA_CM_EVENT_UNREACHABLE, ec.value() > 0 ? ec.value() : EIO);
+  if (c.tos >= 0) {
+    int tos = c.tos;
+    ::setsockopt(c.sock->native_handle(), IPPROTO_IP, IP_TOS, &tos, sizeof tos);
+  }
+  c.timed_out = false;
+  c.timer = std::make_unique<asio::steady_timer>(io());
+  c.timer->expires_after(transport::mpa_timeout());
+  c.timer->async_wait([cp](const boost::system::error_code &e) {
+    if (e || !cp->owner || cp->st != St::Connecting || !cp->sock) return;
+    cp->timed_out = true;
+    boost::system::error_code ignored;
+    cp->sock->close(ignored);
+  });
+  c.sock->async_connect(to_ep(dst), [cp, p = std::move(p)](const boost::system::error_code &e) {
+    Core &c = *cp;
+    if (!c.owner || c.st != St::Connecting || !c.sock) return;
+    if (c.timer) c.timer->cancel();
+    if (e) {
+      int err = c.timed_out || e == asio::error::operation_aborted ? ETIMEDOUT
+                                                                   : (e.value() > 0 ? e.value()
+                                                                                    : EIO);
+      ECA_LOG(Info, "rdma_cm: TCP connect failed: %s", strerror(err));
+      c.sock.reset();
+      return fail_conn(c, RDMA_CM_EVENT_UNREACHABLE, err);
+    }
+    boost::system::error_code ig;
+    auto le = c.sock->local_endpoint(ig);
+    if (!ig) set_src(c.owner, from_ep(le));
+    c.mpa = MpaSession::create(std::move(*c.sock));
+    c.sock.reset();
+    c.mpa->start_initiator(p, [cp](MpaOutcome o) { on_initiator_done(cp, o); });
+  });
+}
+
+void on_responder_done(const std::shared_ptr<Core> &cp, MpaOutcome o) {
+  Core &c = *cp;
+  if (!c.owner || !c.mpa) return;
+  std::shared_ptr<MpaSession> s = std::move(c.mpa);
+  if (o.status != MpaStatus::Ok) {
+    ECA_LOG(Info, "rdma_cm: accept failed: %s", transport::mpa_status_str(o.status));
+    return fail_conn(c, RDMA_CM_EVENT_CONNECT_ERROR, o.err ? o.err : EIO);
+  }
+  // Attach right after the reply is written: from now on the peer may send FPDUs.
+  LlpConnection llp = s->take_llp();
+  if (!attach(c, std::move(llp))) return fail_conn(c, RDMA_CM_EVENT_CONNECT_ERROR, EIO);
+  c.st = St::Established;
+  c.disc_delivered = false;
+  push_conn(c, RDMA_CM_EVENT_ESTABLISHED, 0, {});
+}
+
+// A usable MPA request arrived on listener L: create the new id and tell the application.
+void new_request(const std::shared_ptr<Core> &L, const std::shared_ptr<MpaSession> &s) {
+  Id *lid = L->owner;
+  auto *cid = new Id;
+  if (lid->sync) {
+    Channel *ch = nullptr;
+    if (channel_new(&ch)) {
+      delete cid;
+      s->cancel();
+      return;
+    }
+    cid->chan = ch;
+    cid->sync = true;
+  } else {
+    cid->chan = lid->chan;
+  }
+  cid->id.channel = &cid->chan->ch;
+  cid->id.context = lid->id.context;
+  cid->id.ps = lid->id.ps;
+  cid->id.qp_type = IBV_QPT_RC;
+  cid->core = std::make_shared<Core>();
+  Core &c = *cid->core;
+  c.owner = cid;
+  c.st = St::ConnReq;
+  c.mpa = s;
+  c.tos = L->tos;
+  boost::system::error_code ec;
+  auto le = s->socket().local_endpoint(ec);
+  auto re = s->socket().remote_endpoint(ec);
+  sockaddr_in ls = from_ep(le), rs = from_ep(re);
+  set_src(cid, ls);
+  set_dst(cid, rs);
+  Device *d = device_for_ipv4(ls.sin_addr.s_addr);
+  if (!d)
+    ECA_LOG(Warn, "rdma_cm: no device for local address %s", inet_ntoa(ls.sin_addr));
+  set_device(cid, dev_entry(d));
+  const mpa::Frame &req = s->peer();
+  if (req.rev == 2) {
+    c.def_ord = std::min<uint16_t>(req.ird, kMaxIrdOrd);  // we may not exceed their IRD
+    c.def_ird = std::min<uint16_t>(req.ord, kMaxIrdOrd);  // they want this many READs
+  }
+  Event *e = make_event(lid, cid, RDMA_CM_EVENT_CONNECT_REQUEST, 0);
+  e->ev.listen_id = &lid->id;
+  e->child = cid;
+  set_conn(e, req.pdata, c.def_ird, c.def_ord);
+  push(e);
+}
+
+void accept_next(const std::shared_ptr<Core> &L);
+
+void accept_retry(const std::shared_ptr<Core> &L) {
+  L->timer = std::make_unique<asio::steady_timer>(io());
+  L->timer->expires_after(std::chrono::milliseconds(100));
+  L->timer->async_wait([L](const boost::system::error_code &e) {
+    if (!e && L->owner && L->acceptor) accept_next(L);
+  });
+}
+
+constexpr size_t kMaxInflight = 1024;
+
+void accept_next(const std::shared_ptr<Core> &L) {
+  L->acceptor->async_accept(io(), [L](const boost::system::error_code &ec, tcp::socket s) {
+    if (!L->owner || !L->acceptor) return;
+    if (ec) {
+      if (ec == asio::error::operation_aborted) return;
+      ECA_LOG(Warn, "rdma_cm: accept: %s", ec.message().c_str());
+      return accept_retry(L);
+    }
+    if (L->inflight.size() >= kMaxInflight) {
+      ECA_LOG(Warn, "rdma_cm: too many connections in MPA setup; dropping one");
+      boost::system::error_code ig;
+      s.close(ig);
+      return accept_next(L);
+    }
+    auto sess = MpaSession::create(std::move(s));
+    L->inflight.insert(sess);
+    std::weak_ptr<MpaSession> ws = sess;
+    sess->start_responder([L, ws](MpaOutcome o) {
+      auto s2 = ws.lock();
+      if (!s2) return;
+      L->inflight.erase(s2);
+      if (!L->owner) return s2->cancel();
+      if (o.status != MpaStatus::Ok) {
+        ECA_LOG(Info, "rdma_cm: incoming connection dropped: %s",
+                transport::mpa_status_str(o.status));
+        return;
+      }
+      new_request(L, s2);
+    });
+    accept_next(L);
+  });
+}
+
+void set_qp(Core &c, Qp *qp) {
+  c.qp = qp;
+  c.qp_ctx = qp ? qp->ctx : nullptr;
+  c.qp_qpn = qp ? qp->qpn : 0;
+}
+
+// The application may have destroyed the QP with ibv_destroy_qp (not rdma_destroy_qp) before
+// rdma_destroy_id; touch c.qp only if the verbs layer still knows it.
+bool qp_alive(const Core &c) {
+  if (!c.qp) return false;
+  if (!&eca::qp_lookup) return false;
+  return eca::qp_lookup(c.qp_ctx, c.qp_qpn) == c.qp;
+}
+
+// Stops everything of a core (progress thread). Returns the QP to disconnect, if any.
+Qp *teardown(Core &c) {
+  c.owner = nullptr;
+  boost::system::error_code ig;
+  if (c.mpa) {
+    c.mpa->cancel();
+    c.mpa.reset();
+  }
+  for (auto &s : c.inflight) s->cancel();
+  c.inflight.clear();
+  if (c.acceptor) {
+    c.acceptor->close(ig);
+    c.acceptor.reset();
+  }
+  if (c.timer) c.timer->cancel();
+  if (c.sock) {
+    c.sock->close(ig);
+    c.sock.reset();
+  }
+  if (c.bfd >= 0) {
+    ::close(c.bfd);
+    c.bfd = -1;
+  }
+  if (c.llp) {
+    c.llp->sock.close(ig);
+    c.llp.reset();
+  }
+  resv_release(c);
+  // The QP's hook holds only a weak reference to this core, so leaving it set is harmless;
+  // it is cleared (and a live connection taken down) only when the QP is known to exist.
+  Qp *out = nullptr;
+  if (qp_alive(c)) {
+    set_hook(c.qp, nullptr);
+    if (c.st == St::Established || c.st == St::Disconnecting) out = c.qp;
+  }
+  c.qp = nullptr;
+  return out;
+}
+
+// Removes the undelivered events owned by `id`; returns the new ids of purged requests.
+std::vector<Id *> purge(Id *id) {
+  std::vector<Id *> children;
+  Channel *c = id->chan;
+  std::lock_guard g(c->mu);
+  bool had = !c->q.empty();
+  for (auto it = c->q.begin(); it != c->q.end();) {
+    if ((*it)->owner == id) {
+      if ((*it)->child) children.push_back((*it)->child);
+      delete *it;
+      it = c->q.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  if (had && c->q.empty()) chan_drain_locked(c);
+  return children;
+}
+
+Qp *lookup_qp(ibv_context *verbs, uint32_t qpn) {
+  if (!verbs || !qpn || !&eca::qp_lookup) return nullptr;
+  return eca::qp_lookup(Context::from(verbs), qpn);
+}
+
+uint16_t clamp_res(uint8_t v, uint16_t dflt) {
+  if (v == RDMA_MAX_RESP_RES) return std::min<uint16_t>(dflt, kMaxIrdOrd);
+  return std::min<uint16_t>(v, kMaxIrdOrd);
+}
+
+}  // namespace
+
+// =============================================================================================
+// Channels
+
+int channel_create(rdma_event_channel **out) {
+  if (!out) return EINVAL;
+  Channel *c = nullptr;
+  int r = channel_new(&c);
+  if (r) return r;
+  *out = &c->ch;
+  return 0;
+}
+
+int channel_destroy(rdma_event_channel *ch) {
+  if (!ch) return EINVAL;
+  channel_free(chan_of(ch));
+  return 0;
+}
+
+int get_cm_event(rdma_event_channel *ech, rdma_cm_event **out) {
+  if (!ech || !out) return EINVAL;
+  Channel *c = chan_of(ech);
+  for (;;) {
+    {
+      std::lock_guard g(c->mu);
+      if (!c->q.empty()) {
+        Event *e = c->q.front();
+        c->q.pop_front();
+        if (c->q.empty()) chan_drain_locked(c);
+        {
+          std::lock_guard g2(e->owner->mu);
+          e->owner->delivered++;
+        }
+        *out = &e->ev;
+        return 0;
+      }
+    }
+    int fl = ::fcntl(c->ch.fd, F_GETFL);
+    if (fl >= 0 && (fl & O_NONBLOCK)) return EAGAIN;
+    pollfd p{c->ch.fd, POLLIN, 0};
+    if (::poll(&p, 1, -1) < 0 && errno == EINTR) return EINTR;
+  }
+}
+
+int ack_cm_event(rdma_cm_event *ev) {
+  if (!ev) return EINVAL;
+  Event *e = reinterpret_cast<Event *>(ev);
+  Id *o = e->owner;
+  {
+    std::lock_guard g(o->mu);
+    o->acked++;
+    o->cv.notify_all();
+  }
+  delete e;
+  return 0;
+}
+
+const char *event_str(rdma_cm_event_type t) {
+  switch (t) {
+    case RDMA_CM_EVENT_ADDR_RESOLVED: return "RDMA_CM_EVENT_ADDR_RESOLVED";
+    case RDMA_CM_EVENT_ADDR_ERROR: return "RDMA_CM_EVENT_ADDR_ERROR";
+    case RDMA_CM_EVENT_ROUTE_RESOLVED: return "RDMA_CM_EVENT_ROUTE_RESOLVED";
+    case RDMA_CM_EVENT_ROUTE_ERROR: return "RDMA_CM_EVENT_ROUTE_ERROR";
+    case RDMA_CM_EVENT_CONNECT_REQUEST: return "RDMA_CM_EVENT_CONNECT_REQUEST";
+    case RDMA_CM_EVENT_CONNECT_RESPONSE: return "RDMA_CM_EVENT_CONNECT_RESPONSE";
+    case RDMA_CM_EVENT_CONNECT_ERROR: return "RDMA_CM_EVENT_CONNECT_ERROR";
+    case RDMA_CM_EVENT_UNREACHABLE: return "RDMA_CM_EVENT_UNREACHABLE";
+    case RDMA_CM_EVENT_REJECTED: return "RDMA_CM_EVENT_REJECTED";
+    case RDMA_CM_EVENT_ESTABLISHED: return "RDMA_CM_EVENT_ESTABLISHED";
+    case RDMA_CM_EVENT_DISCONNECTED: return "RDMA_CM_EVENT_DISCONNECTED";
+    case RDMA_CM_EVENT_DEVICE_REMOVAL: return "RDMA_CM_EVENT_DEVICE_REMOVAL";
+    case RDMA_CM_EVENT_MULTICAST_JOIN: return "RDMA_CM_EVENT_MULTICAST_JOIN";
+    case RDMA_CM_EVENT_MULTICAST_ERROR: return "RDMA_CM_EVENT_MULTICAST_ERROR";
+    case RDMA_CM_EVENT_ADDR_CHANGE: return "RDMA_CM_EVENT_ADDR_CHANGE";
+    case RDMA_CM_EVENT_TIMEWAIT_EXIT: return "RDMA_CM_EVENT_TIMEWAIT_EXIT";
+  }
+  return "UNKNOWN EVENT";
+}
+
+// =============================================================================================
+// Ids
+
+int create_id(rdma_event_channel *ch, rdma_cm_id **out, void *context, rdma_port_space ps) {
+  if (!out) return EINVAL;
+  if (ps != RDMA_PS_TCP) {
+    if (ps == RDMA_PS_UDP || ps == RDMA_PS_IPOIB || ps == RDMA_PS_IB) {
+      ECA_LOG(Info, "rdma_create_id: port space 0x%x is not supported by iWARP (RDMA_PS_TCP only)",
+              unsigned(ps));
+      return ENOSYS;
+    }
+    return EINVAL;
+  }
+  auto *id = new Id;
+  if (!ch) {
+    Channel *c = nullptr;
+    if (int r = channel_new(&c)) {
+      delete id;
+      return r;
+    }
+    id->chan = c;
+    id->sync = true;
+  } else {
+    id->chan = chan_of(ch);
+  }
+  id->id.channel = &id->chan->ch;
+  id->id.context = context;
+  id->id.ps = ps;
+  id->id.qp_type = IBV_QPT_RC;
+  id->core = std::make_shared<Core>();
+  id->core->owner = id;
+  *out = &id->id;
+  return 0;
+}
+
+bool is_sync(rdma_cm_id *cid) { return cid && Id::from(cid)->sync; }
+
+int destroy_id(rdma_cm_id *cid) {
+  if (!cid) return EINVAL;
+  Id *id = Id::from(cid);
+  if (id->sync && id->id.event) {
+    ack_cm_event(id->id.event);
+    id->id.event = nullptr;
+  }
+  Qp *to_disconnect = nullptr;
+  std::vector<Id *> orphans;
+  run([&] {
+    to_disconnect = teardown(*id->core);
+    orphans = purge(id);
+    for (Id *o : orphans) {
+      (void)teardown(*o->core);
+      purge(o);
+    }
+    return 0;
+  });
+  // A connected id going away takes its connection down (the peer sees DISCONNECTED).
+  if (to_disconnect) to_disconnect->disconnect();
+  for (Id *o : orphans) {
+    if (o->sync) channel_free(o->chan);
+    delete o;
+  }
+  {
+    std::unique_lock g(id->mu);
+    bool warned = false;
+    while (id->acked < id->delivered) {
+      if (!id->cv.wait_for(g, std::chrono::seconds(5), [&] { return id->acked >= id->delivered; }) &&
+          !warned) {
+        ECA_LOG(Warn, "rdma_destroy_id: waiting for %llu unacknowledged event(s) of this id",
+                (unsigned long long)(id->delivered - id->acked));
+        warned = true;
+      }
+    }
+  }
+  if (id->sync) channel_free(id->chan);
+  delete id;
+  return 0;
+}
+
+int migrate_id(rdma_cm_id *cid, rdma_event_channel *ch) {
+  if (!cid) return EINVAL;
+  Id *id = Id::from(cid);
+  if (id->sync && !ch) return EINVAL;
+  Channel *nc = nullptr;
+  bool new_sync = !ch;
+  if (new_sync) {
+    if (int r = channel_new(&nc)) return r;
+  } else {
+    nc = chan_of(ch);
+  }
+  if (id->sync && id->id.event) {
+    ack_cm_event(id->id.event);
+    id->id.event = nullptr;
+  }
+  Channel *old = id->chan;
+  if (old != nc) {
+    run([&] {
+      // Undelivered events follow the id to its new channel, in order.
+      std::scoped_lock g(old->mu, nc->mu);
+      bool had_old = !old->q.empty(), was_new_empty = nc->q.empty();
+      for (auto it = old->q.begin(); it != old->q.end();) {
+        if ((*it)->owner == id) {
+          nc->q.push_back(*it);
+          it = old->q.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      if (had_old && old->q.empty()) chan_drain_locked(old);
+      if (was_new_empty && !nc->q.empty()) {
+        char b = 1;
+        (void)!::write(nc->wfd, &b, 1);
+      }
+      id->chan = nc;
+      id->id.channel = &nc->ch;
+      return 0;
+    });
+  }
+  bool old_sync = id->sync;
+  {
+    std::unique_lock g(id->mu);
+    id->sync = new_sync;
+    id->cv.wait(g, [&] { return id->acked >= id->delivered; });
+  }
+  if (old_sync && old != nc) channel_free(old);
+  return 0;
+}
+
+int bind_addr(rdma_cm_id *cid, const sockaddr *addr) {
+  if (!cid) return EINVAL;
+  Id *id = Id::from(cid);
+  sockaddr_in sin;
+  if (int r = to_sin(addr, &sin)) return r;
+  DevEntry *de = nullptr;
+  if (sin.sin_addr.s_addr != INADDR_ANY) {
+    Device *d = device_for_ipv4(sin.sin_addr.s_addr);
+    if (!d) return EADDRNOTAVAIL;
+    de = dev_entry(d);
+    if (!de) return ENODEV;
+  }
+  return run([&] {
+    Core &c = *id->core;
+    if (c.st != St::Idle) return EINVAL;
+    sockaddr_in got{};
+    if (int r = bind_socket(c, sin, &got)) return r;
+    set_src(id, got);
+    set_device(id, de);
+    c.st = St::Bound;
+    return 0;
+  });
+}
+
+int resolve_addr(rdma_cm_id *cid, const sockaddr *src, const sockaddr *dst, int /*timeout_ms*/) {
+  if (!cid) return EINVAL;
+  Id *id = Id::from(cid);
+  sockaddr_in dsin, ssin{};
+  if (int r = to_sin(dst, &dsin)) return r;
+  bool have_src = false;
+  if (src && src->sa_family != AF_UNSPEC) {
+    if (int r = to_sin(src, &ssin)) return r;
+    have_src = true;
+  }
+  // Choose the source address (and so the device) the way the kernel routes.
+  in_addr_t srcip = INADDR_ANY;
+  int aerr = 0;
+  const sockaddr_in &bound = id->id.route.addr.src_sin;
+  if (have_src && ssin.sin_addr.s_addr != INADDR_ANY)
+    srcip = ssin.sin_addr.s_addr;
+  else if (bound.sin_family == AF_INET && bound.sin_addr.s_addr != INADDR_ANY)
+    srcip = bound.sin_addr.s_addr;
+  else
+    aerr = route_source(dsin.sin_addr.s_addr, &srcip);
+  DevEntry *de = nullptr;
+  if (!aerr) {
+    Device *d = device_for_ipv4(srcip);
+    de = d ? dev_entry(d) : nullptr;
+    if (!de) aerr = have_src ? EADDRNOTAVAIL : ENODEV;
+  }
+  int r = run([&] {
+    Core &c = *id->core;
+    if (c.st != St::Idle && c.st != St::Bound && c.st != St::AddrResolved) return EINVAL;
+    set_dst(id, dsin);
+    if (aerr) {
+      ECA_LOG(Info, "rdma_resolve_addr: %s unreachable: %s", inet_ntoa(dsin.sin_addr),
+              strerror(aerr));
+      push_simple(c, RDMA_CM_EVENT_ADDR_ERROR, -aerr);
+      return 0;
+    }
+    sockaddr_in s{};
+    if (c.st == St::Idle) {
+      sockaddr_in want{};
+      want.sin_family = AF_INET;
+      want.sin_addr.s_addr = srcip;
+      want.sin_port = have_src ? ssin.sin_port : 0;
+      if (int e = bind_socket(c, want, &s)) return e;
+    } else {
+      s = id->id.route.addr.src_sin;
+      s.sin_addr.s_addr = srcip;
+    }
+    set_src(id, s);
+    set_device(id, de);
+    c.st = St::AddrResolved;
+    push_simple(c, RDMA_CM_EVENT_ADDR_RESOLVED, 0);
+    return 0;
+  });
+  if (!r) r = complete(id);
+  return r;
+}
+
+int resolve_route(rdma_cm_id *cid, int /*timeout_ms*/) {
+  if (!cid) return EINVAL;
+  Id *id = Id::from(cid);
+  int r = run([&] {
+    Core &c = *id->core;
+    if (c.st != St::AddrResolved && c.st != St::RouteResolved) return EINVAL;
+    c.st = St::RouteResolved;
+    push_simple(c, RDMA_CM_EVENT_ROUTE_RESOLVED, 0);
+    return 0;
+  });
+  if (!r) r = complete(id);
+  return r;
+}
+
+int listen(rdma_cm_id *cid, int backlog) {
+  if (!cid) return EINVAL;
+  Id *id = Id::from(cid);
+  // Open every device's context now, so requests arriving on a wildcard listener find them.
+  const sockaddr_in &b = id->id.route.addr.src_sin;
+  if (b.sin_family != AF_INET || b.sin_addr.s_addr == INADDR_ANY)
+    for (Device *d : devices()) dev_entry(d);
+  return run([&] {
+    Core &c = *id->core;
+    if (c.st == St::Listen) return 0;
+    if (c.st == St::Idle) {
+      sockaddr_in any{}, got{};
+      any.sin_family = AF_INET;
+      if (int r = bind_socket(c, any, &got)) return r;
+      set_src(id, got);
+      c.st = St::Bound;
+    }
+    if (c.st != St::Bound || c.bfd < 0) return EINVAL;
+    auto acc = std::make_unique<tcp::acceptor>(io());
+    boost::system::error_code ec;
+    acc->assign(tcp::v4(), c.bfd, ec);
+    if (ec) return ec.value() > 0 ? ec.value() : EIO;
+    c.bfd = -1;
+    acc->listen(backlog > 0 ? backlog : 256, ec);
+    if (ec) {
+      // Give the socket back so the id stays bound.
+      c.bfd = acc->release(ec);
+      return EADDRINUSE;
+    }
+    c.acceptor = std::move(acc);
+    c.st = St::Listen;
+    accept_next(id->core);
+    return 0;
+  });
+}
+
+int get_request(rdma_cm_id *lcid, rdma_cm_id **out) {
+  if (!lcid || !out) return EINVAL;
+  Id *l = Id::from(lcid);
+  if (!l->sync) return EINVAL;
+  if (l->id.event) {
+    ack_cm_event(l->id.event);
+    l->id.event = nullptr;
+  }
+  rdma_cm_event *ev = nullptr;
+  int r;
+  while ((r = get_cm_event(&l->chan->ch, &ev)) == EINTR) {
+  }
+  if (r) return r;
+  if (ev->status) {
+    l->id.event = ev;
+    return ev->status < 0 ? -ev->status : ev->status;
+  }
+  if (ev->event != RDMA_CM_EVENT_CONNECT_REQUEST) {
+    l->id.event = ev;
+    return EINVAL;
+  }
+  *out = ev->id;
+  ev->id->event = ev;
+  return 0;
+}
+
+int connect(rdma_cm_id *cid, const rdma_conn_param *param) {
+  if (!cid) return EINVAL;
+  Id *id = Id::from(cid);
+  if (!param && !id->id.qp) return EINVAL;
+  MpaParams p;
+  p.pdata = id->connect_data;
+  if (param && param->private_data && param->private_data_len) {
+    auto *b = static_cast<const uint8_t *>(param->private_data);
+    p.pdata.insert(p.pdata.end(), b, b + param->private_data_len);
+  }
+  if (p.pdata.size() > mpa::kMaxUserPrivateData) return EINVAL;
+  Qp *qp = id->id.qp ? Qp::from(id->id.qp) : lookup_qp(id->id.verbs, param ? param->qp_num : 0);
+  p.ord = param ? clamp_res(param->initiator_depth, kMaxIrdOrd) : kMaxIrdOrd;
+  p.ird = param ? clamp_res(param->responder_resources, kMaxIrdOrd) : kMaxIrdOrd;
+  int r = run([&] {
+    Core &c = *id->core;
+    if (c.st != St::RouteResolved) return EINVAL;
+    set_qp(c, qp);
+    c.qp_num = param ? param->qp_num : 0;
+    c.st = St::Connecting;
+    c.disc_delivered = false;
+    start_connect(id->core, id->id.route.addr.dst_sin, std::move(p));
+    return 0;
+  });
+  if (r) return r;
+  id->connect_data.clear();
+  return complete(id);
+}
+
+int accept(rdma_cm_id *cid, const rdma_conn_param *param) {
+  if (!cid) return EINVAL;
+  Id *id = Id::from(cid);
+  Qp *qp = id->id.qp ? Qp::from(id->id.qp) : lookup_qp(id->id.verbs, param ? param->qp_num : 0);
+  if (!qp) {
+    ECA_LOG(Info, "rdma_accept: iWARP needs a QP (id->qp or conn_param->qp_num)");
+    return EINVAL;
+  }
+  MpaParams p;
+  if (param && param->private_data && param->private_data_len) {
+    auto *b = static_cast<const uint8_t *>(param->private_data);
+    p.pdata.assign(b, b + param->private_data_len);
+  }
+  int r = run([&] {
+    Core &c = *id->core;
+    if (c.st != St::ConnReq || !c.mpa) return EINVAL;
+    p.ird = param ? clamp_res(param->responder_resources, c.def_ird)
+                  : std::min<uint16_t>(c.def_ird, kMaxIrdOrd);
+    p.ord = param ? clamp_res(param->initiator_depth, c.def_ord)
+                  : std::min<uint16_t>(c.def_ord, kMaxIrdOrd);
+    set_qp(c, qp);
+    c.st = St::Accepting;
+    auto cp = id->core;
+    c.mpa->accept(p, [cp](MpaOutcome o) { on_responder_done(cp, o); });
+    return 0;
+  });
+  if (r) return r;
+  return complete(id);
+}
+
+int reject(rdma_cm_id *cid, const void *pdata, uint8_t len) {
+  if (!cid) return EINVAL;
+  Id *id = Id::from(cid);
+  std::vector<uint8_t> pd;
+  if (pdata && len) pd.assign(static_cast<const uint8_t *>(pdata),
+                              static_cast<const uint8_t *>(pdata) + len);
+  return run([&] {
+    Core &c = *id->core;
+    if (c.st != St::ConnReq || !c.mpa) return EINVAL;
+    c.mpa->reject(pd);
+    c.mpa.reset();
+    c.st = St::Failed;
+    return 0;
+  });
+}
+
+int establish(rdma_cm_id *cid) {
+  if (!cid) return EINVAL;
+  Id *id = Id::from(cid);
+  Qp *qp = id->id.qp ? Qp::from(id->id.qp) : nullptr;
+  ibv_context *verbs = id->id.verbs;
+  int r = run([&] {
+    Core &c = *id->core;
+    if (c.st != St::ConnResponse || !c.llp) return EINVAL;
+    if (!qp) qp = lookup_qp(verbs, c.qp_num);
+    if (!qp) return EINVAL;
+    set_qp(c, qp);
+    LlpConnection llp = std::move(*c.llp);
+    c.llp.reset();
+    if (!attach(c, std::move(llp))) {
+      fail_conn(c, RDMA_CM_EVENT_CONNECT_ERROR, EIO);
+      return 0;
+    }
+    c.st = St::Established;
+    push_conn(c, RDMA_CM_EVENT_ESTABLISHED, 0, {});
+    return 0;
+  });
+  if (r) return r;
+  return complete(id);
+}
+
+int disconnect(rdma_cm_id *cid) {
+  if (!cid) return EINVAL;
+  Id *id = Id::from(cid);
+  Qp *qp = nullptr;
+  bool queued_now = false;
+  int r = run([&] {
+    Core &c = *id->core;
+    switch (c.st) {
+      case St::Established:
+        c.st = St::Disconnecting;
+        qp = c.qp;
+        return 0;
+      case St::ConnResponse: {
+        boost::system::error_code ig;
+        if (c.llp) c.llp->sock.close(ig);
+        c.llp.reset();
+        c.st = St::Disconnected;
+        if (!c.disc_delivered) {
+          c.disc_delivered = true;
+          push_simple(c, RDMA_CM_EVENT_DISCONNECTED, 0);
+          queued_now = true;
+        }
+        return 0;
+      }
+      case St::Disconnecting:
+      case St::Disconnected:
+      case St::Failed:
+        return 0;  // already down (the peer closed first, or the attempt failed)
+      default:
+        return EINVAL;
+    }
+  });
+  if (r) return r;
+  if (qp) {
+    qp->disconnect();  // graceful: flush, close; the peer sees its LLP end
+    run([&] {
+      Core &c = *id->core;
+      if (c.owner && c.st != St::Disconnected) c.st = St::Disconnected;
+      if (c.owner && !c.disc_delivered) {
+        c.disc_delivered = true;
+        push_simple(c, RDMA_CM_EVENT_DISCONNECTED, 0);
+        queued_now = true;
+      }
+      return 0;
+    });
+  }
+  if (id->sync && (queued_now || has_queued(id))) return complete(id);
+  return 0;
+}
+
+int set_option(rdma_cm_id *cid, int level, int optname, const void *optval, size_t optlen) {
+  if (!cid) return EINVAL;
+  Id *id = Id::from(cid);
+  if (level != RDMA_OPTION_ID) return ENOSYS;
+  if (!optval) return EINVAL;
+  return run([&] {
+    Core &c = *id->core;
+    switch (optname) {
+      case RDMA_OPTION_ID_TOS:
+        if (optlen != sizeof(uint8_t)) return EINVAL;
+        c.tos = *static_cast<const uint8_t *>(optval);
+        return 0;
+      case RDMA_OPTION_ID_REUSEADDR:
+        if (optlen != sizeof(int)) return EINVAL;
+        if (c.st != St::Idle) return EINVAL;
+        c.reuseaddr = *static_cast<const int *>(optval) != 0;
+        return 0;
+      case RDMA_OPTION_ID_AFONLY:
+        if (optlen != sizeof(int)) return EINVAL;
+        if (c.st != St::Idle) return EINVAL;
+        c.afonly = *static_cast<const int *>(optval) != 0;
+        return 0;
+      case RDMA_OPTION_ID_ACK_TIMEOUT:
+        // Accepted for compatibility: TCP's retransmission timer governs iWARP.
+        if (optlen != sizeof(uint8_t)) return EINVAL;
+        return 0;
+      default:
+        return ENOSYS;
+    }
+  });
+}
+
+int init_qp_attr(rdma_cm_id *cid, ibv_qp_attr *attr, int *mask) {
+  if (!cid || !attr || !mask) return EINVAL;
+  switch (attr->qp_state) {
+    case IBV_QPS_INIT:
+      attr->pkey_index = 0;
+      attr->port_num = cid->port_num ? cid->port_num : 1;
+      attr->qp_access_flags =
+          IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
+      *mask = IBV_QP_STATE | IBV_QP_ACCESS_FLAGS | IBV_QP_PKEY_INDEX | IBV_QP_PORT;
+      return 0;
+    case IBV_QPS_RTR:
+    case IBV_QPS_RTS:
+      *mask = IBV_QP_STATE;
+      return 0;
+    default:
+      return EINVAL;
+  }
+}
+
+void qp_release(rdma_cm_id *cid) {
+  if (!cid || !cid->qp) return;
+  Id *id = Id::from(cid);
+  Qp *q = Qp::from(cid->qp);
+  run([&] {
+    set_hook(q, nullptr);
+    if (id->core->qp == q) id->core->qp = nullptr;
+    return 0;
+  });
+}
+
+void set_ep_qp_init_attr(rdma_cm_id *cid, const ibv_qp_init_attr *attr) {
+  Id *id = Id::from(cid);
+  if (attr)
+    id->ep_attr = *attr;
+  else
+    id->ep_attr.reset();
+}
+
+bool ep_qp_init_attr(rdma_cm_id *cid, ibv_qp_init_attr *out) {
+  Id *id = Id::from(cid);
+  if (!id->ep_attr) return false;
+  *out = *id->ep_attr;
+  return true;
+}
+
+int set_connect_data(rdma_cm_id *cid, const void *data, size_t len) {
+  Id *id = Id::from(cid);
+  if (len > mpa::kMaxUserPrivateData) return EINVAL;
+  auto *b = static_cast<const uint8_t *>(data);
+  id->connect_data.assign(b, b + (data ? len : 0));
+  return 0;
+}
+
+// =============================================================================================
+// Devices
+
+ibv_context **get_devices(int *num) {
+  std::vector<ibv_context *> v;
+  for (Device *d : devices())
+    if (DevEntry *e = dev_entry(d)) v.push_back(e->ctx->ibv());
+  auto **arr = static_cast<ibv_context **>(std::calloc(v.size() + 1, sizeof(ibv_context *)));
+  if (!arr) {
+    if (num) *num = 0;
+    errno = ENOMEM;
+    return nullptr;
+  }
+  std::copy(v.begin(), v.end(), arr);
+  if (num) *num = int(v.size());
+  return arr;
+}
+
+void free_devices(ibv_context **list) { std::free(list); }
+
+void set_pd_allocator(ibv_pd *(*alloc)(ibv_context *)) {
+  std::lock_guard g(g_dev_mu);
+  g_pd_alloc = alloc;
+}
+
+// =============================================================================================
+// rdma_getaddrinfo
+
+namespace {
+sockaddr *dup_addr(const void *a, socklen_t len) {
+  auto *p = static_cast<sockaddr *>(std::calloc(1, sizeof(sockaddr_storage)));
+  if (p) std::memcpy(p, a, std::min<size_t>(len, sizeof(sockaddr_storage)));
+  return p;
+}
+}  // namespace
+
+int getaddrinfo(const char *node, const char *service, const rdma_addrinfo *hints,
+                rdma_addrinfo **res) {
+  if (!res) {
+    errno = EINVAL;
+    return EAI_SYSTEM;
+  }
+  if (!node && !service) {
+    errno = ENOENT;
+    return EAI_NONAME;
+  }
+  addrinfo h{};
+  h.ai_family = AF_INET;
+  h.ai_socktype = SOCK_STREAM;
+  h.ai_protocol = IPPROTO_TCP;
+  int flags = hints ? hints->ai_flags : 0;
+  if (hints) {
+    if (hints->ai_family != AF_UNSPEC && hints->ai_family != AF_INET) {
+      errno = EAFNOSUPPORT;
+      return EAI_FAMILY;
+    }
+    if (hints->ai_port_space && hints->ai_port_space != RDMA_PS_TCP) {
+      errno = ENOSYS;
+      return EAI_SERVICE;
+    }
+    if (hints->ai_qp_type && hints->ai_qp_type != IBV_QPT_RC) {
+      errno = ENOSYS;
+      return EAI_SOCKTYPE;
+    }
+  }
+  if (flags & RAI_PASSIVE) h.ai_flags |= AI_PASSIVE;
+  if (flags & RAI_NUMERICHOST) h.ai_flags |= AI_NUMERICHOST;
+  addrinfo *ai = nullptr;
+  int r = ::getaddrinfo(node, service, &h, &ai);
+  if (r) {
+    if (r != EAI_SYSTEM) errno = ENOENT;
+    return r;
+  }
+  const addrinfo *pick = nullptr;
+  for (const addrinfo *a = ai; a; a = a->ai_next)
+    if (a->ai_family == AF_INET) {
+      pick = a;
+      break;
+    }
+  if (!pick) {
+    ::freeaddrinfo(ai);
+    errno = EAFNOSUPPORT;
+    return EAI_FAMILY;
+  }
+  auto *rai = static_cast<rdma_addrinfo *>(std::calloc(1, sizeof(rdma_addrinfo)));
+  if (!rai) {
+    ::freeaddrinfo(ai);
+    errno = ENOMEM;
+    return EAI_MEMORY;
+  }
+  rai->ai_flags = flags;
+  rai->ai_family = AF_INET;
+  rai->ai_qp_type = IBV_QPT_RC;
+  rai->ai_port_space = RDMA_PS_TCP;
+  bool ok = true;
+  if (flags & RAI_PASSIVE) {
+    rai->ai_src_addr = dup_addr(pick->ai_addr, pick->ai_addrlen);
+    rai->ai_src_len = sizeof(sockaddr_in);
+    ok = rai->ai_src_addr;
+  } else {
+    rai->ai_dst_addr = dup_addr(pick->ai_addr, pick->ai_addrlen);
+    rai->ai_dst_len = sizeof(sockaddr_in);
+    ok = rai->ai_dst_addr;
+    if (ok && hints && hints->ai_src_addr && hints->ai_src_len) {
+      rai->ai_src_addr = dup_addr(hints->ai_src_addr, hints->ai_src_len);
+      rai->ai_src_len = hints->ai_src_len;
+      ok = rai->ai_src_addr;
+    }
+  }
+  if (ok && hints && hints->ai_connect && hints->ai_connect_len) {
+    rai->ai_connect = std::malloc(hints->ai_connect_len);
+    ok = rai->ai_connect;
+    if (ok) {
+      std::memcpy(rai->ai_connect, hints->ai_connect, hints->ai_connect_len);
+      rai->ai_connect_len = hints->ai_connect_len;
+    }
+  }
+  ::freeaddrinfo(ai);
+  if (!ok) {
+    freeaddrinfo(rai);
+    errno = ENOMEM;
+    return EAI_MEMORY;
+  }
+  *res = rai;
+  return 0;
+}
+
+void freeaddrinfo(rdma_addrinfo *res) {
+  while (res) {
+    rdma_addrinfo *next = res->ai_next;
+    std::free(res->ai_src_addr);
+    std::free(res->ai_dst_addr);
+    std::free(res->ai_src_canonname);
+    std::free(res->ai_dst_canonname);
+    std::free(res->ai_route);
+    std::free(res->ai_connect);
+    std::free(res);
+    res = next;
+  }
+}
+
+}  // namespace eca::cm

@@ -1,0 +1,47 @@
+// The device layer: what a device kind (software iWARP over TCP, modeled hardware) provides.
+//
+// The verbs layer (provider/core) owns queues, keys and completion semantics; a backend moves
+// bytes between connected QPs. rdma_cm sets a connection up (TCP + MPA, transport/mpa_cm.hpp),
+// then hands the established LLP to the device's backend, which returns the QP's engine.
+#pragma once
+
+#include <infiniband/verbs.h>
+
+#include <memory>
+
+#include "provider/core/config.hpp"
+
+namespace eca {
+
+struct Qp;
+struct Device;
+namespace transport { struct LlpConnection; }
+
+class QpEngine {
+ public:
+  virtual ~QpEngine() = default;
+  // New send WQEs were posted. Called by the posting thread with no QP lock held.
+  virtual void sq_doorbell() = 0;
+  // New receive WQEs were posted (a receive-starved connection may resume).
+  virtual void rq_doorbell() {}
+  // Stops the data path. Graceful: flush queued frames then close (rdma_disconnect);
+  // otherwise abort. After return no callback into the Qp runs any more.
+  virtual void close(bool graceful) = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual BackendKind kind() const = 0;
+  // Device name prefix: says which backend a device belongs to ("ecasw", "ecahw").
+  virtual const char *device_prefix() const = 0;
+  virtual void device_attr(const Device &dev, ibv_device_attr *attr) const = 0;
+  virtual void port_attr(const Device &dev, ibv_port_attr *attr) const = 0;
+  // Builds the data path of `qp` on an established connection; the QP moves to RTS.
+  virtual std::unique_ptr<QpEngine> attach(Qp &qp, transport::LlpConnection &&llp) = 0;
+};
+
+Backend &backend(BackendKind kind);
+Backend &software_backend();  // transport/sw_backend.cpp
+
+}  // namespace eca

@@ -1,0 +1,77 @@
+#include "provider/core/config.hpp"
+
+#include <cstdlib>
+#include <cstring>
+#include <strings.h>
+
+#include "provider/core/log.hpp"
+
+namespace eca {
+namespace {
+
+constexpr ConfigRow kRows[] = {
+    {"ECA_BACKEND", "software", "-",
+     "device kind this process uses: software (iWARP over TCP) or hwmodel (modeled adapter)"},
+    {"ECA_MPA_CRC", "1", "bool", "request MPA CRC32c on connections we initiate; a responder "
+                                 "always honours a peer that asks for it"},
+    {"ECA_MPA_REV", "2", "-", "MPA revision to initiate with: 2 (RFC 6581, IRD/ORD in private "
+                              "data) or 1 (RFC 5044)"},
+    {"ECA_MPA_MARKERS", "0", "bool", "request MPA markers (for negative tests only: markers are "
+                                     "rejected by this implementation)"},
+    {"ECA_FPDU_SIZE", "65000", "bytes", "largest DDP payload per FPDU (64 .. 65488); not tied to "
+                                        "the TCP MSS"},
+    {"ECA_RX_BATCH", "16384", "bytes", "bytes read per recv() while a header or small frames "
+                                       "are expected; large payloads bypass it"},
+    {"ECA_TX_INLINE", "1", "bool", "transmit from the posting thread when the socket is idle "
+                                   "(0: always hand off to the progress thread)"},
+    {"ECA_KEEPALIVE", "0", "s", "TCP keepalive idle time for connected QPs (0 = off)"},
+    {"ECA_LOG", "warn", "-", "log level: error, warn, info, debug"},
+};
+
+bool env_bool(const char *name, bool dflt) {
+  const char *v = std::getenv(name);
+  if (!v || !*v) return dflt;
+  return !(strcmp(v, "0") == 0 || strcasecmp(v, "off") == 0 || strcasecmp(v, "no") == 0 ||
+           strcasecmp(v, "false") == 0);
+}
+
+long env_long(const char *name, long dflt, long lo, long hi) {
+  const char *v = std::getenv(name);
+  if (!v || !*v) return dflt;
+  char *end = nullptr;
+  long x = std::strtol(v, &end, 0);
+  if (*end || x < lo || x > hi) {
+    ECA_LOG(Warn, "%s=%s is out of range [%ld, %ld]; using %ld", name, v, lo, hi, dflt);
+    return dflt;
+  }
+  return x;
+}
+
+Config load() {
+  Config c;
+  if (const char *b = std::getenv("ECA_BACKEND")) {
+    if (!strcasecmp(b, "hwmodel") || !strcasecmp(b, "hw"))
+      c.backend = BackendKind::HwModel;
+    else if (strcasecmp(b, "software") && strcasecmp(b, "sw"))
+      ECA_LOG(Warn, "ECA_BACKEND=%s unknown; using software", b);
+  }
+  c.mpa_crc = env_bool("ECA_MPA_CRC", true);
+  c.mpa_rev = (int)env_long("ECA_MPA_REV", 2, 1, 2);
+  c.mpa_markers = env_bool("ECA_MPA_MARKERS", false);
+  c.fpdu_payload = (uint32_t)env_long("ECA_FPDU_SIZE", 65000, 64, 65488);
+  c.rx_batch = (uint32_t)env_long("ECA_RX_BATCH", 16384, 256, 1 << 20);
+  c.tx_inline = env_bool("ECA_TX_INLINE", true);
+  c.keepalive_s = (uint32_t)env_long("ECA_KEEPALIVE", 0, 0, 3600);
+  return c;
+}
+
+}  // namespace
+
+const Config &config() {
+  static const Config c = load();
+  return c;
+}
+
+std::span<const ConfigRow> config_table() { return kRows; }
+
+}  // namespace eca

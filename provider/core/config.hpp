@@ -1,0 +1,34 @@
+// Run-time configuration, read once from the environment. Every tunable is a row of one
+// table (name, default, unit, meaning); docs/configuration.md is generated from the same rows
+// by `eca-config --markdown`.
+#pragma once
+#include <cstdint>
+#include <span>
+#include <string>
+
+namespace eca {
+
+enum class BackendKind { Software, HwModel };
+
+struct Config {
+  BackendKind backend = BackendKind::Software;
+  bool mpa_crc = true;          // request/accept MPA CRC32c
+  int mpa_rev = 2;              // MPA revision we initiate with (1 or 2)
+  bool mpa_markers = false;     // request markers (only for tests: markers are never supported)
+  uint32_t fpdu_payload = 65000;// max payload bytes per FPDU (ULPDU minus DDP/RDMAP header)
+  uint32_t rx_batch = 16384;    // bytes read per recv() while headers/small frames are expected
+  bool tx_inline = true;        // transmit from the posting thread when the socket is free
+  uint32_t keepalive_s = 0;     // TCP keepalive idle seconds (0 = off); peer death is seen via RST/EOF
+};
+
+struct ConfigRow {
+  const char *env;
+  const char *deflt;
+  const char *unit;
+  const char *meaning;
+};
+
+const Config &config();
+std::span<const ConfigRow> config_table();
+
+}  // namespace eca

@@ -1,0 +1,158 @@
+// Completion queues and completion channels.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "provider/core/log.hpp"
+#include "provider/core/objects.hpp"
+#include "provider/core/verbs_ops.hpp"
+
+namespace eca {
+namespace {
+
+constexpr uint64_t kSupportedWcFlags =
+    IBV_WC_EX_WITH_BYTE_LEN | IBV_WC_EX_WITH_IMM | IBV_WC_EX_WITH_QP_NUM |
+    IBV_WC_EX_WITH_SRC_QP | IBV_WC_EX_WITH_SLID | IBV_WC_EX_WITH_SL |
+    IBV_WC_EX_WITH_DLID_PATH_BITS;
+
+// ---- ibv_cq_ex polling: start_poll/next_poll consume one completion into the cursor.
+int load_next(ibv_cq_ex *cx) {
+  Cq *cq = Cq::from(cx);
+  if (cq->poll(1, &cq->cur) != 1) return ENOENT;
+  cx->wr_id = cq->cur.wr_id;
+  cx->status = cq->cur.status;
+  return 0;
+}
+int cqx_start_poll(ibv_cq_ex *cx, ibv_poll_cq_attr *attr) {
+  if (attr && attr->comp_mask) return EINVAL;
+  return load_next(cx);
+}
+int cqx_next_poll(ibv_cq_ex *cx) { return load_next(cx); }
+void cqx_end_poll(ibv_cq_ex *) {}
+const ibv_wc &cur(ibv_cq_ex *cx) { return Cq::from(cx)->cur; }
+ibv_wc_opcode cqx_read_opcode(ibv_cq_ex *cx) { return cur(cx).opcode; }
+uint32_t cqx_read_vendor_err(ibv_cq_ex *cx) { return cur(cx).vendor_err; }
+uint32_t cqx_read_byte_len(ibv_cq_ex *cx) { return cur(cx).byte_len; }
+__be32 cqx_read_imm_data(ibv_cq_ex *cx) { return cur(cx).imm_data; }
+uint32_t cqx_read_qp_num(ibv_cq_ex *cx) { return cur(cx).qp_num; }
+uint32_t cqx_read_src_qp(ibv_cq_ex *cx) { return cur(cx).src_qp; }
+unsigned int cqx_read_wc_flags(ibv_cq_ex *cx) { return cur(cx).wc_flags; }
+uint32_t cqx_read_slid(ibv_cq_ex *cx) { return cur(cx).slid; }
+uint8_t cqx_read_sl(ibv_cq_ex *cx) { return cur(cx).sl; }
+uint8_t cqx_read_dlid_path_bits(ibv_cq_ex *cx) { return cur(cx).dlid_path_bits; }
+
+}  // namespace
+
+bool Cq::push(const ibv_wc &wc, bool solicited) {
+  bool notify = false, overflow = false;
+  {
+    std::lock_guard lk(mu);
+    if (count == ring.size()) {
+      overflow = !overflowed;
+      overflowed = true;
+    } else {
+      ring[(head + count) % ring.size()] = wc;
+      count++;
+      if (armed == Arm::Next ||
+          (armed == Arm::Solicited && (solicited || wc.status != IBV_WC_SUCCESS))) {
+        armed = Arm::None;
+        notify = channel != nullptr;
+      }
+    }
+  }
+  if (overflow) {
+    ECA_LOG(Error, "cq %p overflow (cqe %d): completion of qp %u lost", (void *)this, cqx.cqe,
+            wc.qp_num);
+    ibv_async_event ev{};
+    ev.element.cq = ibv();
+    ev.event_type = IBV_EVENT_CQ_ERR;
+    ctx->post_async(ev);
+    return false;
+  }
+  if (notify) {
+    Cq *self = this;
+    if (::write(channel->wfd, &self, sizeof(self)) != (ssize_t)sizeof(self))
+      ECA_LOG(Error, "completion event lost: %s", strerror(errno));
+  }
+  return true;
+}
+
+int Cq::poll(int n, ibv_wc *out) {
+  if (n < 0) return -EINVAL;
+  std::lock_guard lk(mu);
+  int k = 0;
+  const uint32_t cap = (uint32_t)ring.size();
+  while (k < n && count) {
+    out[k++] = ring[head];
+    head = head + 1 == cap ? 0 : head + 1;
+    count--;
+  }
+  return k;
+}
+
+int cq_req_notify(Cq *cq, bool solicited_only) {
+  std::lock_guard lk(cq->mu);
+  // Solicited-only never downgrades a pending request for the next completion.
+  if (solicited_only) {
+    if (cq->armed == Cq::Arm::None) cq->armed = Cq::Arm::Solicited;
+  } else {
+    cq->armed = Cq::Arm::Next;
+  }
+  return 0;
+}
+
+int cq_create(Context *ctx, int cqe, CompChannel *ch, int comp_vector, uint64_t wc_flags,
+              Cq **out) {
+  if (cqe < 1 || (uint32_t)cqe > kMaxCqe) return EINVAL;
+  if (comp_vector < 0 || comp_vector >= ctx->ibv()->num_comp_vectors) return EINVAL;
+  if (wc_flags & ~kSupportedWcFlags) return EOPNOTSUPP;
+  if (ch && ch->ch.context != ctx->ibv()) return EINVAL;
+  auto *cq = new Cq();
+  std::memset(&cq->cqx, 0, sizeof(cq->cqx));
+  cq->ctx = ctx;
+  cq->channel = ch;
+  cq->ring.resize((size_t)cqe);
+  ibv_cq_ex &x = cq->cqx;
+  x.context = ctx->ibv();
+  x.channel = ch ? &ch->ch : nullptr;
+  x.cqe = cqe;
+  pthread_mutex_init(&x.mutex, nullptr);
+  pthread_cond_init(&x.cond, nullptr);
+  x.start_poll = cqx_start_poll;
+  x.next_poll = cqx_next_poll;
+  x.end_poll = cqx_end_poll;
+  x.read_opcode = cqx_read_opcode;
+  x.read_vendor_err = cqx_read_vendor_err;
+  x.read_byte_len = cqx_read_byte_len;
+  x.read_imm_data = cqx_read_imm_data;
+  x.read_qp_num = cqx_read_qp_num;
+  x.read_src_qp = cqx_read_src_qp;
+  x.read_wc_flags = cqx_read_wc_flags;
+  x.read_slid = cqx_read_slid;
+  x.read_sl = cqx_read_sl;
+  x.read_dlid_path_bits = cqx_read_dlid_path_bits;
+  if (ch) ch->ch.refcnt++;
+  *out = cq;
+  return 0;
+}
+
+int create_cq_ex(Context *ctx, ibv_cq_init_attr_ex *attr, Cq **out) {
+  constexpr uint32_t known = IBV_CQ_INIT_ATTR_MASK_FLAGS | IBV_CQ_INIT_ATTR_MASK_PD;
+  if (attr->comp_mask & ~known) return EOPNOTSUPP;
+  if ((attr->comp_mask & IBV_CQ_INIT_ATTR_MASK_FLAGS) && attr->flags) return EOPNOTSUPP;
+  return cq_create(ctx, (int)attr->cqe, attr->channel ? CompChannel::from(attr->channel) : nullptr,
+                   (int)attr->comp_vector, attr->wc_flags, out);
+}
+
+int cq_destroy(Cq *cq) {
+  if (cq->users.load() != 0) return EBUSY;
+  if (cq->channel) cq->channel->ch.refcnt--;
+  pthread_mutex_destroy(&cq->cqx.mutex);
+  pthread_cond_destroy(&cq->cqx.cond);
+  delete cq;
+  return 0;
+}
+
+}  // namespace eca

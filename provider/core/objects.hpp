@@ -1,0 +1,349 @@
+// The verbs objects of one process: devices, contexts, PDs, MRs, CQs, QPs, SRQs.
+//
+// Every object embeds the public rdma-core struct it stands for as its FIRST member, so the
+// pointer an application holds (ibv_qp*, ibv_cq*, ...) converts to ours with a cast, and the
+// inline verbs of verbs.h (ibv_post_send, ibv_poll_cq, verbs_get_ctx_op, ...) work unchanged.
+//
+// Error convention inside: functions return 0 or a positive errno. The extern "C" layer
+// (provider/verbs_api.cpp) translates to each verb's man-page convention.
+//
+// Locking rules (outermost first): Qp::sq_mu, Qp::rq_mu / Srq::mu, Cq::mu. The device layer
+// (QpEngine) calls back into Qp only without holding its own locks that a poster could need.
+#pragma once
+
+#include <infiniband/verbs.h>
+#include <netinet/in.h>
+
+#include <array>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <vector>
+
+namespace eca {
+
+class Backend;
+class QpEngine;
+struct Context;
+struct Pd;
+struct Cq;
+struct Qp;
+struct Srq;
+
+// ---------------------------------------------------------------------------------------------
+// Device limits (truthful: the implementation enforces exactly these).
+inline constexpr uint32_t kMaxSge = 8;
+inline constexpr uint32_t kMaxInline = 256;
+inline constexpr uint32_t kMaxQpWr = 16384;
+inline constexpr uint32_t kMaxCqe = 1u << 20;
+inline constexpr uint32_t kMaxSrqWr = 16384;
+inline constexpr uint32_t kMaxIrdOrd = 128;
+inline constexpr uint32_t kMaxQp = 16384;
+inline constexpr uint32_t kMaxCq = 16384;
+inline constexpr uint32_t kMaxMr = 1u << 20;  // 24-bit index space, bounded by this
+inline constexpr uint32_t kMaxPd = 16384;
+inline constexpr uint32_t kMaxSrq = 16384;
+inline constexpr uint64_t kMaxMsgSize = 1ull << 31;  // 2 GiB
+inline constexpr uint64_t kMaxMrSize = ~0ull;
+
+// Layout-compatible with rdma-core 44's struct verbs_device (libibverbs/driver.h, not an
+// installed header). libefa/libmlx5 compare ->ops with their own tables to recognise devices.
+struct VerbsDeviceAbi {
+  ibv_device device;
+  const void *ops;
+  int refcount;
+  struct {
+    void *next, *prev;
+  } entry;
+  void *sysfs;
+  uint64_t core_support;
+};
+static_assert(offsetof(VerbsDeviceAbi, ops) == sizeof(ibv_device));
+
+struct Device {
+  VerbsDeviceAbi vdev;  // must be first
+  std::string ifname;
+  unsigned ifindex = 0;
+  in_addr_t ipv4 = 0;  // network byte order
+  std::array<uint8_t, 6> mac{};
+  uint32_t netdev_mtu = 1500;
+  uint64_t guid = 0;  // network byte order, as ibv_get_device_guid returns it
+  Backend *backend = nullptr;
+  bool loopback = false;
+
+  static Device *from(ibv_device *d) { return reinterpret_cast<Device *>(d); }
+  ibv_device *ibv() { return &vdev.device; }
+  ibv_gid gid() const;
+};
+
+// Devices of the configured backend, one per IPv4 interface that is up. Enumerated once per
+// process; never freed (like rdma-core's device list).
+const std::vector<Device *> &devices();
+// The device whose interface holds `addr` (network order); 127.0.0.0/8 maps to loopback.
+Device *device_for_ipv4(in_addr_t addr);
+
+// ---------------------------------------------------------------------------------------------
+struct Context {
+  // rdma-core reaches the ops through ibv_context; the extended ops sit in front of it.
+  verbs_context vctx;  // vctx.context must be last inside verbs_context: it is
+  Device *dev = nullptr;
+  int async_wfd = -1;  // write end of the async event pipe; read end is context.async_fd
+  std::mutex async_mu;
+
+  static Context *from(ibv_context *c) {
+    return reinterpret_cast<Context *>(reinterpret_cast<char *>(c) -
+                                       offsetof(Context, vctx.context));
+  }
+  ibv_context *ibv() { return &vctx.context; }
+  void post_async(const ibv_async_event &ev);
+};
+
+int context_open(Device *dev, Context **out);
+int context_close(Context *ctx);
+
+// ---------------------------------------------------------------------------------------------
+struct Pd {
+  ibv_pd ibpd;  // first
+  Context *ctx = nullptr;
+  std::atomic<int> users{0};
+  static Pd *from(ibv_pd *p) { return reinterpret_cast<Pd *>(p); }
+};
+
+struct Mr {
+  ibv_mr ibmr;  // first
+  Pd *pd = nullptr;
+  uint64_t iova = 0;
+  uint8_t *addr = nullptr;  // host address backing iova
+  size_t length = 0;
+  int access = 0;
+  std::atomic<bool> valid{true};  // cleared by a remote SEND with Invalidate
+  static Mr *from(ibv_mr *m) { return reinterpret_cast<Mr *>(m); }
+};
+
+enum class AccessError : uint8_t { None, InvalidStag, ProtDomain, Access, Bounds };
+
+// Validate [addr, addr+len) with access `need` (IBV_ACCESS_* bits; 0 = local read) on the MR
+// named by `key`, for a QP in `pd`. On success sets *host to the host address of addr and
+// returns a reference that keeps the MR alive while data is placed.
+struct MrRef {
+  std::shared_ptr<Mr> mr;
+  uint8_t *host = nullptr;
+};
+AccessError mr_lookup(uint32_t key, const Pd *pd, uint64_t addr, uint64_t len, int need,
+                      MrRef *out);
+int mr_register(Pd *pd, void *addr, size_t len, uint64_t iova, int access, Mr **out);
+int mr_deregister(Mr *mr);
+bool mr_invalidate(uint32_t key, const Pd *pd);
+
+// ---------------------------------------------------------------------------------------------
+struct CompChannel {
+  ibv_comp_channel ch;  // first; ch.fd is the read end of a pipe
+  int wfd = -1;
+  static CompChannel *from(ibv_comp_channel *c) { return reinterpret_cast<CompChannel *>(c); }
+};
+
+struct Cq {
+  ibv_cq_ex cqx;  // first (its leading fields are struct ibv_cq)
+  Context *ctx = nullptr;
+  CompChannel *channel = nullptr;
+  std::mutex mu;
+  std::vector<ibv_wc> ring;  // capacity = ring.size()
+  uint32_t head = 0, count = 0;
+  enum class Arm : uint8_t { None, Next, Solicited } armed = Arm::None;
+  bool overflowed = false;
+  std::atomic<int> users{0};
+  uint32_t events_delivered = 0;
+  // ibv_cq_ex polling cursor (valid between start_poll and end_poll)
+  ibv_wc cur{};
+
+  static Cq *from(ibv_cq *c) { return reinterpret_cast<Cq *>(c); }
+  static Cq *from(ibv_cq_ex *c) { return reinterpret_cast<Cq *>(c); }
+  ibv_cq *ibv() { return ibv_cq_ex_to_cq(&cqx); }
+
+  // Adds one completion. `solicited` wakes a Solicited-armed channel. On overflow the CQ is
+  // marked broken and IBV_EVENT_CQ_ERR is raised; returns false.
+  bool push(const ibv_wc &wc, bool solicited);
+  int poll(int n, ibv_wc *out);
+};
+
+int cq_create(Context *ctx, int cqe, CompChannel *ch, int comp_vector, uint64_t wc_flags,
+              Cq **out);
+int cq_destroy(Cq *cq);
+
+// ---------------------------------------------------------------------------------------------
+// Work queue entries: a private copy of what the application posted.
+struct Sge {
+  uint64_t addr;
+  uint32_t length;
+  uint32_t lkey;
+};
+
+enum class WqeState : uint8_t { Posted, InProgress, AwaitResponse, Done };
+
+struct SendWqe {
+  uint64_t wr_id = 0;
+  ibv_wr_opcode opcode = IBV_WR_SEND;
+  uint32_t flags = 0;  // IBV_SEND_*
+  uint32_t num_sge = 0;
+  uint32_t inline_len = 0;
+  uint64_t total_len = 0;
+  uint64_t remote_addr = 0;
+  uint32_t rkey = 0;
+  uint32_t invalidate_rkey = 0;
+  __be32 imm_data = 0;
+  WqeState state = WqeState::Posted;
+  ibv_wc_status status = IBV_WC_SUCCESS;
+  std::array<Sge, kMaxSge> sge{};
+  std::array<uint8_t, kMaxInline> inline_data{};
+};
+
+struct RecvWqe {
+  uint64_t wr_id = 0;
+  uint32_t num_sge = 0;
+  std::array<Sge, kMaxSge> sge{};
+};
+
+// A fixed ring of WQEs. head: oldest not retired; tx: next not yet taken by the device;
+// tail: next free slot. Indices grow without bound; slot = index & mask.
+template <typename W>
+struct WqRing {
+  std::vector<W> slots;
+  uint64_t mask = 0, head = 0, tx = 0, tail = 0;
+  uint32_t max_wr = 0;
+  void init(uint32_t max) {
+    max_wr = max;
+    uint64_t n = 1;
+    while (n < max) n <<= 1;
+    slots.assign(n, W{});
+    mask = n - 1;
+  }
+  bool full() const { return tail - head >= max_wr; }
+  W &at(uint64_t i) { return slots[i & mask]; }
+};
+
+struct Srq {
+  ibv_srq ibsrq;  // first
+  Context *ctx = nullptr;
+  Pd *pd = nullptr;
+  std::mutex mu;
+  WqRing<RecvWqe> rq;
+  uint32_t max_sge = 0;
+  uint32_t limit = 0;  // armed limit (0 = disarmed)
+  std::atomic<int> users{0};
+  static Srq *from(ibv_srq *s) { return reinterpret_cast<Srq *>(s); }
+  bool take(RecvWqe *out);  // pops the oldest receive, raising SRQ_LIMIT_REACHED if armed
+};
+
+int srq_create(Pd *pd, const ibv_srq_init_attr &attr, Srq **out);
+int srq_destroy(Srq *srq);
+int srq_post(Srq *srq, const ibv_recv_wr *wr, const ibv_recv_wr **bad);
+
+// ---------------------------------------------------------------------------------------------
+// Why a QP's connection ended, as the device layer reports it.
+enum class LlpEnd : uint8_t {
+  PeerClosed,       // orderly close by the peer (FIN) after or without rdma_disconnect
+  LocalClosed,      // we closed it (rdma_disconnect, destroy)
+  Reset,            // connection reset / I/O error: the peer died
+  TerminateSent,    // we detected a protocol or access error and sent TERMINATE
+  TerminateRecvd,   // the peer sent TERMINATE
+};
+
+struct Qp {
+  ibv_qp_ex qpx;  // first; qpx.qp_base is the ibv_qp the application holds
+  Context *ctx = nullptr;
+  Pd *pd = nullptr;
+  Cq *scq = nullptr, *rcq = nullptr;
+  Srq *srq = nullptr;
+  ibv_qp_cap cap{};
+  bool sq_sig_all = false;
+  bool has_qpx = false;  // created with send_ops_flags: ibv_qp_to_qp_ex works
+  uint64_t send_ops_flags = 0;
+  uint32_t qpn = 0;
+
+  // iWARP connection attributes (set by rdma_cm before/at connection)
+  uint32_t ord = 0;  // outstanding RDMA READs we may issue
+  uint32_t ird = 0;  // inbound RDMA READs we accept
+  std::atomic<ibv_qp_state> state{IBV_QPS_RESET};
+
+  std::mutex sq_mu;
+  WqRing<SendWqe> sq;
+  std::mutex rq_mu;
+  WqRing<RecvWqe> rq;
+
+  // ibv_wr_* API: WQEs being built between wr_start and wr_complete
+  std::vector<SendWqe> wr_batch;
+  int wr_error = 0;
+
+  std::unique_ptr<QpEngine> engine;  // null until connected
+  std::mutex engine_mu;              // guards engine replacement only
+  // rdma_cm's hook: called once (from the progress thread) when the connection ends.
+  std::function<void(LlpEnd)> on_llp_end;
+
+  static Qp *from(ibv_qp *q) { return reinterpret_cast<Qp *>(q); }
+  static Qp *from(ibv_qp_ex *q) { return reinterpret_cast<Qp *>(q); }
+  ibv_qp *ibv() { return &qpx.qp_base; }
+
+  // ---- used by the verbs layer
+  int post_send(const ibv_send_wr *wr, const ibv_send_wr **bad);
+  int post_recv(const ibv_recv_wr *wr, const ibv_recv_wr **bad);
+  int modify(const ibv_qp_attr &attr, int mask);
+  int query(ibv_qp_attr *attr, int mask, ibv_qp_init_attr *init);
+  int enqueue_send(const SendWqe &w);  // validates and queues one WQE (sq_mu held by caller)
+
+  // ---- used by rdma_cm
+  // Gives the QP its data path and moves it to RTS.
+  void attach_engine(std::unique_ptr<QpEngine> e);
+  // Graceful disconnect (rdma_disconnect): QP to ERROR, outstanding work flushed.
+  void disconnect();
+
+  // ---- used by the device layer (QpEngine)
+  // Takes the next posted send WQE for transmission; null if none. The pointer stays valid
+  // until sq_done() for it.
+  SendWqe *sq_take();
+  // Records the outcome of a send WQE; retires finished WQEs in posting order, generating
+  // completions for signaled (or failed) ones.
+  void sq_done(SendWqe *w, ibv_wc_status st);
+  // The stream failed because of the peer: the oldest unfinished send WQE completes with `st`
+  // (the rest are flushed by enter_error()).
+  void sq_fail_oldest(ibv_wc_status st);
+  // Takes the next receive WQE (from the SRQ if attached). False if none is posted.
+  bool rq_take(RecvWqe *out);
+  // Completes a receive WQE taken with rq_take.
+  void rq_done(const RecvWqe &w, ibv_wc_status st, uint32_t byte_len, bool solicited,
+               uint32_t invalidated_rkey);
+  // An RFC 7306 Immediate Data message consumed a receive: IBV_WC_RECV_RDMA_WITH_IMM.
+  void rq_done_imm(const RecvWqe &w, __be32 imm, bool solicited);
+  // The connection ended: QP to ERROR, flush, async event when fatal, tell rdma_cm.
+  void llp_ended(LlpEnd why);
+  // QP to ERROR and flush everything outstanding. Idempotent.
+  void enter_error();
+  QpEngine *current_engine();
+
+ private:
+  void flush_locked_sq();
+  void flush_rq();
+};
+
+int qp_create(Context *ctx, const ibv_qp_init_attr_ex &attr, Qp **out);
+int qp_destroy(Qp *qp);
+void qp_ex_init(Qp *qp);  // fills the ibv_qp_ex wr_* function table (qp_ex.cpp)
+
+// Completion helpers shared by the SQ and RQ paths.
+ibv_wc_opcode wc_opcode_for(ibv_wr_opcode op);
+
+}  // namespace eca
+
+// --- rdma_cm additions
+// (owned by provider/cm; additive only)
+namespace eca {
+// The QP numbered `qpn` on `ctx`, or null. rdma_connect/rdma_accept use it when the
+// application passes conn_param->qp_num for a QP it did not create through rdma_cm.
+// Declared weak so that rdma_cm links (and falls back to id->qp only) until provider/core
+// defines it.
+Qp *qp_lookup(Context *ctx, uint32_t qpn) __attribute__((weak));
+}  // namespace eca

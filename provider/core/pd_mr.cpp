@@ -1,0 +1,134 @@
+// Memory registration: the process-wide STag table. An STag is (24-bit index << 8 | 8-bit
+// key); the key byte is drawn at random for every registration, so a stale or guessed STag
+// misses. lkey == rkey (iWARP has one STag per region).
+#include <cerrno>
+#include <mutex>
+#include <random>
+#include <shared_mutex>
+
+#include "provider/core/log.hpp"
+#include "provider/core/objects.hpp"
+
+namespace eca {
+namespace {
+
+class MrTable {
+ public:
+  int add(std::shared_ptr<Mr> mr, uint32_t *key) {
+    std::unique_lock lk(mu_);
+    uint32_t idx;
+    if (!free_.empty()) {
+      idx = free_.back();
+      free_.pop_back();
+    } else {
+      if (slots_.size() >= kMaxMr) return ENOMEM;
+      idx = (uint32_t)slots_.size();
+      slots_.emplace_back();
+    }
+    // Index 0 is never used: STag 0 is what a zero-filled header carries.
+    uint32_t k = (uint32_t)(rng_() & 0xff);
+    *key = ((idx + 1) << 8) | k;
+    slots_[idx] = std::move(mr);
+    return 0;
+  }
+
+  void remove(uint32_t key) {
+    std::unique_lock lk(mu_);
+    uint32_t idx = (key >> 8) - 1;
+    if (idx < slots_.size() && slots_[idx] && slots_[idx]->ibmr.rkey == key) {
+      slots_[idx].reset();
+      free_.push_back(idx);
+    }
+  }
+
+  std::shared_ptr<Mr> get(uint32_t key) {
+    std::shared_lock lk(mu_);
+    uint32_t idx = (key >> 8) - 1;
+    if ((key >> 8) == 0 || idx >= slots_.size()) return nullptr;
+    const auto &m = slots_[idx];
+    if (!m || m->ibmr.rkey != key) return nullptr;
+    return m;
+  }
+
+ private:
+  std::shared_mutex mu_;
+  std::vector<std::shared_ptr<Mr>> slots_;
+  std::vector<uint32_t> free_;
+  std::mt19937 rng_{std::random_device{}()};
+};
+
+MrTable &table() {
+  static MrTable *t = new MrTable();  // lives as long as the progress thread may look up
+  return *t;
+}
+
+constexpr int kKnownAccess = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE |
+                             IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_ATOMIC |
+                             IBV_ACCESS_MW_BIND | IBV_ACCESS_ZERO_BASED |
+                             IBV_ACCESS_HUGETLB | IBV_ACCESS_RELAXED_ORDERING;
+
+}  // namespace
+
+int mr_register(Pd *pd, void *addr, size_t len, uint64_t iova, int access, Mr **out) {
+  access &= ~IBV_ACCESS_OPTIONAL_RANGE;  // optional hints: we may ignore them
+  if (access & ~kKnownAccess) return (access & IBV_ACCESS_ON_DEMAND) ? EOPNOTSUPP : EINVAL;
+  // verbs: remote write/atomic access require local write
+  if ((access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC)) &&
+      !(access & IBV_ACCESS_LOCAL_WRITE))
+    return EINVAL;
+  if (access & IBV_ACCESS_MW_BIND) return EOPNOTSUPP;  // no memory windows
+  if (!addr && len) return EINVAL;
+  if (len && iova + len < iova) return EINVAL;
+  auto mr = std::make_shared<Mr>();
+  mr->pd = pd;
+  mr->iova = (access & IBV_ACCESS_ZERO_BASED) ? 0 : iova;
+  mr->addr = static_cast<uint8_t *>(addr);
+  mr->length = len;
+  mr->access = access;
+  uint32_t key;
+  Mr *raw = mr.get();
+  if (int rc = table().add(std::move(mr), &key)) return rc;
+  raw->ibmr.context = pd->ctx->ibv();
+  raw->ibmr.pd = &pd->ibpd;
+  raw->ibmr.addr = addr;
+  raw->ibmr.length = len;
+  raw->ibmr.handle = key;
+  raw->ibmr.lkey = key;
+  raw->ibmr.rkey = key;
+  pd->users++;
+  *out = raw;
+  return 0;
+}
+
+int mr_deregister(Mr *mr) {
+  Pd *pd = mr->pd;
+  table().remove(mr->ibmr.rkey);  // in-flight placements keep their reference
+  pd->users--;
+  return 0;
+}
+
+AccessError mr_lookup(uint32_t key, const Pd *pd, uint64_t addr, uint64_t len, int need,
+                      MrRef *out) {
+  auto mr = table().get(key);
+  if (!mr) return AccessError::InvalidStag;
+  if (!mr->valid.load(std::memory_order_acquire)) return AccessError::InvalidStag;
+  if (mr->pd != pd) return AccessError::ProtDomain;
+  if ((mr->access & need) != need) return AccessError::Access;
+  if (addr < mr->iova || len > mr->length || addr - mr->iova > mr->length - len)
+    return AccessError::Bounds;
+  out->host = mr->addr + (addr - mr->iova);
+  out->mr = std::move(mr);
+  return AccessError::None;
+}
+
+}  // namespace eca
+
+namespace eca {
+// RDMAP SEND with Invalidate: the named STag stops being usable for remote access.
+bool mr_invalidate(uint32_t key, const Pd *pd) {
+  auto mr = table().get(key);
+  if (!mr || mr->pd != pd) return false;
+  mr->valid.store(false, std::memory_order_release);
+  return true;
+}
+}  // namespace eca

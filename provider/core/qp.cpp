@@ -1,0 +1,506 @@
+// RC queue pairs: the verbs state machine, send/receive queues, in-order retirement with
+// completions, and flushing. The device layer (QpEngine) moves the data.
+#include <cerrno>
+#include <cstring>
+
+#include "provider/core/backend.hpp"
+#include "provider/core/log.hpp"
+#include "provider/core/objects.hpp"
+
+namespace eca {
+namespace {
+
+std::atomic<uint32_t> g_next_qpn{1};
+
+constexpr uint64_t kSupportedSendOps = IBV_QP_EX_WITH_RDMA_WRITE | IBV_QP_EX_WITH_SEND |
+                                       IBV_QP_EX_WITH_RDMA_READ | IBV_QP_EX_WITH_SEND_WITH_INV |
+                                       IBV_QP_EX_WITH_RDMA_WRITE_WITH_IMM;
+
+bool opcode_supported(ibv_wr_opcode op) {
+  switch (op) {
+    case IBV_WR_SEND:
+    case IBV_WR_SEND_WITH_INV:
+    case IBV_WR_RDMA_WRITE:
+    case IBV_WR_RDMA_WRITE_WITH_IMM:  // RDMA Write + RFC 7306 Immediate Data message
+    case IBV_WR_RDMA_READ:
+      return true;
+    default:  // send with immediate, atomics, memory windows, TSO: not supported
+      return false;
+  }
+}
+
+// Valid transitions of the verbs QP state machine (ibv_modify_qp(3)); ERR and RESET are
+// reachable from every state.
+bool transition_ok(ibv_qp_state from, ibv_qp_state to) {
+  if (to == IBV_QPS_ERR || to == IBV_QPS_RESET) return true;
+  switch (from) {
+    case IBV_QPS_RESET: return to == IBV_QPS_INIT;
+    case IBV_QPS_INIT: return to == IBV_QPS_INIT || to == IBV_QPS_RTR;
+    case IBV_QPS_RTR: return to == IBV_QPS_RTS;
+    case IBV_QPS_RTS: return to == IBV_QPS_RTS || to == IBV_QPS_SQD;
+    case IBV_QPS_SQD: return to == IBV_QPS_RTS || to == IBV_QPS_SQD;
+    case IBV_QPS_SQE: return to == IBV_QPS_RTS;
+    default: return false;
+  }
+}
+
+}  // namespace
+
+ibv_wc_opcode wc_opcode_for(ibv_wr_opcode op) {
+  switch (op) {
+    case IBV_WR_RDMA_WRITE:
+    case IBV_WR_RDMA_WRITE_WITH_IMM: return IBV_WC_RDMA_WRITE;
+    case IBV_WR_RDMA_READ: return IBV_WC_RDMA_READ;
+    case IBV_WR_LOCAL_INV: return IBV_WC_LOCAL_INV;
+    default: return IBV_WC_SEND;
+  }
+}
+
+int qp_create(Context *ctx, const ibv_qp_init_attr_ex &a, Qp **out) {
+  constexpr uint32_t known = IBV_QP_INIT_ATTR_PD | IBV_QP_INIT_ATTR_SEND_OPS_FLAGS |
+                             IBV_QP_INIT_ATTR_CREATE_FLAGS;
+  if (a.comp_mask & ~known) return EOPNOTSUPP;
+  if ((a.comp_mask & IBV_QP_INIT_ATTR_CREATE_FLAGS) && a.create_flags) return EOPNOTSUPP;
+  if (a.qp_type != IBV_QPT_RC) return EOPNOTSUPP;  // iWARP is reliable-connected only
+  if (!(a.comp_mask & IBV_QP_INIT_ATTR_PD) || !a.pd || !a.send_cq || !a.recv_cq) return EINVAL;
+  if (a.pd->context != ctx->ibv() || a.send_cq->context != ctx->ibv() ||
+      a.recv_cq->context != ctx->ibv())
+    return EINVAL;
+  uint64_t ops = (a.comp_mask & IBV_QP_INIT_ATTR_SEND_OPS_FLAGS) ? a.send_ops_flags : 0;
+  if (ops & ~kSupportedSendOps) return EOPNOTSUPP;
+  const ibv_qp_cap &c = a.cap;
+  if (c.max_send_wr > kMaxQpWr || c.max_send_sge > kMaxSge || c.max_inline_data > kMaxInline)
+    return EINVAL;
+  if (!a.srq && (c.max_recv_wr > kMaxQpWr || c.max_recv_sge > kMaxSge)) return EINVAL;
+
+  auto *qp = new Qp();
+  std::memset(&qp->qpx, 0, sizeof(qp->qpx));
+  qp->ctx = ctx;
+  qp->pd = Pd::from(a.pd);
+  qp->scq = Cq::from(a.send_cq);
+  qp->rcq = Cq::from(a.recv_cq);
+  qp->srq = a.srq ? Srq::from(a.srq) : nullptr;
+  qp->sq_sig_all = a.sq_sig_all != 0;
+  qp->send_ops_flags = ops;
+  qp->has_qpx = (a.comp_mask & IBV_QP_INIT_ATTR_SEND_OPS_FLAGS) != 0;
+  qp->qpn = g_next_qpn.fetch_add(1);
+  // Truthful capabilities: what the queues and the copy-in of inline data really allow.
+  qp->cap.max_send_wr = c.max_send_wr;
+  qp->cap.max_recv_wr = a.srq ? 0 : c.max_recv_wr;
+  qp->cap.max_send_sge = kMaxSge;
+  qp->cap.max_recv_sge = a.srq ? 0 : kMaxSge;
+  qp->cap.max_inline_data = kMaxInline;
+  qp->sq.init(c.max_send_wr);
+  qp->rq.init(a.srq ? 0 : c.max_recv_wr);
+  qp->ord = kMaxIrdOrd;
+  qp->ird = kMaxIrdOrd;
+
+  ibv_qp &q = qp->qpx.qp_base;
+  q.context = ctx->ibv();
+  q.qp_context = a.qp_context;
+  q.pd = a.pd;
+  q.send_cq = a.send_cq;
+  q.recv_cq = a.recv_cq;
+  q.srq = a.srq;
+  q.handle = qp->qpn;
+  q.qp_num = qp->qpn;
+  q.state = IBV_QPS_RESET;
+  q.qp_type = IBV_QPT_RC;
+  pthread_mutex_init(&q.mutex, nullptr);
+  pthread_cond_init(&q.cond, nullptr);
+  if (qp->has_qpx) qp_ex_init(qp);
+
+  qp->pd->users++;
+  qp->scq->users++;
+  qp->rcq->users++;
+  if (qp->srq) qp->srq->users++;
+  *out = qp;
+  return 0;
+}
+
+int qp_destroy(Qp *qp) {
+  std::unique_ptr<QpEngine> eng;
+  {
+    std::lock_guard lk(qp->engine_mu);
+    eng = std::move(qp->engine);
+  }
+  if (eng) eng->close(false);  // after this, nothing calls back into the QP
+  eng.reset();
+  qp->pd->users--;
+  qp->scq->users--;
+  qp->rcq->users--;
+  if (qp->srq) qp->srq->users--;
+  pthread_mutex_destroy(&qp->qpx.qp_base.mutex);
+  pthread_cond_destroy(&qp->qpx.qp_base.cond);
+  delete qp;
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Posting
+
+int Qp::enqueue_send(const SendWqe &w) {
+  if (sq.full()) return ENOMEM;
+  SendWqe &slot = sq.at(sq.tail);
+  slot = w;
+  slot.state = WqeState::Posted;
+  slot.status = IBV_WC_SUCCESS;
+  sq.tail++;
+  return 0;
+}
+
+namespace {
+
+// Copies one ibv_send_wr into a WQE, validating what can be validated at post time.
+int build_wqe(const Qp &qp, const ibv_send_wr &wr, SendWqe *w) {
+  if (!opcode_supported(wr.opcode)) return EINVAL;
+  if (wr.num_sge < 0 || (uint32_t)wr.num_sge > qp.cap.max_send_sge) return EINVAL;
+  w->wr_id = wr.wr_id;
+  w->opcode = wr.opcode;
+  w->flags = wr.send_flags;
+  w->rkey = wr.wr.rdma.rkey;
+  w->remote_addr = wr.wr.rdma.remote_addr;
+  w->invalidate_rkey = wr.opcode == IBV_WR_SEND_WITH_INV ? wr.invalidate_rkey : 0;
+  w->imm_data = wr.opcode == IBV_WR_RDMA_WRITE_WITH_IMM ? wr.imm_data : 0;
+  uint64_t total = 0;
+  for (int i = 0; i < wr.num_sge; i++) total += wr.sg_list[i].length;
+  if (total > kMaxMsgSize) return EINVAL;
+  w->total_len = total;
+  w->inline_len = 0;
+  if ((wr.send_flags & IBV_SEND_INLINE) && wr.opcode != IBV_WR_RDMA_READ) {
+    if (total > kMaxInline) return EINVAL;
+    uint32_t off = 0;
+    for (int i = 0; i < wr.num_sge; i++) {
+      std::memcpy(w->inline_data.data() + off,
+                  reinterpret_cast<const void *>(wr.sg_list[i].addr), wr.sg_list[i].length);
+      off += wr.sg_list[i].length;
+    }
+    w->inline_len = off;
+    w->num_sge = 0;
+  } else {
+    w->flags &= ~IBV_SEND_INLINE;
+    w->num_sge = (uint32_t)wr.num_sge;
+    for (int i = 0; i < wr.num_sge; i++)
+      w->sge[i] = {wr.sg_list[i].addr, wr.sg_list[i].length, wr.sg_list[i].lkey};
+  }
+  return 0;
+}
+
+bool send_state_ok(ibv_qp_state s) {
+  return s == IBV_QPS_RTS || s == IBV_QPS_SQD || s == IBV_QPS_ERR;
+}
+
+}  // namespace
+
+int Qp::post_send(const ibv_send_wr *wr, const ibv_send_wr **bad) {
+  int rc = 0;
+  bool posted = false;
+  {
+    std::lock_guard lk(sq_mu);
+    for (; wr; wr = wr->next) {
+      if (!send_state_ok(state.load())) {
+        rc = EINVAL;
+        break;
+      }
+      SendWqe w;
+      if ((rc = build_wqe(*this, *wr, &w))) break;
+      if ((rc = enqueue_send(w))) break;
+      posted = true;
+    }
+    if (posted && state.load() == IBV_QPS_ERR) flush_locked_sq();
+  }
+  if (rc) {
+    *bad = wr;
+    ECA_QP_LOG(Debug, qpn, "post_send failed: %s", strerror(rc));
+  }
+  if (posted)
+    if (QpEngine *e = current_engine()) e->sq_doorbell();
+  return rc;
+}
+
+int Qp::post_recv(const ibv_recv_wr *wr, const ibv_recv_wr **bad) {
+  int rc = 0;
+  if (srq) {
+    *bad = wr;
+    return EINVAL;  // receives go to the SRQ
+  }
+  {
+    std::lock_guard lk(rq_mu);
+    for (; wr; wr = wr->next) {
+      if (state.load() == IBV_QPS_RESET) {
+        rc = EINVAL;
+        break;
+      }
+      if (wr->num_sge < 0 || (uint32_t)wr->num_sge > cap.max_recv_sge) {
+        rc = EINVAL;
+        break;
+      }
+      if (rq.full()) {
+        rc = ENOMEM;
+        break;
+      }
+      RecvWqe &r = rq.at(rq.tail);
+      r.wr_id = wr->wr_id;
+      r.num_sge = (uint32_t)wr->num_sge;
+      for (int i = 0; i < wr->num_sge; i++)
+        r.sge[i] = {wr->sg_list[i].addr, wr->sg_list[i].length, wr->sg_list[i].lkey};
+      rq.tail++;
+    }
+  }
+  if (rc) *bad = wr;
+  if (state.load() == IBV_QPS_ERR)
+    flush_rq();
+  else if (QpEngine *e = current_engine())
+    e->rq_doorbell();
+  return rc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device-layer side
+
+SendWqe *Qp::sq_take() {
+  std::lock_guard lk(sq_mu);
+  if (sq.tx == sq.tail || state.load() == IBV_QPS_ERR) return nullptr;
+  SendWqe *w = &sq.at(sq.tx++);
+  w->state = WqeState::InProgress;
+  return w;
+}
+
+void Qp::sq_done(SendWqe *w, ibv_wc_status st) {
+  std::lock_guard lk(sq_mu);
+  if (w->state == WqeState::Done) return;  // already flushed
+  w->state = WqeState::Done;
+  w->status = st;
+  while (sq.head != sq.tx && sq.at(sq.head).state == WqeState::Done) {
+    SendWqe &d = sq.at(sq.head);
+    if (sq_sig_all || (d.flags & IBV_SEND_SIGNALED) || d.status != IBV_WC_SUCCESS) {
+      ibv_wc wc{};
+      wc.wr_id = d.wr_id;
+      wc.status = d.status;
+      wc.opcode = wc_opcode_for(d.opcode);
+      wc.byte_len = (uint32_t)d.total_len;
+      wc.qp_num = qpn;
+      scq->push(wc, false);
+    }
+    sq.head++;
+  }
+}
+
+bool Qp::rq_take(RecvWqe *out) {
+  if (srq) return srq->take(out);
+  std::lock_guard lk(rq_mu);
+  if (rq.head == rq.tail) return false;
+  *out = rq.at(rq.head++);
+  return true;
+}
+
+void Qp::rq_done(const RecvWqe &w, ibv_wc_status st, uint32_t byte_len, bool solicited,
+                 uint32_t invalidated_rkey) {
+  ibv_wc wc{};
+  wc.wr_id = w.wr_id;
+  wc.status = st;
+  wc.opcode = IBV_WC_RECV;
+  wc.byte_len = byte_len;
+  wc.qp_num = qpn;
+  if (invalidated_rkey && st == IBV_WC_SUCCESS) {
+    wc.wc_flags = IBV_WC_WITH_INV;
+    wc.invalidated_rkey = invalidated_rkey;
+  }
+  rcq->push(wc, solicited);
+}
+
+// Marks every WQE not yet finished as flushed and retires the queue (sq_mu held).
+void Qp::flush_locked_sq() {
+  for (uint64_t i = sq.head; i != sq.tail; i++) {
+    SendWqe &w = sq.at(i);
+    if (w.state != WqeState::Done) {
+      w.state = WqeState::Done;
+      w.status = IBV_WC_WR_FLUSH_ERR;
+    }
+  }
+  sq.tx = sq.tail;
+  while (sq.head != sq.tail) {
+    SendWqe &d = sq.at(sq.head);
+    if (sq_sig_all || (d.flags & IBV_SEND_SIGNALED) || d.status != IBV_WC_SUCCESS) {
+      ibv_wc wc{};
+      wc.wr_id = d.wr_id;
+      wc.status = d.status;
+      wc.opcode = wc_opcode_for(d.opcode);
+      wc.qp_num = qpn;
+      scq->push(wc, false);
+    }
+    sq.head++;
+  }
+}
+
+void Qp::flush_rq() {
+  if (srq) return;  // SRQ receives stay with the SRQ
+  std::lock_guard lk(rq_mu);
+  while (rq.head != rq.tail) {
+    RecvWqe &r = rq.at(rq.head++);
+    ibv_wc wc{};
+    wc.wr_id = r.wr_id;
+    wc.status = IBV_WC_WR_FLUSH_ERR;
+    wc.opcode = IBV_WC_RECV;
+    wc.qp_num = qpn;
+    rcq->push(wc, false);
+  }
+}
+
+QpEngine *Qp::current_engine() {
+  std::lock_guard lk(engine_mu);
+  return engine.get();
+}
+
+void Qp::enter_error() {
+  // The engine is closed without engine_mu held: close() waits for a progress-thread handler
+  // that may itself be on its way into enter_error().
+  if (QpEngine *e = current_engine()) e->close(false);
+  state.store(IBV_QPS_ERR);
+  qpx.qp_base.state = IBV_QPS_ERR;
+  {
+    std::lock_guard lk(sq_mu);
+    flush_locked_sq();
+  }
+  flush_rq();
+}
+
+void Qp::llp_ended(LlpEnd why) {
+  bool was_err = state.load() == IBV_QPS_ERR;
+  ECA_QP_LOG(Info, qpn, "connection ended (%d)", (int)why);
+  enter_error();
+  if (!was_err && (why == LlpEnd::Reset || why == LlpEnd::TerminateSent ||
+                   why == LlpEnd::TerminateRecvd)) {
+    ibv_async_event ev{};
+    ev.element.qp = ibv();
+    ev.event_type = IBV_EVENT_QP_FATAL;
+    ctx->post_async(ev);
+  }
+  std::function<void(LlpEnd)> hook;
+  {
+    std::lock_guard lk(engine_mu);
+    hook = std::move(on_llp_end);
+    on_llp_end = nullptr;
+  }
+  if (hook) hook(why);
+}
+
+void Qp::attach_engine(std::unique_ptr<QpEngine> e) {
+  {
+    std::lock_guard lk(engine_mu);
+    engine = std::move(e);
+  }
+  state.store(IBV_QPS_RTS);
+  qpx.qp_base.state = IBV_QPS_RTS;
+}
+
+void Qp::disconnect() {
+  {
+    std::lock_guard lk(engine_mu);
+    on_llp_end = nullptr;
+  }
+  if (QpEngine *e = current_engine()) e->close(true);
+  enter_error();
+}
+
+// ---------------------------------------------------------------------------------------------
+// modify / query
+
+int Qp::modify(const ibv_qp_attr &attr, int mask) {
+  ibv_qp_state cur = state.load();
+  if ((mask & IBV_QP_CUR_STATE) && attr.cur_qp_state != cur) return EINVAL;
+  if (mask & IBV_QP_PORT && attr.port_num != 1) return EINVAL;
+  if (mask & IBV_QP_MAX_QP_RD_ATOMIC && attr.max_rd_atomic > kMaxIrdOrd) return EINVAL;
+  if (mask & IBV_QP_MAX_DEST_RD_ATOMIC && attr.max_dest_rd_atomic > kMaxIrdOrd) return EINVAL;
+  if (mask & IBV_QP_ACCESS_FLAGS &&
+      (attr.qp_access_flags & ~(IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE |
+                                IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_ATOMIC)))
+    return EINVAL;
+  if (mask & IBV_QP_STATE) {
+    ibv_qp_state to = attr.qp_state;
+    if (!transition_ok(cur, to)) return EINVAL;
+    if (to == IBV_QPS_RTS && cur != IBV_QPS_RTS && cur != IBV_QPS_SQD) {
+      // iWARP: RTS means "connected": only rdma_cm (or an established LLP) gets a QP there.
+      std::lock_guard lk(engine_mu);
+      if (!engine) return EINVAL;
+    }
+  }
+  if (mask & IBV_QP_MAX_QP_RD_ATOMIC) ord = attr.max_rd_atomic;
+  if (mask & IBV_QP_MAX_DEST_RD_ATOMIC) ird = attr.max_dest_rd_atomic;
+  if (mask & IBV_QP_STATE) {
+    ibv_qp_state to = attr.qp_state;
+    if (to == IBV_QPS_ERR) {
+      enter_error();
+    } else if (to == IBV_QPS_RESET) {
+      enter_error();  // stops the data path and flushes; RESET then empties the queues
+      std::scoped_lock lk(sq_mu, rq_mu);
+      sq.head = sq.tx = sq.tail = 0;
+      rq.head = rq.tx = rq.tail = 0;
+      std::unique_ptr<QpEngine> old;
+      {
+        std::lock_guard le(engine_mu);
+        old = std::move(engine);
+      }
+      state.store(IBV_QPS_RESET);
+      qpx.qp_base.state = IBV_QPS_RESET;
+    } else {
+      state.store(to);
+      qpx.qp_base.state = to;
+    }
+  }
+  return 0;
+}
+
+int Qp::query(ibv_qp_attr *attr, int, ibv_qp_init_attr *init) {
+  std::memset(attr, 0, sizeof(*attr));
+  attr->qp_state = state.load();
+  attr->cur_qp_state = attr->qp_state;
+  attr->path_mtu = IBV_MTU_1024;
+  attr->qp_access_flags = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE |
+                          IBV_ACCESS_REMOTE_READ;
+  attr->cap = cap;
+  attr->max_rd_atomic = (uint8_t)ord;
+  attr->max_dest_rd_atomic = (uint8_t)ird;
+  attr->port_num = 1;
+  attr->sq_draining = 0;
+  if (init) {
+    std::memset(init, 0, sizeof(*init));
+    init->qp_context = qpx.qp_base.qp_context;
+    init->send_cq = qpx.qp_base.send_cq;
+    init->recv_cq = qpx.qp_base.recv_cq;
+    init->srq = qpx.qp_base.srq;
+    init->cap = cap;
+    init->qp_type = IBV_QPT_RC;
+    init->sq_sig_all = sq_sig_all;
+  }
+  return 0;
+}
+
+}  // namespace eca
+
+namespace eca {
+void Qp::rq_done_imm(const RecvWqe &w, __be32 imm, bool solicited) {
+  ibv_wc wc{};
+  wc.wr_id = w.wr_id;
+  wc.status = IBV_WC_SUCCESS;
+  wc.opcode = IBV_WC_RECV_RDMA_WITH_IMM;
+  wc.wc_flags = IBV_WC_WITH_IMM;
+  wc.imm_data = imm;
+  wc.qp_num = qpn;
+  rcq->push(wc, solicited);
+}
+}  // namespace eca
+
+namespace eca {
+void Qp::sq_fail_oldest(ibv_wc_status st) {
+  std::lock_guard lk(sq_mu);
+  for (uint64_t i = sq.head; i != sq.tail; i++) {
+    SendWqe &w = sq.at(i);
+    if (w.state == WqeState::Done) continue;
+    w.state = WqeState::Done;
+    w.status = st;
+    if (i >= sq.tx) sq.tx = i + 1;
+    break;
+  }
+}
+}  // namespace eca

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Two network namespaces joined by a veth pair (created here, deleted at exit): the
+# device of each side is ecasw_<veth>, and ib_write_bw -R, ib_read_lat -R and rping
+# run between the namespaces over the veth addresses.
+# shellcheck source=tests/system/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+require_library
+require_program ip ib_write_bw ib_read_lat rping ibv_devices
+[[ $(id -u) == 0 ]] || fail "needs root to create network namespaces"
+
+make_netns_pair
+log "namespaces $NS_A ($VETH_A $IP_A) <-> $NS_B ($VETH_B $IP_B)"
+
+# Each namespace sees its own interfaces as devices: ecasw_lo and ecasw_<veth>.
+for side in A B; do
+  ns_var=NS_$side; veth_var=VETH_$side
+  ns=${!ns_var}; veth=${!veth_var}
+  timeout -k 5 60 ip netns exec "$ns" "$ECA_RUN" ibv_devices </dev/null \
+    >"$TEST_TMP/devices_$side.out" 2>"$TEST_TMP/devices_$side.err" ||
+    { cat "$TEST_TMP/devices_$side.err" >&2; fail "ibv_devices in $ns failed"; }
+  assert_contains "$TEST_TMP/devices_$side.out" "^[[:space:]]+ecasw_${veth}[[:space:]]" "ibv_devices in $ns"
+  timeout -k 5 60 ip netns exec "$ns" "$ECA_RUN" ibv_devinfo -d "ecasw_$veth" </dev/null \
+    >"$TEST_TMP/devinfo_$side.out" 2>"$TEST_TMP/devinfo_$side.err" ||
+    { cat "$TEST_TMP/devinfo_$side.err" >&2; fail "ibv_devinfo -d ecasw_$veth in $ns failed"; }
+  assert_contains "$TEST_TMP/devinfo_$side.out" 'state:[[:space:]]+PORT_ACTIVE \(4\)' "ecasw_$veth port state"
+done
+
+ERRORS='error|couldn.?t|failed|unable to|not supported|illegal|unsupported'
+check_clean() {
+  local f
+  for f in "$CLIENT_OUT" "$CLIENT_ERR" "$SERVER_OUT" "$SERVER_ERR"; do
+    assert_not_contains "$f" "$ERRORS" "$1 $(basename "$f")"
+  done
+}
+
+# --- ib_write_bw -R: server in A, client in B.
+port=$(free_port)
+run_pair --name write_bw --port "$port" --server-ns "$NS_A" --client-ns "$NS_B" --timeout 120 \
+  ib_write_bw -R -F -p "$port" -s 65536 -n 2000 -- \
+  ib_write_bw -R -F -p "$port" -s 65536 -n 2000 "$IP_A"
+check_clean ib_write_bw
+row=$(awk '$1 == "65536" && $2 ~ /^[0-9]+$/ && NF == 5 { print $4, $5 }' "$CLIENT_OUT")
+[[ -n "$row" ]] || { cat "$CLIENT_OUT" >&2; fail "ib_write_bw: no result row for 65536 bytes"; }
+read -r bw rate <<<"$row"
+awk -v b="$bw" -v r="$rate" 'BEGIN { exit !(b > 0 && r > 0) }' || fail "ib_write_bw: BW $bw, MsgRate $rate"
+log "ib_write_bw across namespaces: $bw MB/s average"
+
+# --- ib_read_lat -R: server in B, client in A (the other direction).
+port=$(free_port)
+run_pair --name read_lat --port "$port" --server-ns "$NS_B" --client-ns "$NS_A" --timeout 120 \
+  ib_read_lat -R -F -p "$port" -s 4096 -n 1000 -- \
+  ib_read_lat -R -F -p "$port" -s 4096 -n 1000 "$IP_B"
+check_clean ib_read_lat
+row=$(awk '$1 == "4096" && $2 ~ /^[0-9]+$/ && NF >= 6 { print $5 }' "$CLIENT_OUT")
+[[ -n "$row" ]] || { cat "$CLIENT_OUT" >&2; fail "ib_read_lat: no result row for 4096 bytes"; }
+awk -v t="$row" 'BEGIN { exit !(t > 0) }' || fail "ib_read_lat: t_typical $row"
+log "ib_read_lat across namespaces: t_typical $row us"
+
+# --- rping with data validation.
+port=$(free_port)
+run_pair --name rping --port "$port" --server-ns "$NS_A" --client-ns "$NS_B" --timeout 120 \
+  rping -s -a "$IP_A" -p "$port" -C 100 -V -S 4096 -- \
+  rping -c -a "$IP_A" -p "$port" -C 100 -V -v -S 4096
+n=$(grep -c '^ping data: ' "$CLIENT_OUT" || true)
+[[ "$n" == 100 ]] || fail "rping across namespaces: $n of 100 iterations"
+log "rping across namespaces: $n validated iterations"

@@ -1,0 +1,201 @@
+// One connected iWARP QP of the software backend: the RDMAP/DDP/MPA state of both directions
+// over its TCP socket. qp_tx.cpp holds the transmit direction, qp_rx.cpp the receive one.
+//
+// Concurrency:
+//  - cb_mu (recursive) is held by every progress-thread handler that may call into the Qp;
+//    close() takes it, so once close() returns no handler runs against the Qp any more.
+//    It is recursive because a handler's error path reaches Qp::enter_error() -> close().
+//  - tx_mu guards the transmit state, the ORQ and the IRQ. Posting threads take it (never
+//    cb_mu) to transmit inline. Order: cb_mu -> tx_mu -> Qp::sq_mu -> Cq::mu.
+//  - rx state is touched only by the progress thread under cb_mu.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "provider/core/backend.hpp"
+#include "provider/core/objects.hpp"
+#include "transport/llp.hpp"
+#include "transport/wire/ddp_rdmap.hpp"
+
+namespace eca::transport {
+
+// An RDMA READ we issued and await the response to (outbound read queue).
+struct OrqEntry {
+  SendWqe *wqe = nullptr;
+  uint32_t sink_stag = 0;
+  uint64_t sink_to = 0;
+  uint64_t length = 0;
+  uint64_t received = 0;
+  std::vector<MrRef> sinks;    // validated local SGEs (keep them registered)
+  std::vector<iovec> sink_iov; // where response payload goes, in order
+};
+
+// An RDMA READ the peer issued that we answer (inbound read queue).
+struct IrqEntry {
+  uint32_t sink_stag = 0;
+  uint64_t sink_to = 0;
+  uint64_t length = 0;
+  uint64_t sent = 0;
+  MrRef src;  // validated source region (empty for zero length)
+};
+
+// A message being transmitted, one FPDU at a time.
+struct TxMsg {
+  enum class Kind : uint8_t { None, Wqe, ReadResponse, Terminate } kind = Kind::None;
+  SendWqe *wqe = nullptr;
+  wire::Opcode op = wire::Opcode::Send;
+  uint64_t length = 0;   // payload bytes of the whole message
+  uint64_t offset = 0;   // payload bytes already framed
+  std::vector<iovec> src;  // the payload, as host memory segments
+  std::vector<MrRef> refs;  // keeps source regions registered while sending
+  bool imm_pending = false;  // WRITE_WITH_IMM: an Immediate Data message follows the WRITE
+  uint32_t msn = 0;          // untagged messages: the MSN of this message
+  size_t seg = 0, seg_off = 0;  // cursor into src for the next FPDU
+};
+
+// The FPDU currently on its way into the socket.
+struct TxFrame {
+  std::array<uint8_t, wire::kMaxHdr> hdr{};
+  std::array<uint8_t, 8> trailer{};  // pad + CRC
+  std::array<iovec, kMaxSge + 4> iov{};
+  int iovcnt = 0;
+  size_t total = 0, sent = 0;
+  bool active = false;
+  bool last_of_msg = false;
+};
+
+// Receive state machine (resumable at any byte).
+struct RxState {
+  enum class Phase : uint8_t { Header, Payload, Trailer } phase = Phase::Header;
+  std::array<uint8_t, wire::kMaxHdr> hdr{};
+  size_t hdr_have = 0, hdr_need = 4;
+  const wire::OpInfo *op = nullptr;
+  wire::Opcode opcode = wire::Opcode::Send;
+  size_t payload_len = 0, payload_done = 0;
+  size_t trailer_len = 0, trailer_have = 0;
+  std::array<uint8_t, 8> trailer{};
+  uint32_t crc = 0;
+  bool last = false;
+  // placement target of the current segment: payload byte i goes to target offset base + i
+  std::vector<iovec> target;
+  uint64_t target_base = 0;
+  MrRef tagged_ref;
+  OrqEntry *orq = nullptr;     // READ response being placed
+  wire::TermInfo peer_term;          // TERMINATE being received
+  // untagged SEND message in progress
+  bool have_rqe = false;
+  RecvWqe rqe;
+  std::vector<MrRef> rqe_refs;
+  std::vector<iovec> rqe_iov;
+  uint64_t rqe_capacity = 0;
+  uint64_t msg_offset = 0;  // MO of the current segment
+  // expected MSNs per untagged queue
+  uint32_t msn_send = 1, msn_rreq = 1, msn_term = 1;
+  // staging buffer for headers and small frames
+  std::vector<uint8_t> buf;
+  size_t buf_pos = 0, buf_end = 0;
+  bool large_mode = false;  // the last payload was large: read headers exactly
+  // waiting for a receive buffer
+  bool parked = false;
+  std::chrono::steady_clock::time_point park_deadline;
+};
+
+class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
+ public:
+  IwarpConn(Qp &qp, LlpConnection &&llp);
+  void start();                 // begin receiving (progress thread)
+  void doorbell();              // SQ has work (any thread)
+  void rq_doorbell();           // RQ has buffers (any thread)
+  void close(bool graceful);    // any thread; idempotent
+  bool crc_on() const { return crc_; }
+  uint16_t ird() const { return ird_; }
+  uint16_t ord() const { return ord_; }
+
+ private:
+  friend class IwarpEngine;
+  // ---- tx (qp_tx.cpp)
+  void pump_locked();                   // tx_mu held
+  bool next_message_locked();           // picks the next message to send
+  bool build_frame_locked();            // frames the next FPDU of the current message
+  void frame_sent_locked();
+  void wait_writable_locked();
+  bool start_wqe_locked(SendWqe *w);
+  void queue_terminate_locked(const wire::TermInfo &t);
+  void tx_inline_or_post();
+  bool send_terminate_now(const wire::TermInfo &t);  // progress thread; bounded blocking
+  // ---- rx (qp_rx.cpp)
+  void arm_read();
+  void on_readable();
+  bool rx_process(size_t budget);       // false: stop (closed, parked, or would block)
+  bool rx_header_complete();
+  bool rx_begin_payload();
+  void rx_place(const uint8_t *src, size_t n);
+  ssize_t rx_direct_recv();
+  bool rx_segment_done();
+  void rx_unpark_check();
+  // ---- errors (qp_rx.cpp)
+  // A protocol/access error detected locally: send TERMINATE, end the connection.
+  void fail_terminate(const wire::TermInfo &t, ibv_wc_status sq_status);
+  // The connection died or closed: end it, report to the Qp (progress thread, cb_mu held).
+  void fail_llp(LlpEnd why, ibv_wc_status sq_status);
+  void fail_from_tx(int err);  // tx path error from any thread: deferred to the progress thread
+
+  Qp &qp_;
+  boost::asio::ip::tcp::socket sock_;
+  int fd_;
+  bool crc_;               // negotiated MPA CRC32c
+  uint16_t ird_, ord_;     // negotiated inbound/outbound READ depth
+  Rtr rtr_recv_;           // RFC 6581 RTR still to be consumed (responder, p2p mode)
+  uint32_t fpdu_payload_;
+  std::recursive_mutex cb_mu_;
+  std::atomic<bool> closed_{false};
+  bool ended_ = false;  // Qp::llp_ended already reported (cb_mu)
+
+  // tx
+  std::mutex tx_mu_;
+  std::atomic<bool> tx_pending_{false};
+  bool waiting_writable_ = false;
+  TxMsg msg_;
+  TxFrame frame_;
+  std::deque<OrqEntry> orq_;
+  std::deque<IrqEntry> irq_;
+  bool term_queued_ = false;
+  bool term_sent_ = false;
+  wire::TermInfo term_;
+  uint32_t msn_send_ = 1, msn_rreq_ = 1;
+  SendWqe *blocked_wqe_ = nullptr;  // taken from the SQ but waiting for ORD room or a fence
+  bool irq_active_ = false;         // msg_ is the response to irq_.front()
+
+  // rx
+  RxState rx_;
+  boost::asio::steady_timer park_timer_;
+};
+
+class IwarpEngine final : public QpEngine {
+ public:
+  explicit IwarpEngine(std::shared_ptr<IwarpConn> c) : c_(std::move(c)) {}
+  ~IwarpEngine() override { c_->close(false); }
+  void sq_doorbell() override { c_->doorbell(); }
+  void rq_doorbell() override { c_->rq_doorbell(); }
+  void close(bool graceful) override { c_->close(graceful); }
+
+ private:
+  std::shared_ptr<IwarpConn> c_;
+};
+
+// Maps an access-check failure to the TERMINATE the RFCs prescribe.
+wire::TermInfo term_for_tagged(AccessError e);
+wire::TermInfo term_for_read_source(AccessError e);
+ibv_wc_status wc_status_for_term(const wire::TermInfo &t);
+
+}  // namespace eca::transport

@@ -1,0 +1,67 @@
+#include "transport/progress.hpp"
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
+
+#include <future>
+#include <optional>
+#include <thread>
+
+#include <pthread.h>
+
+namespace eca::transport {
+
+struct Progress::Impl {
+  std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> guard;
+  std::thread thread;
+  std::thread::id id;
+};
+
+Progress &Progress::instance() {
+  // Never destroyed: the thread keeps running until the process exits, so that objects the
+  // application leaks (QPs not destroyed before exit) cannot race a destructor.
+  static Progress *p = new Progress();
+  return *p;
+}
+
+Progress::Progress() : impl_(new Impl) {
+  impl_->guard.emplace(io_.get_executor());
+  std::promise<std::thread::id> started;
+  auto fut = started.get_future();
+  impl_->thread = std::thread([this, &started] {
+    pthread_setname_np(pthread_self(), "eca-progress");
+    started.set_value(std::this_thread::get_id());
+    for (;;) {
+      try {
+        io_.run();
+        break;
+      } catch (...) {
+        // A handler must not take the engine down; keep serving the others.
+      }
+    }
+  });
+  impl_->id = fut.get();
+  impl_->thread.detach();
+}
+
+Progress::~Progress() = default;
+
+bool Progress::on_progress_thread() const { return std::this_thread::get_id() == impl_->id; }
+
+void Progress::post(std::function<void()> fn) { boost::asio::post(io_, std::move(fn)); }
+
+void Progress::run_sync(const std::function<void()> &fn) {
+  if (on_progress_thread()) {
+    fn();
+    return;
+  }
+  std::promise<void> done;
+  auto fut = done.get_future();
+  boost::asio::post(io_, [&] {
+    fn();
+    done.set_value();
+  });
+  fut.get();
+}
+
+}  // namespace eca::transport

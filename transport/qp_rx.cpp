@@ -1,0 +1,657 @@
+// Receive direction of a software iWARP QP: MPA FPDUs -> DDP segments -> RDMAP messages.
+//
+// A resumable state machine (Header -> Payload -> Trailer) that can stop at any byte. Headers
+// and small frames are read in batches into a staging buffer; the rest of a large payload is
+// received straight into its registered destination (readv into the target segments). Every
+// field that comes off the wire is validated before it is used: opcode, versions, lengths,
+// queue numbers, MSN/MO, STags and bounds. Errors end the stream with a TERMINATE.
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "provider/core/log.hpp"
+#include "transport/crc32c.hpp"
+#include "transport/iwarp_conn.hpp"
+#include "transport/progress.hpp"
+
+namespace eca::transport {
+
+using namespace eca::wire;
+
+namespace {
+
+constexpr size_t kRxBudget = 4u << 20;       // bytes per handler run before yielding
+constexpr size_t kDirectMin = 2048;          // payload left that is worth a direct recv
+constexpr auto kParkTick = std::chrono::milliseconds(1);
+
+uint32_t recv_wait_ms() {
+  static const uint32_t ms = [] {
+    const char *v = std::getenv("ECA_RECV_WAIT_MS");
+    return v ? (uint32_t)std::strtoul(v, nullptr, 0) : 1000u;
+  }();
+  return ms;
+}
+
+// Copies n bytes into the segment list `t` starting at byte offset `off`.
+void scatter(const std::vector<iovec> &t, uint64_t off, const uint8_t *src, size_t n) {
+  for (const iovec &v : t) {
+    if (!n) return;
+    if (off >= v.iov_len) {
+      off -= v.iov_len;
+      continue;
+    }
+    size_t take = std::min<uint64_t>(n, v.iov_len - off);
+    std::memcpy(static_cast<uint8_t *>(v.iov_base) + off, src, take);
+    src += take;
+    n -= take;
+    off = 0;
+  }
+}
+
+// iovecs covering [off, off+n) of the segment list `t`.
+int gather(const std::vector<iovec> &t, uint64_t off, size_t n, iovec *out, int max) {
+  int k = 0;
+  for (const iovec &v : t) {
+    if (!n || k == max) break;
+    if (off >= v.iov_len) {
+      off -= v.iov_len;
+      continue;
+    }
+    size_t take = std::min<uint64_t>(n, v.iov_len - off);
+    out[k++] = {static_cast<uint8_t *>(v.iov_base) + off, take};
+    n -= take;
+    off = 0;
+  }
+  return k;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Error mapping tables
+
+TermInfo term_for_tagged(AccessError e) {
+  switch (e) {
+    case AccessError::InvalidStag: return {TermLayer::Ddp, kDdpTaggedError, kDdpTInvalidStag};
+    case AccessError::Bounds: return {TermLayer::Ddp, kDdpTaggedError, kDdpTBaseBounds};
+    case AccessError::ProtDomain: return {TermLayer::Ddp, kDdpTaggedError, kDdpTStagNotAssoc};
+    case AccessError::Access: return {TermLayer::Rdmap, kRdmapRemoteProtection, kRdmapAccessRights};
+    default: return {TermLayer::Rdmap, kRdmapRemoteOperation, kRdmapUnspecified};
+  }
+}
+
+TermInfo term_for_read_source(AccessError e) {
+  switch (e) {
+    case AccessError::InvalidStag: return {TermLayer::Rdmap, kRdmapRemoteProtection, kRdmapInvalidStag};
+    case AccessError::Bounds: return {TermLayer::Rdmap, kRdmapRemoteProtection, kRdmapBaseBounds};
+    case AccessError::ProtDomain: return {TermLayer::Rdmap, kRdmapRemoteProtection, kRdmapStagNotAssoc};
+    case AccessError::Access: return {TermLayer::Rdmap, kRdmapRemoteProtection, kRdmapAccessRights};
+    default: return {TermLayer::Rdmap, kRdmapRemoteOperation, kRdmapUnspecified};
+  }
+}
+
+// How a TERMINATE from the peer is reported on our oldest outstanding work request.
+ibv_wc_status wc_status_for_term(const TermInfo &t) {
+  switch (t.layer) {
+    case TermLayer::Rdmap:
+      return t.etype == kRdmapRemoteProtection ? IBV_WC_REM_ACCESS_ERR : IBV_WC_REM_OP_ERR;
+    case TermLayer::Ddp:
+      if (t.etype == kDdpTaggedError) return IBV_WC_REM_ACCESS_ERR;
+      if (t.etype == kDdpUntaggedError) return IBV_WC_REM_INV_REQ_ERR;
+      return IBV_WC_REM_OP_ERR;
+    default:
+      return IBV_WC_REM_OP_ERR;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+void IwarpConn::start() {
+  auto self = shared_from_this();
+  Progress::instance().post([self] {
+    std::lock_guard cb(self->cb_mu_);
+    if (self->closed_) return;
+    // Bytes may already be waiting (the peer sends right after the MPA reply).
+    self->on_readable();
+  });
+}
+
+void IwarpConn::arm_read() {
+  auto self = shared_from_this();
+  sock_.async_wait(boost::asio::ip::tcp::socket::wait_read,
+                   [self](const boost::system::error_code &ec) {
+                     std::lock_guard cb(self->cb_mu_);
+                     if (self->closed_ || ec == boost::asio::error::operation_aborted) return;
+                     self->on_readable();
+                   });
+}
+
+// Progress thread, cb_mu held.
+void IwarpConn::on_readable() {
+  if (rx_process(kRxBudget)) {
+    if (closed_ || ended_ || rx_.parked) return;
+    // Budget used up: let other connections run, then continue.
+    auto self = shared_from_this();
+    Progress::instance().post([self] {
+      std::lock_guard cb(self->cb_mu_);
+      if (self->closed_ || self->ended_ || self->rx_.parked) return;
+      self->on_readable();
+    });
+  }
+}
+
+// Returns true when the budget ran out with more to do; false when it stopped (would block:
+// then a read wait is armed; closed; or parked).
+bool IwarpConn::rx_process(size_t budget) {
+  size_t done = 0;
+  while (done < budget) {
+    if (closed_ || ended_ || rx_.parked) return false;
+    // 1. Run the state machine over staged bytes.
+    while (rx_.buf_pos < rx_.buf_end) {
+      if (closed_ || ended_ || rx_.parked) return false;
+      const uint8_t *p = rx_.buf.data() + rx_.buf_pos;
+      size_t avail = rx_.buf_end - rx_.buf_pos;
+      switch (rx_.phase) {
+        case RxState::Phase::Header: {
+          size_t take = std::min(avail, rx_.hdr_need - rx_.hdr_have);
+          std::memcpy(rx_.hdr.data() + rx_.hdr_have, p, take);
+          rx_.hdr_have += take;
+          rx_.buf_pos += take;
+          if (rx_.hdr_have == rx_.hdr_need && !rx_header_complete()) return false;
+          break;
+        }
+        case RxState::Phase::Payload: {
+          size_t take = std::min<uint64_t>(avail, rx_.payload_len - rx_.payload_done);
+          rx_place(p, take);
+          rx_.buf_pos += take;
+          break;
+        }
+        case RxState::Phase::Trailer: {
+          size_t take = std::min(avail, rx_.trailer_len - rx_.trailer_have);
+          std::memcpy(rx_.trailer.data() + rx_.trailer_have, p, take);
+          rx_.trailer_have += take;
+          rx_.buf_pos += take;
+          if (rx_.trailer_have == rx_.trailer_len && !rx_segment_done()) return false;
+          break;
+        }
+      }
+    }
+    // 2. Read more from the socket.
+    rx_.buf_pos = rx_.buf_end = 0;
+    ssize_t n;
+    if (rx_.phase == RxState::Phase::Payload && rx_.payload_len - rx_.payload_done >= kDirectMin) {
+      n = rx_direct_recv();
+      if (n > 0) {
+        done += (size_t)n;
+        continue;
+      }
+    } else {
+      size_t want = rx_.buf.size();
+      if (rx_.large_mode) want = std::min<size_t>(want, kMaxHdr + 8);  // the next header only
+      n = ::recv(fd_, rx_.buf.data(), want, MSG_DONTWAIT);
+      if (n > 0) {
+        rx_.buf_end = (size_t)n;
+        done += (size_t)n;
+        continue;
+      }
+    }
+    if (n == 0) {
+      ECA_QP_LOG(Info, qp_.qpn, "peer closed the connection");
+      fail_llp(LlpEnd::PeerClosed, IBV_WC_WR_FLUSH_ERR);
+      return false;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      arm_read();
+      return false;
+    }
+    ECA_QP_LOG(Info, qp_.qpn, "receive failed: %s", strerror(errno));
+    fail_llp(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+    return false;
+  }
+  return true;
+}
+
+// Receives payload straight into the target memory (readv semantics: bytes, 0 on EOF, -1).
+ssize_t IwarpConn::rx_direct_recv() {
+  iovec iov[kMaxSge + 1];
+  size_t want = rx_.payload_len - rx_.payload_done;
+  int k = gather(rx_.target, rx_.target_base + rx_.payload_done, want, iov, kMaxSge + 1);
+  ssize_t n = ::readv(fd_, iov, k);
+  if (n <= 0) return n;
+  if (crc_) {
+    size_t left = (size_t)n;
+    for (int i = 0; i < k && left; i++) {
+      size_t c = std::min(left, iov[i].iov_len);
+      rx_.crc = crc32c_update(rx_.crc, iov[i].iov_base, c);
+      left -= c;
+    }
+  }
+  rx_.payload_done += (size_t)n;
+  if (rx_.payload_done == rx_.payload_len) {
+    rx_.phase = RxState::Phase::Trailer;
+    if (rx_.trailer_len == 0) rx_segment_done();
+  }
+  return n;
+}
+
+void IwarpConn::rx_place(const uint8_t *src, size_t n) {
+  if (n) {
+    scatter(rx_.target, rx_.target_base + rx_.payload_done, src, n);
+    if (crc_) rx_.crc = crc32c_update(rx_.crc, src, n);
+    rx_.payload_done += n;
+  }
+  if (rx_.payload_done == rx_.payload_len) {
+    rx_.phase = RxState::Phase::Trailer;
+    if (rx_.trailer_len == 0) rx_segment_done();
+  }
+}
+
+// A complete header is in rx_.hdr. Validates it and sets up the placement of its payload.
+// Returns false when processing must stop (error, or parked waiting for a receive buffer).
+bool IwarpConn::rx_header_complete() {
+  const uint8_t *h = rx_.hdr.data();
+  if (rx_.hdr_need == 4) {
+    // Length and control word: find out how long the header is.
+    const uint8_t c0 = h[off::kCtrl], c1 = h[off::kCtrl + 1];
+    const uint8_t opc = c1 & 0x0f;
+    const OpInfo &oi = kOps[opc];
+    const bool tagged = (c0 & kDdpTagged) != 0;
+    if ((c0 & 0x03) != kDdpVersion) {
+      fail_terminate({TermLayer::Ddp, tagged ? kDdpTaggedError : kDdpUntaggedError,
+                      tagged ? kDdpTInvalidVersion : kDdpUInvalidVersion},
+                     IBV_WC_WR_FLUSH_ERR);
+      return false;
+    }
+    if ((c1 & 0xc0) != kRdmapVersion) {
+      fail_terminate({TermLayer::Rdmap, kRdmapRemoteOperation, kRdmapInvalidVersion},
+                     IBV_WC_WR_FLUSH_ERR);
+      return false;
+    }
+    if (!oi.valid || oi.tagged != tagged) {
+      ECA_QP_LOG(Info, qp_.qpn, "unexpected opcode %u (tagged %d)", opc, tagged);
+      fail_terminate({TermLayer::Rdmap, kRdmapRemoteOperation, kRdmapUnexpectedOpcode},
+                     IBV_WC_WR_FLUSH_ERR);
+      return false;
+    }
+    const size_t ulpdu = ld16(h);
+    if (ulpdu + kMpaLenBytes < oi.hdr_len) {
+      ECA_QP_LOG(Info, qp_.qpn, "FPDU of %zu bytes too short for %s", ulpdu, oi.name);
+      fail_terminate({TermLayer::Llp, 0, kMpaInvalidFpdu}, IBV_WC_WR_FLUSH_ERR);
+      return false;
+    }
+    rx_.op = &oi;
+    rx_.opcode = static_cast<Opcode>(opc);
+    rx_.last = (c0 & kDdpLast) != 0;
+    rx_.payload_len = ulpdu + kMpaLenBytes - oi.hdr_len;
+    rx_.trailer_len = mpa_pad(ulpdu) + (crc_ ? kMpaCrcBytes : 0);
+    rx_.hdr_need = oi.hdr_len;
+    if (rx_.hdr_have < rx_.hdr_need) return true;  // read the rest of the header
+  }
+  if (!rx_begin_payload()) return false;
+  if (crc_) rx_.crc = crc32c_update(kCrcInit, h, rx_.hdr_need);
+  rx_.payload_done = 0;
+  rx_.trailer_have = 0;
+  rx_.phase = RxState::Phase::Payload;
+  if (rx_.payload_len == 0) rx_place(nullptr, 0);
+  return !(closed_ || ended_);
+}
+
+// Opcode-specific validation and placement set-up. Idempotent until it returns true (a parked
+// header is run again when a receive buffer arrives).
+bool IwarpConn::rx_begin_payload() {
+  const uint8_t *h = rx_.hdr.data();
+  const OpInfo &oi = *rx_.op;
+  rx_.target.clear();
+  rx_.target_base = 0;
+  rx_.orq = nullptr;
+  if (!oi.tagged) {
+    const uint32_t qn = ld32(h + off::kQn), msn = ld32(h + off::kMsn), mo = ld32(h + off::kMo);
+    uint32_t expect = oi.queue == Queue::Send ? rx_.msn_send
+                      : oi.queue == Queue::ReadRequest ? rx_.msn_rreq : rx_.msn_term;
+    if (qn != (uint32_t)oi.queue) {
+      fail_terminate({TermLayer::Ddp, kDdpUntaggedError, kDdpUInvalidQn}, IBV_WC_WR_FLUSH_ERR);
+      return false;
+    }
+    if (msn != expect) {
+      ECA_QP_LOG(Info, qp_.qpn, "MSN %u on queue %u, expected %u", msn, qn, expect);
+      fail_terminate({TermLayer::Ddp, kDdpUntaggedError, kDdpUInvalidMsn}, IBV_WC_WR_FLUSH_ERR);
+      return false;
+    }
+    const uint32_t expect_mo = oi.queue == Queue::Send ? (uint32_t)rx_.msg_offset : 0;
+    if (mo != expect_mo) {
+      fail_terminate({TermLayer::Ddp, kDdpUntaggedError, kDdpUInvalidMo}, IBV_WC_WR_FLUSH_ERR);
+      return false;
+    }
+  }
+  switch (rx_.opcode) {
+    case Opcode::Write: {
+      if (rx_.payload_len == 0) return true;  // zero length: nothing placed, nothing checked
+      MrRef ref;
+      AccessError e = mr_lookup(ld32(h + off::kStag), qp_.pd, ld64(h + off::kTo),
+                                rx_.payload_len, IBV_ACCESS_REMOTE_WRITE, &ref);
+      if (e != AccessError::None) {
+        ECA_QP_LOG(Info, qp_.qpn, "RDMA Write to STag 0x%x TO 0x%llx len %zu rejected (%d)",
+                   ld32(h + off::kStag), (unsigned long long)ld64(h + off::kTo), rx_.payload_len,
+                   (int)e);
+        fail_terminate(term_for_tagged(e), IBV_WC_WR_FLUSH_ERR);
+        return false;
+      }
+      rx_.target.push_back({ref.host, rx_.payload_len});
+      rx_.tagged_ref = std::move(ref);
+      return true;
+    }
+    case Opcode::ReadResponse: {
+      {
+        std::lock_guard lk(tx_mu_);
+        if (!orq_.empty()) rx_.orq = &orq_.front();  // references survive push_back
+      }
+      OrqEntry *o = rx_.orq;
+      const uint32_t stag = ld32(h + off::kStag);
+      const uint64_t to = ld64(h + off::kTo);
+      if (!o || stag != o->sink_stag || to != o->sink_to + o->received ||
+          rx_.payload_len > o->length - o->received) {
+        ECA_QP_LOG(Info, qp_.qpn, "unexpected RDMA Read Response (STag 0x%x)", stag);
+        fail_terminate({TermLayer::Ddp, kDdpTaggedError,
+                        o && stag == o->sink_stag ? kDdpTBaseBounds : kDdpTInvalidStag},
+                       IBV_WC_WR_FLUSH_ERR);
+        return false;
+      }
+      rx_.target = o->sink_iov;
+      rx_.target_base = o->received;
+      return true;
+    }
+    case Opcode::Send:
+    case Opcode::SendInvalidate:
+    case Opcode::SendSolicited:
+    case Opcode::SendSolicitedInvalidate:
+    case Opcode::ImmediateData:
+    case Opcode::ImmediateDataSolicited: {
+      const bool imm = rx_.opcode == Opcode::ImmediateData ||
+                       rx_.opcode == Opcode::ImmediateDataSolicited;
+      if (imm && (rx_.payload_len || !rx_.last)) {
+        fail_terminate({TermLayer::Rdmap, kRdmapRemoteOperation, kRdmapUnspecified},
+                       IBV_WC_WR_FLUSH_ERR);
+        return false;
+      }
+      if (rtr_recv_ == Rtr::ZeroLengthSend && !imm) {
+        return true;  // the RFC 6581 ready-to-receive SEND: consumes no receive buffer
+      }
+      if (!rx_.have_rqe) {
+        if (!qp_.rq_take(&rx_.rqe)) {
+          // No receive posted: hold the stream (TCP flow control pushes back on the sender)
+          // for a bounded time, then take the iWARP error path.
+          if (!rx_.parked) {
+            rx_.parked = true;
+            rx_.park_deadline = std::chrono::steady_clock::now() +
+                                std::chrono::milliseconds(recv_wait_ms());
+            rx_unpark_check();
+          }
+          return false;
+        }
+        rx_.have_rqe = true;
+        rx_.rqe_refs.clear();
+        rx_.rqe_iov.clear();
+        rx_.rqe_capacity = 0;
+        for (uint32_t i = 0; i < rx_.rqe.num_sge; i++) {
+          const Sge &s = rx_.rqe.sge[i];
+          if (!s.length) continue;
+          MrRef ref;
+          if (mr_lookup(s.lkey, qp_.pd, s.addr, s.length, IBV_ACCESS_LOCAL_WRITE, &ref) !=
+              AccessError::None) {
+            qp_.rq_done(rx_.rqe, IBV_WC_LOC_PROT_ERR, 0, false, 0);
+            rx_.have_rqe = false;
+            fail_terminate({TermLayer::Rdmap, kRdmapLocalCatastrophic, kRdmapUnspecified},
+                           IBV_WC_WR_FLUSH_ERR);
+            return false;
+          }
+          rx_.rqe_iov.push_back({ref.host, s.length});
+          rx_.rqe_refs.push_back(std::move(ref));
+          rx_.rqe_capacity += s.length;
+        }
+      }
+      if (rx_.msg_offset + rx_.payload_len > rx_.rqe_capacity) {
+        qp_.rq_done(rx_.rqe, IBV_WC_LOC_LEN_ERR, 0, false, 0);
+        rx_.have_rqe = false;
+        fail_terminate({TermLayer::Ddp, kDdpUntaggedError, kDdpUTooLong}, IBV_WC_WR_FLUSH_ERR);
+        return false;
+      }
+      rx_.target = rx_.rqe_iov;
+      rx_.target_base = rx_.msg_offset;
+      return true;
+    }
+    case Opcode::ReadRequest: {
+      if (rx_.payload_len) {
+        fail_terminate({TermLayer::Rdmap, kRdmapRemoteOperation, kRdmapUnspecified},
+                       IBV_WC_WR_FLUSH_ERR);
+        return false;
+      }
+      IrqEntry e;
+      e.sink_stag = ld32(h + off::kSinkStag);
+      e.sink_to = ld64(h + off::kSinkTo);
+      e.length = ld32(h + off::kReadSize);
+      const uint32_t src_stag = ld32(h + off::kSrcStag);
+      const uint64_t src_to = ld64(h + off::kSrcTo);
+      if (e.length) {
+        AccessError err = mr_lookup(src_stag, qp_.pd, src_to, e.length, IBV_ACCESS_REMOTE_READ,
+                                    &e.src);
+        if (err != AccessError::None) {
+          ECA_QP_LOG(Info, qp_.qpn, "RDMA Read of STag 0x%x TO 0x%llx len %llu rejected (%d)",
+                     src_stag, (unsigned long long)src_to, (unsigned long long)e.length, (int)err);
+          fail_terminate(term_for_read_source(err), IBV_WC_WR_FLUSH_ERR);
+          return false;
+        }
+      }
+      std::lock_guard lk(tx_mu_);
+      if (irq_.size() >= std::max<uint16_t>(ird_, 1)) {
+        ECA_QP_LOG(Info, qp_.qpn, "peer exceeded IRD %u", ird_);
+        // handled below, outside tx_mu
+      } else {
+        irq_.push_back(std::move(e));
+        tx_pending_.store(true, std::memory_order_release);
+        return true;
+      }
+      break;
+    }
+    case Opcode::Terminate:
+      rx_.peer_term = term_parse(ld32(h + off::kTermCtrl));
+      rx_.target.clear();  // optional copied headers: checked for length only, discarded
+      return true;
+  }
+  // only the IRD overflow reaches here
+  fail_terminate({TermLayer::Rdmap, kRdmapRemoteOperation, kRdmapCatastrophicStream},
+                 IBV_WC_WR_FLUSH_ERR);
+  return false;
+}
+
+// The trailer of a segment is complete: check the CRC, finish the segment.
+bool IwarpConn::rx_segment_done() {
+  if (crc_) {
+    const size_t pad = rx_.trailer_len - kMpaCrcBytes;
+    uint32_t c = rx_.crc;
+    if (pad) c = crc32c_update(c, rx_.trailer.data(), pad);
+    uint32_t got;
+    std::memcpy(&got, rx_.trailer.data() + pad, 4);
+    if (le32toh(got) != crc32c_final(c)) {
+      ECA_QP_LOG(Warn, qp_.qpn, "MPA CRC error (got 0x%08x, computed 0x%08x)", le32toh(got),
+                 crc32c_final(c));
+      fail_terminate({TermLayer::Llp, 0, kMpaCrcError}, IBV_WC_WR_FLUSH_ERR);
+      return false;
+    }
+  }
+  const size_t len = rx_.payload_len;
+  const bool last = rx_.last;
+  rx_.phase = RxState::Phase::Header;
+  rx_.hdr_have = 0;
+  rx_.hdr_need = 4;
+  rx_.large_mode = len >= kDirectMin;
+  rx_.target.clear();
+  rx_.tagged_ref = MrRef{};
+  switch (rx_.opcode) {
+    case Opcode::Write:
+      break;
+    case Opcode::ReadResponse: {
+      OrqEntry *o = rx_.orq;
+      o->received += len;
+      if (last) {
+        if (o->received != o->length) {
+          fail_terminate({TermLayer::Ddp, kDdpTaggedError, kDdpTBaseBounds}, IBV_WC_WR_FLUSH_ERR);
+          return false;
+        }
+        SendWqe *w = o->wqe;
+        {
+          std::lock_guard lk(tx_mu_);
+          orq_.pop_front();
+        }
+        rx_.orq = nullptr;
+        qp_.sq_done(w, IBV_WC_SUCCESS);
+        doorbell();  // ORD room or a fence may let the send queue move on
+      }
+      break;
+    }
+    case Opcode::ReadRequest:
+      rx_.msn_rreq++;
+      {
+        std::lock_guard lk(tx_mu_);
+        pump_locked();
+      }
+      break;
+    case Opcode::Terminate: {
+      rx_.msn_term++;
+      const TermInfo t = rx_.peer_term;
+      ECA_QP_LOG(Info, qp_.qpn, "TERMINATE received: layer %u etype %u code 0x%02x",
+                 (unsigned)t.layer, t.etype, t.code);
+      fail_llp(LlpEnd::TerminateRecvd, wc_status_for_term(t));
+      return false;
+    }
+    case Opcode::ImmediateData:
+    case Opcode::ImmediateDataSolicited: {
+      __be32 imm;
+      std::memcpy(&imm, rx_.hdr.data() + off::kImmData, sizeof(imm));
+      rx_.have_rqe = false;
+      rx_.msn_send++;
+      rx_.msg_offset = 0;
+      qp_.rq_done_imm(rx_.rqe, imm, rx_.op->solicited);
+      break;
+    }
+    default: {  // the SEND family
+      if (rtr_recv_ == Rtr::ZeroLengthSend) {
+        rtr_recv_ = Rtr::None;
+        rx_.msn_send++;
+        break;
+      }
+      rx_.msg_offset += len;
+      if (!last) break;
+      const uint32_t byte_len = (uint32_t)rx_.msg_offset;
+      uint32_t inv = 0;
+      rx_.msn_send++;
+      rx_.msg_offset = 0;
+      rx_.have_rqe = false;
+      if (rx_.op->invalidate) {
+        inv = ld32(rx_.hdr.data() + off::kRsvdUlp);
+        if (!mr_invalidate(inv, qp_.pd)) {
+          qp_.rq_done(rx_.rqe, IBV_WC_REM_INV_REQ_ERR, byte_len, false, 0);
+          fail_terminate({TermLayer::Rdmap, kRdmapRemoteOperation, kRdmapCannotInvalidate},
+                         IBV_WC_WR_FLUSH_ERR);
+          return false;
+        }
+      }
+      rx_.rqe_refs.clear();
+      qp_.rq_done(rx_.rqe, IBV_WC_SUCCESS, byte_len, rx_.op->solicited, inv);
+      break;
+    }
+  }
+  if (rtr_recv_ != Rtr::None && rx_.opcode != Opcode::Terminate) rtr_recv_ = Rtr::None;
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waiting for a receive buffer (progress thread, cb_mu held)
+
+void IwarpConn::rx_unpark_check() {
+  if (!rx_.parked || closed_ || ended_) return;
+  if (rx_begin_payload()) {
+    rx_.parked = false;
+    if (crc_) rx_.crc = crc32c_update(kCrcInit, rx_.hdr.data(), rx_.hdr_need);
+    rx_.payload_done = 0;
+    rx_.trailer_have = 0;
+    rx_.phase = RxState::Phase::Payload;
+    if (rx_.payload_len == 0) rx_place(nullptr, 0);
+    on_readable();
+    return;
+  }
+  if (!rx_.parked) return;  // failed for another reason
+  if (std::chrono::steady_clock::now() >= rx_.park_deadline) {
+    rx_.parked = false;
+    ECA_QP_LOG(Info, qp_.qpn, "SEND arrived with no receive posted");
+    fail_terminate({TermLayer::Ddp, kDdpUntaggedError, kDdpUNoBuffer}, IBV_WC_WR_FLUSH_ERR);
+    return;
+  }
+  auto self = shared_from_this();
+  park_timer_.expires_after(kParkTick);
+  park_timer_.async_wait([self](const boost::system::error_code &ec) {
+    if (ec) return;
+    std::lock_guard cb(self->cb_mu_);
+    self->rx_unpark_check();
+  });
+}
+
+void IwarpConn::rq_doorbell() {
+  if (!rx_.parked) return;  // racy read is fine: the timer polls too
+  auto self = shared_from_this();
+  Progress::instance().post([self] {
+    std::lock_guard cb(self->cb_mu_);
+    if (self->rx_.parked) {
+      self->park_timer_.cancel();
+      self->rx_unpark_check();
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ending the connection
+
+void IwarpConn::fail_terminate(const TermInfo &t, ibv_wc_status sq_status) {
+  if (ended_ || closed_) return;
+  ECA_QP_LOG(Info, qp_.qpn, "sending TERMINATE: layer %u etype %u code 0x%02x",
+             (unsigned)t.layer, t.etype, t.code);
+  if (!send_terminate_now(t)) ECA_QP_LOG(Info, qp_.qpn, "TERMINATE could not be sent");
+  fail_llp(LlpEnd::TerminateSent, sq_status);
+}
+
+void IwarpConn::fail_llp(LlpEnd why, ibv_wc_status sq_status) {
+  if (ended_ || closed_) return;
+  ended_ = true;
+  if (sq_status != IBV_WC_WR_FLUSH_ERR && sq_status != IBV_WC_SUCCESS)
+    qp_.sq_fail_oldest(sq_status);
+  if (rx_.have_rqe) {
+    qp_.rq_done(rx_.rqe, IBV_WC_WR_FLUSH_ERR, 0, false, 0);
+    rx_.have_rqe = false;
+  }
+  qp_.llp_ended(why);  // QP to ERROR, flush, async event, rdma_cm; calls close() (recursive)
+}
+
+void IwarpConn::close(bool graceful) {
+  std::lock_guard cb(cb_mu_);
+  if (closed_.exchange(true)) return;
+  {
+    std::lock_guard lk(tx_mu_);
+    if (graceful && !term_sent_) ::shutdown(fd_, SHUT_WR);
+    else ::shutdown(fd_, SHUT_RDWR);
+  }
+  auto self = shared_from_this();
+  auto finish = [self] {
+    boost::system::error_code ec;
+    self->park_timer_.cancel();
+    self->sock_.close(ec);
+  };
+  if (Progress::instance().on_progress_thread())
+    finish();
+  else
+    Progress::instance().post(finish);
+}
+
+}  // namespace eca::transport

@@ -1,0 +1,449 @@
+// Transmit direction of a software iWARP QP: RDMAP messages -> DDP segments -> MPA FPDUs on
+// the TCP socket. Payloads go from registered memory to the socket with sendmsg() gather
+// lists (no staging copy). Posting threads transmit inline while the socket accepts data;
+// when it is full, the progress thread continues on writability.
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <boost/asio/post.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "provider/core/log.hpp"
+#include "transport/crc32c.hpp"
+#include "transport/iwarp_conn.hpp"
+#include "transport/progress.hpp"
+
+namespace eca::transport {
+
+using namespace eca::wire;
+
+IwarpConn::IwarpConn(Qp &qp, LlpConnection &&llp)
+    : qp_(qp),
+      sock_(std::move(llp.sock)),
+      fd_(sock_.native_handle()),
+      fpdu_payload_(config().fpdu_payload),
+      park_timer_(Progress::instance().io()) {
+  crc_ = llp.crc;
+  ird_ = llp.ird;
+  ord_ = llp.ord;
+  rtr_recv_ = llp.rtr_recv;
+  boost::system::error_code ec;
+  sock_.non_blocking(true, ec);
+  sock_.set_option(boost::asio::ip::tcp::no_delay(true), ec);
+  rx_.buf.resize(config().rx_batch);
+  // A header plus its body never exceeds the largest FPDU we accept.
+  fpdu_payload_ = std::min<uint32_t>(fpdu_payload_, kMaxUlpdu - (uint32_t)kMaxHdr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Doorbell: transmit inline when the TX lock is free; otherwise the holder sees tx_pending_.
+
+void IwarpConn::doorbell() {
+  tx_pending_.store(true, std::memory_order_release);
+  if (!config().tx_inline && !Progress::instance().on_progress_thread()) {
+    auto self = shared_from_this();
+    Progress::instance().post([self] {
+      std::lock_guard cb(self->cb_mu_);
+      if (self->closed_) return;
+      std::lock_guard lk(self->tx_mu_);
+      self->pump_locked();
+    });
+    return;
+  }
+  tx_inline_or_post();
+}
+
+void IwarpConn::tx_inline_or_post() {
+  for (;;) {
+    std::unique_lock lk(tx_mu_, std::try_to_lock);
+    if (!lk.owns_lock()) return;  // the holder re-checks tx_pending_ before it lets go
+    if (closed_) return;
+    pump_locked();
+    bool more = tx_pending_.load(std::memory_order_acquire) && !waiting_writable_;
+    lk.unlock();
+    if (!more) return;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+void IwarpConn::pump_locked() {
+  while (!closed_ && !term_sent_) {
+    if (!frame_.active) {
+      tx_pending_.store(false, std::memory_order_relaxed);
+      if (!build_frame_locked()) {
+        if (!tx_pending_.load(std::memory_order_acquire)) return;
+        continue;
+      }
+    }
+    // Send what is left of the current frame.
+    iovec iov[kMaxSge + 4];
+    int n = 0;
+    size_t skip = frame_.sent;
+    for (int i = 0; i < frame_.iovcnt; i++) {
+      const iovec &v = frame_.iov[i];
+      if (skip >= v.iov_len) {
+        skip -= v.iov_len;
+        continue;
+      }
+      iov[n].iov_base = static_cast<uint8_t *>(v.iov_base) + skip;
+      iov[n].iov_len = v.iov_len - skip;
+      skip = 0;
+      n++;
+    }
+    msghdr mh{};
+    mh.msg_iov = iov;
+    mh.msg_iovlen = (size_t)n;
+    ssize_t r = ::sendmsg(fd_, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        wait_writable_locked();
+        return;
+      }
+      fail_from_tx(errno);
+      return;
+    }
+    frame_.sent += (size_t)r;
+    if (frame_.sent == frame_.total) frame_sent_locked();
+  }
+}
+
+void IwarpConn::wait_writable_locked() {
+  if (waiting_writable_) return;
+  waiting_writable_ = true;
+  auto self = shared_from_this();
+  auto arm = [self] {
+    if (self->closed_) return;
+    self->sock_.async_wait(boost::asio::ip::tcp::socket::wait_write,
+                           [self](const boost::system::error_code &ec) {
+                             std::lock_guard cb(self->cb_mu_);
+                             if (self->closed_) return;
+                             std::unique_lock lk(self->tx_mu_);
+                             self->waiting_writable_ = false;
+                             if (ec) return;  // the rx side reports a dead connection
+                             self->pump_locked();
+                           });
+  };
+  // Asio socket operations are initiated on the progress thread only.
+  if (Progress::instance().on_progress_thread())
+    arm();
+  else
+    Progress::instance().post(arm);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Message selection: TERMINATE first, then READ responses (the peer waits on them), then the
+// send queue in order, honouring ORD and fences.
+
+bool IwarpConn::next_message_locked() {
+  if (!irq_.empty() && !irq_active_) {
+    IrqEntry &e = irq_.front();
+    msg_ = TxMsg{};
+    msg_.kind = TxMsg::Kind::ReadResponse;
+    msg_.op = Opcode::ReadResponse;
+    msg_.length = e.length;
+    if (e.length) msg_.src.push_back({e.src.host, (size_t)e.length});
+    irq_active_ = true;
+    return true;
+  }
+  SendWqe *w = blocked_wqe_ ? blocked_wqe_ : qp_.sq_take();
+  if (!w) return false;
+  if (w->opcode == IBV_WR_RDMA_READ && orq_.size() >= std::max<uint16_t>(ord_, 1)) {
+    blocked_wqe_ = w;  // resumes when a READ response completes
+    return false;
+  }
+  if ((w->flags & IBV_SEND_FENCE) && !orq_.empty()) {
+    blocked_wqe_ = w;
+    return false;
+  }
+  blocked_wqe_ = nullptr;
+  return start_wqe_locked(w);
+}
+
+namespace {
+
+Opcode send_opcode(const SendWqe &w) {
+  bool se = (w.flags & IBV_SEND_SOLICITED) != 0;
+  if (w.opcode == IBV_WR_SEND_WITH_INV) return se ? Opcode::SendSolicitedInvalidate : Opcode::SendInvalidate;
+  return se ? Opcode::SendSolicited : Opcode::Send;
+}
+
+}  // namespace
+
+bool IwarpConn::start_wqe_locked(SendWqe *w) {
+  msg_ = TxMsg{};
+  msg_.kind = TxMsg::Kind::Wqe;
+  msg_.wqe = w;
+  msg_.length = w->total_len;
+  const bool is_read = w->opcode == IBV_WR_RDMA_READ;
+  if (is_read && ord_ == 0) {
+    ECA_QP_LOG(Warn, qp_.qpn, "RDMA READ posted on a connection with ORD 0");
+    qp_.sq_done(w, IBV_WC_LOC_QP_OP_ERR);
+    msg_.kind = TxMsg::Kind::None;
+    return false;
+  }
+  // Validate and map the local SGEs (READ: the sink, needing local write access).
+  std::vector<MrRef> refs;
+  if (w->flags & IBV_SEND_INLINE) {
+    if (w->inline_len) msg_.src.push_back({w->inline_data.data(), w->inline_len});
+  } else {
+    for (uint32_t i = 0; i < w->num_sge; i++) {
+      const Sge &s = w->sge[i];
+      if (!s.length) continue;
+      MrRef ref;
+      AccessError e = mr_lookup(s.lkey, qp_.pd, s.addr, s.length,
+                                is_read ? IBV_ACCESS_LOCAL_WRITE : 0, &ref);
+      if (e != AccessError::None) {
+        ECA_QP_LOG(Info, qp_.qpn, "local protection error on wr_id %llu (sge %u, lkey 0x%x)",
+                   (unsigned long long)w->wr_id, i, s.lkey);
+        qp_.sq_done(w, IBV_WC_LOC_PROT_ERR);
+        msg_.kind = TxMsg::Kind::None;
+        // A local error ends the stream (RDMAP local catastrophic error), from the progress
+        // thread so that the QP transition never runs on the posting thread.
+        auto self = shared_from_this();
+        Progress::instance().post([self] {
+          std::lock_guard cb(self->cb_mu_);
+          if (self->closed_) return;
+          self->fail_terminate({TermLayer::Rdmap, kRdmapLocalCatastrophic, kRdmapUnspecified},
+                               IBV_WC_WR_FLUSH_ERR);
+        });
+        return false;
+      }
+      msg_.src.push_back({ref.host, s.length});
+      refs.push_back(std::move(ref));
+    }
+  }
+  switch (w->opcode) {
+    case IBV_WR_RDMA_READ: {
+      OrqEntry o;
+      o.wqe = w;
+      o.sink_stag = w->num_sge ? w->sge[0].lkey : 0;
+      o.sink_to = w->num_sge ? w->sge[0].addr : 0;
+      o.length = w->total_len;
+      o.sinks = std::move(refs);
+      o.sink_iov = std::move(msg_.src);
+      msg_.src.clear();
+      orq_.push_back(std::move(o));
+      msg_.op = Opcode::ReadRequest;
+      msg_.length = 0;  // the request carries no payload
+      msg_.msn = msn_rreq_++;
+      break;
+    }
+    case IBV_WR_RDMA_WRITE:
+      msg_.op = Opcode::Write;
+      break;
+    case IBV_WR_RDMA_WRITE_WITH_IMM:
+      msg_.op = Opcode::Write;
+      msg_.imm_pending = true;
+      break;
+    default:
+      msg_.op = send_opcode(*w);
+      msg_.msn = msn_send_++;
+      break;
+  }
+  if (!is_read) msg_.refs = std::move(refs);
+  return true;
+}
+
+// Frames the next FPDU of the current message into frame_.
+bool IwarpConn::build_frame_locked() {
+  if (msg_.kind == TxMsg::Kind::None && !next_message_locked()) return false;
+  const OpInfo &oi = kOps[static_cast<size_t>(msg_.op)];
+  uint8_t *h = frame_.hdr.data();
+  std::memset(h, 0, oi.hdr_len);
+  const uint64_t chunk = std::min<uint64_t>(msg_.length - msg_.offset, fpdu_payload_);
+  const bool last = msg_.offset + chunk == msg_.length;
+  put_ctrl(h, msg_.op, last);
+  const SendWqe *w = msg_.wqe;
+  switch (msg_.op) {
+    case Opcode::Write:
+      st32(h + off::kStag, w->rkey);
+      st64(h + off::kTo, w->remote_addr + msg_.offset);
+      break;
+    case Opcode::ReadResponse: {
+      const IrqEntry &e = irq_.front();
+      st32(h + off::kStag, e.sink_stag);
+      st64(h + off::kTo, e.sink_to + msg_.offset);
+      break;
+    }
+    case Opcode::ReadRequest: {
+      const OrqEntry &o = orq_.back();
+      st32(h + off::kQn, (uint32_t)Queue::ReadRequest);
+      st32(h + off::kMsn, msg_.msn);
+      st32(h + off::kSinkStag, o.sink_stag);
+      st64(h + off::kSinkTo, o.sink_to);
+      st32(h + off::kReadSize, (uint32_t)o.length);
+      st32(h + off::kSrcStag, w->rkey);
+      st64(h + off::kSrcTo, w->remote_addr);
+      break;
+    }
+    case Opcode::Terminate:
+      st32(h + off::kQn, (uint32_t)Queue::Terminate);
+      st32(h + off::kMsn, 1);
+      st32(h + off::kTermCtrl, term_word(term_));
+      break;
+    case Opcode::ImmediateData:
+    case Opcode::ImmediateDataSolicited:
+      st32(h + off::kQn, (uint32_t)Queue::Send);
+      st32(h + off::kMsn, msg_.msn);
+      std::memcpy(h + off::kImmData, &w->imm_data, sizeof(w->imm_data));
+      break;
+    default:  // the SEND family
+      st32(h + off::kRsvdUlp, w->invalidate_rkey);
+      st32(h + off::kQn, (uint32_t)Queue::Send);
+      st32(h + off::kMsn, msg_.msn);
+      st32(h + off::kMo, (uint32_t)msg_.offset);
+      break;
+  }
+  const size_t ulpdu = oi.hdr_len - kMpaLenBytes + chunk;
+  st16(h, (uint16_t)ulpdu);
+  const size_t pad = mpa_pad(ulpdu);
+
+  int n = 0;
+  frame_.iov[n++] = {h, oi.hdr_len};
+  uint32_t crc = crc_ ? crc32c_update(kCrcInit, h, oi.hdr_len) : 0;
+  uint64_t left = chunk;
+  while (left) {
+    const iovec &s = msg_.src[msg_.seg];
+    size_t take = std::min<uint64_t>(left, s.iov_len - msg_.seg_off);
+    void *p = static_cast<uint8_t *>(s.iov_base) + msg_.seg_off;
+    frame_.iov[n++] = {p, take};
+    if (crc_) crc = crc32c_update(crc, p, take);
+    left -= take;
+    msg_.seg_off += take;
+    if (msg_.seg_off == s.iov_len) {
+      msg_.seg++;
+      msg_.seg_off = 0;
+    }
+  }
+  size_t tl = pad;
+  std::memset(frame_.trailer.data(), 0, 8);
+  if (crc_) {
+    if (pad) crc = crc32c_update(crc, frame_.trailer.data(), pad);
+    uint32_t le = htole32(crc32c_final(crc));
+    std::memcpy(frame_.trailer.data() + pad, &le, 4);
+    tl += kMpaCrcBytes;
+  }
+  if (tl) frame_.iov[n++] = {frame_.trailer.data(), tl};
+  frame_.iovcnt = n;
+  frame_.total = oi.hdr_len + chunk + tl;
+  frame_.sent = 0;
+  frame_.active = true;
+  frame_.last_of_msg = last;
+  msg_.offset += chunk;
+  return true;
+}
+
+void IwarpConn::frame_sent_locked() {
+  frame_.active = false;
+  if (!frame_.last_of_msg) return;
+  switch (msg_.kind) {
+    case TxMsg::Kind::Wqe:
+      if (msg_.op == Opcode::ReadRequest) break;  // completes when the response arrives
+      if (msg_.imm_pending) {
+        // WRITE_WITH_IMM: the RFC 7306 Immediate Data message follows the WRITE.
+        SendWqe *w = msg_.wqe;
+        msg_ = TxMsg{};
+        msg_.kind = TxMsg::Kind::Wqe;
+        msg_.wqe = w;
+        msg_.op = (w->flags & IBV_SEND_SOLICITED) ? Opcode::ImmediateDataSolicited
+                                                  : Opcode::ImmediateData;
+        msg_.msn = msn_send_++;
+        return;
+      }
+      qp_.sq_done(msg_.wqe, IBV_WC_SUCCESS);
+      break;
+    case TxMsg::Kind::ReadResponse:
+      irq_.pop_front();
+      irq_active_ = false;
+      break;
+    case TxMsg::Kind::Terminate:
+      term_sent_ = true;
+      break;
+    case TxMsg::Kind::None:
+      break;
+  }
+  msg_ = TxMsg{};
+}
+
+// ---------------------------------------------------------------------------------------------
+// TERMINATE: sent from the progress thread on a detected error. The FPDU in flight is finished
+// first (FPDUs cannot interleave); the wait for socket room is bounded.
+
+bool IwarpConn::send_terminate_now(const TermInfo &t) {
+  std::lock_guard lk(tx_mu_);
+  if (term_sent_) return true;
+  auto wait_room = [this] {
+    pollfd p{fd_, POLLOUT, 0};
+    return ::poll(&p, 1, 1000) == 1 && !(p.revents & (POLLERR | POLLHUP));
+  };
+  // finish the partial frame, if any
+  while (frame_.active && frame_.sent < frame_.total) {
+    iovec iov[kMaxSge + 4];
+    int n = 0;
+    size_t skip = frame_.sent;
+    for (int i = 0; i < frame_.iovcnt; i++) {
+      const iovec &v = frame_.iov[i];
+      if (skip >= v.iov_len) { skip -= v.iov_len; continue; }
+      iov[n++] = {static_cast<uint8_t *>(v.iov_base) + skip, v.iov_len - skip};
+      skip = 0;
+    }
+    msghdr mh{};
+    mh.msg_iov = iov;
+    mh.msg_iovlen = (size_t)n;
+    ssize_t r = ::sendmsg(fd_, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (r > 0) frame_.sent += (size_t)r;
+    else if (r < 0 && errno != EAGAIN && errno != EINTR) return false;
+    else if (r < 0 && errno == EAGAIN && !wait_room()) return false;
+  }
+  frame_.active = false;
+  // The TERMINATE itself: untagged, QN 2, MSN 1, no payload.
+  term_ = t;
+  msg_ = TxMsg{};
+  msg_.kind = TxMsg::Kind::Terminate;
+  msg_.op = Opcode::Terminate;
+  build_frame_locked();
+  while (frame_.sent < frame_.total) {
+    ssize_t r = ::send(fd_, frame_.hdr.data() + frame_.sent, frame_.iov[0].iov_len - frame_.sent,
+                       MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (r > 0) {
+      frame_.sent += (size_t)r;
+      if (frame_.sent == frame_.iov[0].iov_len && frame_.iovcnt > 1) break;
+    } else if (r < 0 && errno == EAGAIN) {
+      if (!wait_room()) return false;
+    } else if (r < 0 && errno != EINTR) {
+      return false;
+    }
+  }
+  // trailer (pad + CRC)
+  if (frame_.iovcnt > 1) {
+    size_t tsent = 0, tl = frame_.iov[1].iov_len;
+    while (tsent < tl) {
+      ssize_t r = ::send(fd_, frame_.trailer.data() + tsent, tl - tsent, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (r > 0) tsent += (size_t)r;
+      else if (r < 0 && errno == EAGAIN) { if (!wait_room()) return false; }
+      else if (r < 0 && errno != EINTR) return false;
+    }
+  }
+  frame_.active = false;
+  term_sent_ = true;
+  msg_ = TxMsg{};
+  ::shutdown(fd_, SHUT_WR);  // FIN after the TERMINATE: the peer reads it, then sees EOF
+  return true;
+}
+
+void IwarpConn::fail_from_tx(int err) {
+  ECA_QP_LOG(Info, qp_.qpn, "transmit failed: %s", strerror(err));
+  auto self = shared_from_this();
+  Progress::instance().post([self] {
+    std::lock_guard cb(self->cb_mu_);
+    if (self->closed_) return;
+    self->fail_llp(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+  });
+}
+
+}  // namespace eca::transport
