@@ -116,6 +116,7 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   void start();                 // begin receiving (progress thread)
   void doorbell();              // SQ has work (any thread)
   void rq_doorbell();           // RQ has buffers (any thread)
+  void poll_progress();         // an application thread polls our send CQ (must not block)
   void close(bool graceful);    // any thread; idempotent
   bool crc_on() const { return crc_; }
   uint16_t ird() const { return ird_; }
@@ -131,7 +132,7 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   void wait_writable_locked();
   bool start_wqe_locked(SendWqe *w);
   void queue_terminate_locked(const wire::TermInfo &t);
-  void tx_inline_or_post();
+  void tx_run(bool blocking);
   bool send_terminate_now(const wire::TermInfo &t);  // progress thread; bounded blocking
   // ---- rx (qp_rx.cpp)
   void arm_read();
@@ -164,7 +165,8 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   // tx
   std::mutex tx_mu_;
   std::atomic<bool> tx_pending_{false};
-  bool waiting_writable_ = false;
+  std::atomic<bool> tx_blocked_{false};     // the socket was full with work queued
+  std::atomic<bool> writable_armed_{false};  // a writability wait is armed or being armed
   TxMsg msg_;
   TxFrame frame_;
   std::deque<OrqEntry> orq_;
@@ -187,6 +189,7 @@ class IwarpEngine final : public QpEngine {
   ~IwarpEngine() override { c_->close(false); }
   void sq_doorbell() override { c_->doorbell(); }
   void rq_doorbell() override { c_->rq_doorbell(); }
+  void poll_progress() override { c_->poll_progress(); }
   void close(bool graceful) override { c_->close(graceful); }
 
  private:

@@ -179,7 +179,7 @@ bool IwarpConn::rx_process(size_t budget) {
         }
       }
     }
-    // 2. Read more from the socket.
+    // 2. Read more from the socket (the staging buffer is empty here).
     rx_.buf_pos = rx_.buf_end = 0;
     ssize_t n;
     if (rx_.phase == RxState::Phase::Payload && rx_.payload_len - rx_.payload_done >= kDirectMin) {
@@ -215,26 +215,40 @@ bool IwarpConn::rx_process(size_t budget) {
   return true;
 }
 
-// Receives payload straight into the target memory (readv semantics: bytes, 0 on EOF, -1).
+// Receives payload straight into the target memory; the same readv also takes the trailer
+// and whatever follows (the next header) into the staging buffer, so a large FPDU costs one
+// system call. readv semantics: bytes, 0 on EOF, -1 with errno.
 ssize_t IwarpConn::rx_direct_recv() {
-  iovec iov[kMaxSge + 1];
-  size_t want = rx_.payload_len - rx_.payload_done;
+  iovec iov[kMaxSge + 3];
+  const size_t want = rx_.payload_len - rx_.payload_done;
   int k = gather(rx_.target, rx_.target_base + rx_.payload_done, want, iov, kMaxSge + 1);
-  ssize_t n = ::readv(fd_, iov, k);
+  size_t direct = 0;
+  for (int i = 0; i < k; i++) direct += iov[i].iov_len;
+  const size_t tl = rx_.trailer_len;
+  int n_iov = k;
+  if (direct == want) {  // the whole rest of the payload fits: append trailer and staging
+    if (tl) iov[n_iov++] = {rx_.trailer.data(), tl};
+    iov[n_iov++] = {rx_.buf.data(), rx_.buf.size()};
+  }
+  ssize_t n = ::readv(fd_, iov, n_iov);
   if (n <= 0) return n;
-  if (crc_) {
-    size_t left = (size_t)n;
-    for (int i = 0; i < k && left; i++) {
-      size_t c = std::min(left, iov[i].iov_len);
-      rx_.crc = crc32c_update(rx_.crc, iov[i].iov_base, c);
-      left -= c;
-    }
+  size_t left = (size_t)n;
+  for (int i = 0; i < k && left; i++) {
+    size_t c = std::min(left, iov[i].iov_len);
+    if (crc_) rx_.crc = crc32c_update(rx_.crc, iov[i].iov_base, c);
+    rx_.payload_done += c;
+    left -= c;
   }
-  rx_.payload_done += (size_t)n;
-  if (rx_.payload_done == rx_.payload_len) {
-    rx_.phase = RxState::Phase::Trailer;
-    if (rx_.trailer_len == 0) rx_segment_done();
+  if (rx_.payload_done < rx_.payload_len) return n;
+  rx_.phase = RxState::Phase::Trailer;
+  if (n_iov > k) {
+    size_t t = std::min(left, tl);
+    rx_.trailer_have = t;
+    left -= t;
+    rx_.buf_pos = 0;
+    rx_.buf_end = left;  // bytes of the next FPDU(s), consumed by the state machine
   }
+  if (rx_.trailer_have == rx_.trailer_len) rx_segment_done();
   return n;
 }
 
@@ -514,10 +528,7 @@ bool IwarpConn::rx_segment_done() {
     }
     case Opcode::ReadRequest:
       rx_.msn_rreq++;
-      {
-        std::lock_guard lk(tx_mu_);
-        pump_locked();
-      }
+      tx_run(true);  // answer it now
       break;
     case Opcode::Terminate: {
       rx_.msn_term++;

@@ -47,24 +47,31 @@ void IwarpConn::doorbell() {
     auto self = shared_from_this();
     Progress::instance().post([self] {
       std::lock_guard cb(self->cb_mu_);
-      if (self->closed_) return;
-      std::lock_guard lk(self->tx_mu_);
-      self->pump_locked();
+      if (!self->closed_) self->tx_run(true);
     });
     return;
   }
-  tx_inline_or_post();
+  tx_run(false);
 }
 
-void IwarpConn::tx_inline_or_post() {
+// Runs the transmitter until no work is pending. tx_pending_ is re-checked only after tx_mu
+// is released: a poster whose try_lock failed while we held the lock has set it, and counts
+// on us to see it.
+void IwarpConn::tx_run(bool blocking) {
   for (;;) {
-    std::unique_lock lk(tx_mu_, std::try_to_lock);
-    if (!lk.owns_lock()) return;  // the holder re-checks tx_pending_ before it lets go
-    if (closed_) return;
-    pump_locked();
-    bool more = tx_pending_.load(std::memory_order_acquire) && !waiting_writable_;
-    lk.unlock();
-    if (!more) return;
+    {
+      std::unique_lock lk(tx_mu_, std::defer_lock);
+      if (blocking)
+        lk.lock();
+      else if (!lk.try_lock())
+        return;  // the holder re-checks tx_pending_ after it lets go
+      if (closed_) return;
+      pump_locked();
+    }
+    if (!tx_pending_.load(std::memory_order_acquire) ||
+        tx_blocked_.load(std::memory_order_acquire))
+      return;  // blocked: writability or an ibv_poll_cq() resumes it
+    blocking = false;
   }
 }
 
@@ -104,6 +111,10 @@ void IwarpConn::pump_locked() {
         wait_writable_locked();
         return;
       }
+      if (errno == ENOBUFS || errno == ENOMEM) {
+        wait_writable_locked();
+        return;
+      }
       fail_from_tx(errno);
       return;
     }
@@ -112,27 +123,51 @@ void IwarpConn::pump_locked() {
   }
 }
 
+// The socket is full. Writability is awaited on the progress thread with an Asio wait; the
+// epoll reactor reports it edge-triggered, so an edge between our EAGAIN and the arming could
+// go unseen: after arming, a zero-timeout poll() catches that case. The handler only tries
+// tx_mu: whoever holds it is transmitting already and re-checks tx_pending_ when done.
 void IwarpConn::wait_writable_locked() {
-  if (waiting_writable_) return;
-  waiting_writable_ = true;
+  tx_blocked_.store(true, std::memory_order_release);
+  if (writable_armed_.exchange(true)) return;
   auto self = shared_from_this();
   auto arm = [self] {
     if (self->closed_) return;
-    self->sock_.async_wait(boost::asio::ip::tcp::socket::wait_write,
-                           [self](const boost::system::error_code &ec) {
-                             std::lock_guard cb(self->cb_mu_);
-                             if (self->closed_) return;
-                             std::unique_lock lk(self->tx_mu_);
-                             self->waiting_writable_ = false;
-                             if (ec) return;  // the rx side reports a dead connection
-                             self->pump_locked();
-                           });
+    auto on_writable = [self](const boost::system::error_code &ec) {
+      std::lock_guard cb(self->cb_mu_);
+      self->writable_armed_.store(false);
+      if (self->closed_ || ec) return;  // a dead connection is reported by the rx side
+      self->tx_blocked_.store(false, std::memory_order_release);
+      self->tx_pending_.store(true, std::memory_order_release);
+      self->tx_run(false);
+    };
+    self->sock_.async_wait(boost::asio::ip::tcp::socket::wait_write, on_writable);
+    pollfd p{self->fd_, POLLOUT, 0};
+    if (::poll(&p, 1, 0) == 1) {
+      boost::system::error_code ec;
+      self->sock_.cancel(ec);  // completes the wait with operation_aborted...
+      self->writable_armed_.store(false);
+      self->tx_blocked_.store(false, std::memory_order_release);
+      self->tx_pending_.store(true, std::memory_order_release);
+      Progress::instance().post([self] {  // ...and we transmit instead
+        std::lock_guard cb(self->cb_mu_);
+        if (!self->closed_) self->tx_run(false);
+      });
+    }
   };
-  // Asio socket operations are initiated on the progress thread only.
   if (Progress::instance().on_progress_thread())
     arm();
   else
     Progress::instance().post(arm);
+}
+
+// Transmit progress from a polling application thread: only when the socket was full (there
+// is queued work) and nobody else is transmitting. A failed attempt costs one sendmsg().
+void IwarpConn::poll_progress() {
+  if (!tx_blocked_.load(std::memory_order_relaxed) || closed_) return;
+  tx_blocked_.store(false, std::memory_order_relaxed);
+  tx_pending_.store(true, std::memory_order_release);
+  tx_run(false);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -255,7 +290,10 @@ bool IwarpConn::build_frame_locked() {
   const OpInfo &oi = kOps[static_cast<size_t>(msg_.op)];
   uint8_t *h = frame_.hdr.data();
   std::memset(h, 0, oi.hdr_len);
-  const uint64_t chunk = std::min<uint64_t>(msg_.length - msg_.offset, fpdu_payload_);
+  // Equal-sized FPDUs: a 64 KiB message becomes 2 x 32 KiB rather than 65000 + 536 bytes.
+  const uint64_t rest = msg_.length - msg_.offset;
+  const uint64_t nframes = (rest + fpdu_payload_ - 1) / fpdu_payload_;
+  const uint64_t chunk = nframes ? (rest + nframes - 1) / nframes : 0;
   const bool last = msg_.offset + chunk == msg_.length;
   put_ctrl(h, msg_.op, last);
   const SendWqe *w = msg_.wqe;

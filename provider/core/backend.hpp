@@ -24,6 +24,10 @@ class QpEngine {
   virtual void sq_doorbell() = 0;
   // New receive WQEs were posted (a receive-starved connection may resume).
   virtual void rq_doorbell() {}
+  // Called from ibv_poll_cq() on the QP's send CQ when it found nothing: a busy-polling
+  // application thread moves data the socket has room for now, instead of waiting for the
+  // progress thread to be scheduled. Must not block.
+  virtual void poll_progress() {}
   // Stops the data path. Graceful: flush queued frames then close (rdma_disconnect);
   // otherwise abort. After return no callback into the Qp runs any more.
   virtual void close(bool graceful) = 0;

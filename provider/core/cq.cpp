@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "provider/core/backend.hpp"
 #include "provider/core/log.hpp"
 #include "provider/core/objects.hpp"
 #include "provider/core/verbs_ops.hpp"
@@ -81,15 +82,34 @@ bool Cq::push(const ibv_wc &wc, bool solicited) {
 
 int Cq::poll(int n, ibv_wc *out) {
   if (n < 0) return -EINVAL;
-  std::lock_guard lk(mu);
   int k = 0;
-  const uint32_t cap = (uint32_t)ring.size();
-  while (k < n && count) {
-    out[k++] = ring[head];
-    head = head + 1 == cap ? 0 : head + 1;
-    count--;
+  {
+    std::lock_guard lk(mu);
+    const uint32_t cap = (uint32_t)ring.size();
+    while (k < n && count) {
+      out[k++] = ring[head];
+      head = head + 1 == cap ? 0 : head + 1;
+      count--;
+    }
+  }
+  if (k == 0 && n > 0 && nhooks.load(std::memory_order_relaxed)) {
+    std::lock_guard lk(hooks_mu);
+    for (Qp *qp : hooks)
+      if (QpEngine *e = qp->current_engine()) e->poll_progress();
   }
   return k;
+}
+
+void Cq::add_hook(Qp *qp) {
+  std::lock_guard lk(hooks_mu);
+  hooks.push_back(qp);
+  nhooks.store((int)hooks.size());
+}
+
+void Cq::remove_hook(Qp *qp) {
+  std::lock_guard lk(hooks_mu);
+  std::erase(hooks, qp);
+  nhooks.store((int)hooks.size());
 }
 
 int cq_req_notify(Cq *cq, bool solicited_only) {

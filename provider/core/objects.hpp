@@ -160,6 +160,12 @@ struct Cq {
   uint32_t events_delivered = 0;
   // ibv_cq_ex polling cursor (valid between start_poll and end_poll)
   ibv_wc cur{};
+  // QPs whose send completions land here; an empty poll lets them make transmit progress.
+  std::mutex hooks_mu;
+  std::vector<Qp *> hooks;
+  std::atomic<int> nhooks{0};
+  void add_hook(Qp *qp);
+  void remove_hook(Qp *qp);
 
   static Cq *from(ibv_cq *c) { return reinterpret_cast<Cq *>(c); }
   static Cq *from(ibv_cq_ex *c) { return reinterpret_cast<Cq *>(c); }

@@ -119,6 +119,7 @@ int qp_create(Context *ctx, const ibv_qp_init_attr_ex &a, Qp **out) {
 }
 
 int qp_destroy(Qp *qp) {
+  qp->scq->remove_hook(qp);  // waits for an ibv_poll_cq() that is inside this QP's engine
   std::unique_ptr<QpEngine> eng;
   {
     std::lock_guard lk(qp->engine_mu);
@@ -390,6 +391,7 @@ void Qp::attach_engine(std::unique_ptr<QpEngine> e) {
     std::lock_guard lk(engine_mu);
     engine = std::move(e);
   }
+  scq->add_hook(this);
   state.store(IBV_QPS_RTS);
   qpx.qp_base.state = IBV_QPS_RTS;
 }
