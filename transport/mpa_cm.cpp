@@ -31,19 +31,7 @@ const char *mpa_status_str(MpaStatus s) {
 }
 
 std::chrono::milliseconds mpa_timeout() {
-  static const std::chrono::milliseconds t = [] {
-    long v = 10000;
-    if (const char *e = std::getenv("ECA_MPA_TIMEOUT_MS"); e && *e) {
-      char *end = nullptr;
-      long x = std::strtol(e, &end, 0);
-      if (*end == 0 && x >= 100 && x <= 600000)
-        v = x;
-      else
-        ECA_LOG(Warn, "ECA_MPA_TIMEOUT_MS=%s is out of range [100, 600000]; using %ld", e, v);
-    }
-    return std::chrono::milliseconds(v);
-  }();
-  return t;
+  return std::chrono::milliseconds(config().mpa_timeout_ms);
 }
 
 std::shared_ptr<MpaSession> MpaSession::create(tcp::socket sock,

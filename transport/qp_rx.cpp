@@ -27,13 +27,6 @@ constexpr size_t kRxBudget = 4u << 20;       // bytes per handler run before yie
 constexpr size_t kDirectMin = 2048;          // payload left that is worth a direct recv
 constexpr auto kParkTick = std::chrono::milliseconds(1);
 
-uint32_t recv_wait_ms() {
-  static const uint32_t ms = [] {
-    const char *v = std::getenv("ECA_RECV_WAIT_MS");
-    return v ? (uint32_t)std::strtoul(v, nullptr, 0) : 1000u;
-  }();
-  return ms;
-}
 
 // Copies n bytes into the segment list `t` starting at byte offset `off`.
 void scatter(const std::vector<iovec> &t, uint64_t off, const uint8_t *src, size_t n) {
@@ -401,7 +394,7 @@ bool IwarpConn::rx_begin_payload() {
           if (!rx_.parked) {
             rx_.parked = true;
             rx_.park_deadline = std::chrono::steady_clock::now() +
-                                std::chrono::milliseconds(recv_wait_ms());
+                                std::chrono::milliseconds(config().recv_wait_ms);
             rx_unpark_check();
           }
           return false;

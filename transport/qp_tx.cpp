@@ -2,6 +2,8 @@
 // the TCP socket. Payloads go from registered memory to the socket with sendmsg() gather
 // lists (no staging copy). Posting threads transmit inline while the socket accepts data;
 // when it is full, the progress thread continues on writability.
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 
@@ -33,6 +35,14 @@ IwarpConn::IwarpConn(Qp &qp, LlpConnection &&llp)
   boost::system::error_code ec;
   sock_.non_blocking(true, ec);
   sock_.set_option(boost::asio::ip::tcp::no_delay(true), ec);
+  if (uint32_t idle = config().keepalive_s) {
+    // Detects a peer host that vanished without a FIN or RST (a dead process is seen anyway).
+    int one = 1, secs = (int)idle, probes = 3;
+    ::setsockopt(fd_, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    ::setsockopt(fd_, IPPROTO_TCP, TCP_KEEPIDLE, &secs, sizeof secs);
+    ::setsockopt(fd_, IPPROTO_TCP, TCP_KEEPINTVL, &secs, sizeof secs);
+    ::setsockopt(fd_, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof probes);
+  }
   rx_.buf.resize(config().rx_batch);
   // A header plus its body never exceeds the largest FPDU we accept.
   fpdu_payload_ = std::min<uint32_t>(fpdu_payload_, kMaxUlpdu - (uint32_t)kMaxHdr);

@@ -705,7 +705,6 @@ void set_qp(Core &c, Qp *qp) {
 // rdma_destroy_id; touch c.qp only if the verbs layer still knows it.
 bool qp_alive(const Core &c) {
   if (!c.qp) return false;
-  if (!&eca::qp_lookup) return false;
   return eca::qp_lookup(c.qp_ctx, c.qp_qpn) == c.qp;
 }
 
@@ -768,7 +767,7 @@ std::vector<Id *> purge(Id *id) {
 }
 
 Qp *lookup_qp(ibv_context *verbs, uint32_t qpn) {
-  if (!verbs || !qpn || !&eca::qp_lookup) return nullptr;
+  if (!verbs || !qpn) return nullptr;
   return eca::qp_lookup(Context::from(verbs), qpn);
 }
 
@@ -1274,6 +1273,7 @@ int disconnect(rdma_cm_id *cid) {
     }
   });
   if (r) return r;
+  ECA_LOG(Debug, "rdma_disconnect: %s", qp ? "closing the connection" : "nothing to close");
   if (qp) {
     qp->disconnect();  // graceful: flush, close; the peer sees its LLP end
     run([&] {

@@ -25,6 +25,10 @@ constexpr ConfigRow kRows[] = {
     {"ECA_TX_INLINE", "1", "bool", "transmit from the posting thread when the socket is idle "
                                    "(0: always hand off to the progress thread)"},
     {"ECA_KEEPALIVE", "0", "s", "TCP keepalive idle time for connected QPs (0 = off)"},
+    {"ECA_RECV_WAIT_MS", "1000", "ms", "how long an arriving SEND waits for a receive to be "
+                                       "posted before the iWARP error path (TERMINATE)"},
+    {"ECA_MPA_TIMEOUT_MS", "10000", "ms", "time limit for the TCP connect and the MPA "
+                                          "request/reply exchange (100 .. 600000)"},
     {"ECA_LOG", "warn", "-", "log level: error, warn, info, debug"},
 };
 
@@ -62,6 +66,8 @@ Config load() {
   c.rx_batch = (uint32_t)env_long("ECA_RX_BATCH", 16384, 256, 1 << 20);
   c.tx_inline = env_bool("ECA_TX_INLINE", true);
   c.keepalive_s = (uint32_t)env_long("ECA_KEEPALIVE", 0, 0, 3600);
+  c.recv_wait_ms = (uint32_t)env_long("ECA_RECV_WAIT_MS", 1000, 0, 600000);
+  c.mpa_timeout_ms = (uint32_t)env_long("ECA_MPA_TIMEOUT_MS", 10000, 100, 600000);
   return c;
 }
 

@@ -1,6 +1,6 @@
 // Run-time configuration, read once from the environment. Every tunable is a row of one
-// table (name, default, unit, meaning); docs/configuration.md is generated from the same rows
-// by `eca-config --markdown`.
+// table (name, default, unit, meaning); docs/configuration.md lists the same rows and
+// tests/unit/config_test.cpp checks that the two agree.
 #pragma once
 #include <cstdint>
 #include <span>
@@ -19,6 +19,8 @@ struct Config {
   uint32_t rx_batch = 16384;    // bytes read per recv() while headers/small frames are expected
   bool tx_inline = true;        // transmit from the posting thread when the socket is free
   uint32_t keepalive_s = 0;     // TCP keepalive idle seconds (0 = off); peer death is seen via RST/EOF
+  uint32_t recv_wait_ms = 1000; // how long a SEND may wait for a receive to be posted
+  uint32_t mpa_timeout_ms = 10000;  // TCP connect + MPA exchange time limit
 };
 
 struct ConfigRow {

@@ -347,9 +347,8 @@ ibv_wc_opcode wc_opcode_for(ibv_wr_opcode op);
 // --- rdma_cm additions
 // (owned by provider/cm; additive only)
 namespace eca {
-// The QP numbered `qpn` on `ctx`, or null. rdma_connect/rdma_accept use it when the
-// application passes conn_param->qp_num for a QP it did not create through rdma_cm.
-// Declared weak so that rdma_cm links (and falls back to id->qp only) until provider/core
-// defines it.
-Qp *qp_lookup(Context *ctx, uint32_t qpn) __attribute__((weak));
+// The live QP numbered `qpn` on `ctx`, or null. rdma_connect/rdma_accept use it when the
+// application passes conn_param->qp_num for a QP it did not create through rdma_cm, and
+// rdma_destroy_id uses it to tell whether the application already destroyed the QP.
+Qp *qp_lookup(Context *ctx, uint32_t qpn);
 }  // namespace eca

@@ -2,6 +2,7 @@
 // completions, and flushing. The device layer (QpEngine) moves the data.
 #include <cerrno>
 #include <cstring>
+#include <unordered_map>
 
 #include "provider/core/backend.hpp"
 #include "provider/core/log.hpp"
@@ -11,6 +12,13 @@ namespace eca {
 namespace {
 
 std::atomic<uint32_t> g_next_qpn{1};
+
+// Live QPs by number (rdma_cm looks QPs up by the number the application passes).
+std::mutex g_qps_mu;
+std::unordered_map<uint32_t, Qp *> &qps() {
+  static auto *m = new std::unordered_map<uint32_t, Qp *>();
+  return *m;
+}
 
 constexpr uint64_t kSupportedSendOps = IBV_QP_EX_WITH_RDMA_WRITE | IBV_QP_EX_WITH_SEND |
                                        IBV_QP_EX_WITH_RDMA_READ | IBV_QP_EX_WITH_SEND_WITH_INV |
@@ -114,11 +122,25 @@ int qp_create(Context *ctx, const ibv_qp_init_attr_ex &a, Qp **out) {
   qp->scq->users++;
   qp->rcq->users++;
   if (qp->srq) qp->srq->users++;
+  {
+    std::lock_guard lk(g_qps_mu);
+    qps()[qp->qpn] = qp;
+  }
   *out = qp;
   return 0;
 }
 
+Qp *qp_lookup(Context *ctx, uint32_t qpn) {
+  std::lock_guard lk(g_qps_mu);
+  auto it = qps().find(qpn);
+  return it != qps().end() && it->second->ctx == ctx ? it->second : nullptr;
+}
+
 int qp_destroy(Qp *qp) {
+  {
+    std::lock_guard lk(g_qps_mu);
+    qps().erase(qp->qpn);
+  }
   qp->scq->remove_hook(qp);  // waits for an ibv_poll_cq() that is inside this QP's engine
   std::unique_ptr<QpEngine> eng;
   {
