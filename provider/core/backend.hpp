@@ -15,6 +15,7 @@ namespace eca {
 
 struct Qp;
 struct Device;
+struct Mr;
 namespace transport { struct LlpConnection; }
 
 class QpEngine {
@@ -28,6 +29,8 @@ class QpEngine {
   // application thread moves data the socket has room for now, instead of waiting for the
   // progress thread to be scheduled. Must not block.
   virtual void poll_progress() {}
+  // A CQ this QP completes into was armed (ibv_req_notify_cq). Must not block.
+  virtual void cq_armed() {}
   // Stops the data path. Graceful: flush queued frames then close (rdma_disconnect);
   // otherwise abort. After return no callback into the Qp runs any more.
   virtual void close(bool graceful) = 0;
@@ -43,9 +46,14 @@ class Backend {
   virtual void port_attr(const Device &dev, ibv_port_attr *attr) const = 0;
   // Builds the data path of `qp` on an established connection; the QP moves to RTS.
   virtual std::unique_ptr<QpEngine> attach(Qp &qp, transport::LlpConnection &&llp) = 0;
+  // Memory registration seen by the device (0 or a positive errno).
+  virtual int mr_registered(const Mr &) { return 0; }
+  virtual void mr_deregistered(const Mr &) {}
+  virtual void mr_invalidated(const Mr &) {}
 };
 
 Backend &backend(BackendKind kind);
 Backend &software_backend();  // transport/sw_backend.cpp
+Backend &hwmodel_backend();   // hwmodel/backend/hw_backend.cpp
 
 }  // namespace eca

@@ -113,14 +113,26 @@ void Cq::remove_hook(Qp *qp) {
 }
 
 int cq_req_notify(Cq *cq, bool solicited_only) {
-  std::lock_guard lk(cq->mu);
-  // Solicited-only never downgrades a pending request for the next completion.
-  if (solicited_only) {
-    if (cq->armed == Cq::Arm::None) cq->armed = Cq::Arm::Solicited;
-  } else {
-    cq->armed = Cq::Arm::Next;
+  {
+    std::lock_guard lk(cq->mu);
+    // Solicited-only never downgrades a pending request for the next completion.
+    if (solicited_only) {
+      if (cq->armed == Cq::Arm::None) cq->armed = Cq::Arm::Solicited;
+    } else {
+      cq->armed = Cq::Arm::Next;
+    }
+  }
+  if (cq->nhooks.load(std::memory_order_relaxed)) {
+    std::lock_guard lk(cq->hooks_mu);
+    for (Qp *qp : cq->hooks)
+      if (QpEngine *e = qp->current_engine()) e->cq_armed();
   }
   return 0;
+}
+
+bool Cq::is_armed() {
+  std::lock_guard lk(mu);
+  return armed != Arm::None;
 }
 
 int cq_create(Context *ctx, int cqe, CompChannel *ch, int comp_vector, uint64_t wc_flags,

@@ -150,6 +150,8 @@ Device *device_for_ipv4(in_addr_t addr) {
 namespace eca {
 Backend &backend(BackendKind kind) {
   switch (kind) {
+    case BackendKind::HwModel:
+      return hwmodel_backend();
     case BackendKind::Software:
     default:
       return software_backend();

@@ -166,6 +166,7 @@ struct Cq {
   std::atomic<int> nhooks{0};
   void add_hook(Qp *qp);
   void remove_hook(Qp *qp);
+  bool is_armed();
 
   static Cq *from(ibv_cq *c) { return reinterpret_cast<Cq *>(c); }
   static Cq *from(ibv_cq_ex *c) { return reinterpret_cast<Cq *>(c); }

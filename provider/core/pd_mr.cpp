@@ -6,6 +6,7 @@
 #include <random>
 #include <shared_mutex>
 
+#include "provider/core/backend.hpp"
 #include "provider/core/log.hpp"
 #include "provider/core/objects.hpp"
 
@@ -95,6 +96,10 @@ int mr_register(Pd *pd, void *addr, size_t len, uint64_t iova, int access, Mr **
   raw->ibmr.handle = key;
   raw->ibmr.lkey = key;
   raw->ibmr.rkey = key;
+  if (int rc = pd->ctx->dev->backend->mr_registered(*raw)) {
+    table().remove(key);
+    return rc;
+  }
   pd->users++;
   *out = raw;
   return 0;
@@ -102,6 +107,7 @@ int mr_register(Pd *pd, void *addr, size_t len, uint64_t iova, int access, Mr **
 
 int mr_deregister(Mr *mr) {
   Pd *pd = mr->pd;
+  pd->ctx->dev->backend->mr_deregistered(*mr);
   table().remove(mr->ibmr.rkey);  // in-flight placements keep their reference
   pd->users--;
   return 0;
@@ -129,6 +135,7 @@ bool mr_invalidate(uint32_t key, const Pd *pd) {
   auto mr = table().get(key);
   if (!mr || mr->pd != pd) return false;
   mr->valid.store(false, std::memory_order_release);
+  pd->ctx->dev->backend->mr_invalidated(*mr);
   return true;
 }
 }  // namespace eca

@@ -142,6 +142,7 @@ int qp_destroy(Qp *qp) {
     qps().erase(qp->qpn);
   }
   qp->scq->remove_hook(qp);  // waits for an ibv_poll_cq() that is inside this QP's engine
+  if (qp->rcq != qp->scq) qp->rcq->remove_hook(qp);
   std::unique_ptr<QpEngine> eng;
   {
     std::lock_guard lk(qp->engine_mu);
@@ -414,6 +415,7 @@ void Qp::attach_engine(std::unique_ptr<QpEngine> e) {
     engine = std::move(e);
   }
   scq->add_hook(this);
+  if (rcq != scq) rcq->add_hook(this);
   state.store(IBV_QPS_RTS);
   qpx.qp_base.state = IBV_QPS_RTS;
 }

@@ -1,0 +1,63 @@
+// The modeled-hardware backend: devices "ecahw_<ifname>", an adapter per process
+// (hwmodel/backend/adapter.*), connections in shared memory (hw_conn.*).
+#include <cstdio>
+
+#include "hwmodel/backend/adapter.hpp"
+#include "hwmodel/backend/hw_conn.hpp"
+#include "provider/core/backend.hpp"
+#include "provider/core/log.hpp"
+#include "provider/core/objects.hpp"
+
+namespace eca {
+namespace {
+
+constexpr uint32_t kVendorId = 0x454341;  // "ECA"
+constexpr uint32_t kPartHwModel = 2;
+
+class HwModelBackend final : public Backend {
+ public:
+  BackendKind kind() const override { return BackendKind::HwModel; }
+  const char *device_prefix() const override { return "ecahw"; }
+
+  void device_attr(const Device &dev, ibv_device_attr *a) const override {
+    // The verbs-visible limits are those of the shared verbs layer; the adapter adds its own:
+    // at most hw::kMaxStags registered regions.
+    software_backend().device_attr(dev, a);
+    std::snprintf(a->fw_ver, sizeof(a->fw_ver), "eca-hw 0.1 model");
+    a->vendor_part_id = kPartHwModel;
+    a->max_mr = hw::kMaxStags;
+  }
+
+  void port_attr(const Device &dev, ibv_port_attr *p) const override {
+    software_backend().port_attr(dev, p);
+    p->active_mtu = IBV_MTU_1024;  // standard 1500-byte Ethernet frames
+    p->active_width = 1;           // 1X
+    p->active_speed = 1;           // SDR: the modeled link is gigabit Ethernet
+  }
+
+  std::unique_ptr<QpEngine> attach(Qp &qp, transport::LlpConnection &&llp) override {
+    auto conn = std::make_shared<hw::HwConn>(qp, std::move(llp));
+    conn->start();
+    return std::make_unique<hw::HwEngine>(std::move(conn));
+  }
+
+  int mr_registered(const Mr &mr) override {
+    return hw::Adapter::instance().register_mr(mr.ibmr.rkey, mr.pd->ibpd.handle, mr.access,
+                                               mr.iova, mr.addr, mr.length);
+  }
+  void mr_deregistered(const Mr &mr) override {
+    hw::Adapter::instance().unregister_mr(mr.ibmr.rkey);
+  }
+  void mr_invalidated(const Mr &mr) override {
+    hw::Adapter::instance().invalidate_mr(mr.ibmr.rkey);
+  }
+};
+
+}  // namespace
+
+Backend &hwmodel_backend() {
+  static HwModelBackend b;
+  return b;
+}
+
+}  // namespace eca

@@ -1,0 +1,707 @@
+#include "hwmodel/backend/hw_conn.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <boost/asio/read.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+
+#include "provider/core/config.hpp"
+#include "provider/core/log.hpp"
+#include "transport/progress.hpp"
+
+namespace eca::hw {
+namespace {
+
+using transport::Progress;
+constexpr uint64_t kRingMask = kRingSlots - 1;
+
+uint64_t mono_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);  // vDSO: no system call
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+struct Seg {
+  uint8_t *p;
+  uint64_t n;
+};
+
+// Copies bytes [from, to) of the concatenation of `src` to out[0 .. to-from).
+void copy_range(const std::vector<Seg> &src, uint64_t from, uint64_t to, uint8_t *out) {
+  uint64_t pos = 0;
+  for (const Seg &s : src) {
+    const uint64_t a = std::max(from, pos), b = std::min(to, pos + s.n);
+    if (a < b) std::memcpy(out + (a - from), s.p + (a - pos), b - a);
+    pos += s.n;
+    if (pos >= to) break;
+  }
+}
+
+// Gathers `src` into contiguous dst with the last bytes written last: a reader polling on the
+// final byte of a WRITE sees the whole message once it changes.
+void ordered_gather(const std::vector<Seg> &src, uint8_t *dst, uint64_t total) {
+  const uint64_t tail = std::min<uint64_t>(total, 8);
+  copy_range(src, 0, total - tail, dst);
+  std::atomic_thread_fence(std::memory_order_release);
+  copy_range(src, total - tail, total, dst + (total - tail));
+}
+
+// Scatters contiguous src over dst segments.
+void scatter(const uint8_t *src, uint64_t total, const std::vector<Seg> &dst) {
+  for (const Seg &d : dst) {
+    const uint64_t n = std::min(total, d.n);
+    std::memcpy(d.p, src, n);
+    src += n;
+    total -= n;
+    if (!total) break;
+  }
+}
+
+// Only statuses that make sense for a peer to report are taken from a frame.
+ibv_wc_status peer_status(uint32_t s) {
+  switch (s) {
+    case IBV_WC_SUCCESS:
+    case IBV_WC_REM_ACCESS_ERR:
+    case IBV_WC_REM_INV_REQ_ERR:
+    case IBV_WC_REM_OP_ERR:
+    case IBV_WC_WR_FLUSH_ERR:
+      return static_cast<ibv_wc_status>(s);
+    default:
+      return IBV_WC_REM_OP_ERR;
+  }
+}
+
+}  // namespace
+
+HwConn::HwConn(Qp &qp, transport::LlpConnection &&llp)
+    : qp_(qp), sock_(std::move(llp.sock)), initiator_(llp.initiator) {
+  start_ns_ = mono_ns();
+  side_ = initiator_ ? 0 : 1;
+}
+
+HwConn::~HwConn() {
+  if (link_) ::munmap(link_, sizeof(LinkShm));
+  if (link_fd_ >= 0) ::close(link_fd_);
+}
+
+uint64_t HwConn::now_ps() const { return (mono_ns() - start_ns_) * 1000; }
+
+// ---------------------------------------------------------------------------------------------
+// Set-up: the initiator creates the link memory and offers it; the responder maps it.
+
+void HwConn::start() {
+  auto self = shared_from_this();
+  Progress::instance().post([self] {
+    std::lock_guard cb(self->cb_mu_);
+    if (self->closed_) return;
+    if (!Adapter::instance().shm()) {
+      self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+      return;
+    }
+    if (self->initiator_)
+      self->handshake_creator();
+    else
+      self->handshake_joiner();
+  });
+}
+
+bool HwConn::map_link(uint32_t pid, int fd) {
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/%u/fd/%d", pid, fd);
+  int f = ::open(path, O_RDWR | O_CLOEXEC);
+  if (f < 0) return false;
+  void *p = ::mmap(nullptr, sizeof(LinkShm), PROT_READ | PROT_WRITE, MAP_SHARED, f, 0);
+  ::close(f);
+  if (p == MAP_FAILED) return false;
+  link_ = static_cast<LinkShm *>(p);
+  return link_->magic == kLinkMagic && link_->version == kLayoutVersion;
+}
+
+namespace {
+struct HelloBuf {
+  uint64_t magic;
+  uint32_t pid;
+  int32_t adapter_fd;
+  int32_t link_fd;
+  uint32_t qpn;
+  uint32_t pd;
+  uint32_t ok;
+};
+static_assert(sizeof(HelloBuf) == 32);
+}  // namespace
+
+void HwConn::handshake_creator() {
+  link_fd_ = ::memfd_create("eca-hw-link", MFD_CLOEXEC);
+  if (link_fd_ < 0 || ::fchmod(link_fd_, 0600) != 0 ||
+      ::ftruncate(link_fd_, sizeof(LinkShm)) != 0) {
+    fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+    return;
+  }
+  void *p = ::mmap(nullptr, sizeof(LinkShm), PROT_READ | PROT_WRITE, MAP_SHARED, link_fd_, 0);
+  if (p == MAP_FAILED) {
+    fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+    return;
+  }
+  link_ = static_cast<LinkShm *>(p);
+  link_->magic = kLinkMagic;
+  link_->version = kLayoutVersion;
+  link_->side[0].pid.store(Adapter::instance().pid());
+  link_->side[0].qpn.store(qp_.qpn);
+  link_->side[0].pd.store(qp_.pd->ibpd.handle);
+  auto out = std::make_shared<HelloBuf>(HelloBuf{kLinkMagic, Adapter::instance().pid(),
+                                                 Adapter::instance().shm_fd(), link_fd_,
+                                                 qp_.qpn, qp_.pd->ibpd.handle, 1});
+  auto in = std::make_shared<HelloBuf>();
+  auto self = shared_from_this();
+  boost::asio::async_write(
+      sock_, boost::asio::buffer(out.get(), sizeof(HelloBuf)),
+      [self, out, in](const boost::system::error_code &ec, size_t) {
+        std::lock_guard cb(self->cb_mu_);
+        if (self->closed_) return;
+        if (ec) return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+        boost::asio::async_read(
+            self->sock_, boost::asio::buffer(in.get(), sizeof(HelloBuf)),
+            [self, in](const boost::system::error_code &ec2, size_t) {
+              std::lock_guard cb2(self->cb_mu_);
+              if (self->closed_) return;
+              if (ec2 || in->magic != kLinkMagic || !in->ok)
+                return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+              self->peer_ = Adapter::instance().peer(in->pid, in->adapter_fd);
+              if (!self->peer_) return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+              self->peer_pd_ = in->pd;
+              self->become_ready();
+            });
+      });
+}
+
+void HwConn::handshake_joiner() {
+  auto in = std::make_shared<HelloBuf>();
+  auto self = shared_from_this();
+  boost::asio::async_read(
+      sock_, boost::asio::buffer(in.get(), sizeof(HelloBuf)),
+      [self, in](const boost::system::error_code &ec, size_t) {
+        std::lock_guard cb(self->cb_mu_);
+        if (self->closed_) return;
+        if (ec || in->magic != kLinkMagic || !self->map_link(in->pid, in->link_fd))
+          return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+        self->peer_ = Adapter::instance().peer(in->pid, in->adapter_fd);
+        if (!self->peer_) return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+        self->peer_pd_ = in->pd;
+        LinkSide &me = self->link_->side[1];
+        me.pid.store(Adapter::instance().pid());
+        me.qpn.store(self->qp_.qpn);
+        me.pd.store(self->qp_.pd->ibpd.handle);
+        auto out = std::make_shared<HelloBuf>(
+            HelloBuf{kLinkMagic, Adapter::instance().pid(), Adapter::instance().shm_fd(), -1,
+                     self->qp_.qpn, self->qp_.pd->ibpd.handle, 1});
+        boost::asio::async_write(self->sock_, boost::asio::buffer(out.get(), sizeof(HelloBuf)),
+                                 [self, out](const boost::system::error_code &ec2, size_t) {
+                                   std::lock_guard cb2(self->cb_mu_);
+                                   if (self->closed_) return;
+                                   if (ec2) return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+                                   self->become_ready();
+                                 });
+      });
+}
+
+void HwConn::become_ready() {
+  {
+    std::lock_guard lk(mu_);
+    out_ = &link_->ring[side_];
+    in_ = &link_->ring[1 - side_];
+    out_tail_ = out_->tail.load(std::memory_order_acquire);
+  }
+  ready_.store(true, std::memory_order_release);
+  ECA_QP_LOG(Info, qp_.qpn, "modeled adapter link up (peer process %u)", peer_->pid());
+  Adapter::instance().attach(shared_from_this());
+  watch_socket();
+  doorbell();  // work posted while the link came up
+}
+
+// The socket carries no data any more; it ends when the peer process closes or dies.
+void HwConn::watch_socket() {
+  auto self = shared_from_this();
+  sock_.async_wait(boost::asio::ip::tcp::socket::wait_read,
+                   [self](const boost::system::error_code &ec) {
+                     std::lock_guard cb(self->cb_mu_);
+                     if (self->closed_ || ec == boost::asio::error::operation_aborted) return;
+                     char buf[64];
+                     ssize_t n = ::recv(self->sock_.native_handle(), buf, sizeof buf, MSG_DONTWAIT);
+                     if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR))) {
+                       self->watch_socket();
+                       return;
+                     }
+                     // Give frames already on the ring (a Disconnect, say) their turn first.
+                     {
+                       std::lock_guard lk(self->mu_);
+                       self->work_locked();
+                     }
+                     const bool orderly = self->link_ &&
+                                          self->link_->side[1 - self->side_].closed.load();
+                     self->fail(orderly ? LlpEnd::PeerClosed : LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+                   });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running the adapter's work from whichever thread is there.
+
+void HwConn::doorbell() {
+  if (!ready_.load(std::memory_order_acquire) || closed_) return;
+  work_pending_.store(true, std::memory_order_release);
+  for (;;) {
+    {
+      std::unique_lock lk(mu_, std::try_to_lock);
+      if (!lk.owns_lock()) return;  // the holder re-checks work_pending_ after it lets go
+      if (closed_) return;
+      work_pending_.store(false, std::memory_order_relaxed);
+      work_locked();
+    }
+    if (!work_pending_.load(std::memory_order_acquire)) return;
+  }
+}
+
+void HwConn::rq_doorbell() { doorbell(); }
+
+// A CQ of this QP was armed: from now on the peer rings our firmware's doorbell with each
+// frame, so completions reach the channel without anyone polling. A store, no system call.
+void HwConn::cq_armed() {
+  if (ready_.load(std::memory_order_acquire) && link_)
+    link_->side[side_].want_intr.store(1, std::memory_order_release);
+}
+
+void HwConn::poll_progress() {
+  if (!ready_.load(std::memory_order_acquire) || closed_) return;
+  // Cheap test first: anything arrived, or anything waiting to go out?
+  if (in_->tail.load(std::memory_order_acquire) == in_->head.load(std::memory_order_relaxed) &&
+      !pending_ && !acks_owed_ && !work_pending_.load(std::memory_order_relaxed))
+    return;
+  doorbell();
+}
+
+HwConn::FwResult HwConn::firmware_poll() {
+  std::lock_guard cb(cb_mu_);
+  if (closed_ || !ready_) return {false, false};
+  bool did;
+  {
+    std::lock_guard lk(mu_);
+    did = work_locked();
+  }
+  // Interrupt mode: ask the peer to wake our firmware when one of our CQs is armed.
+  const bool armed = qp_.scq->is_armed() || qp_.rcq->is_armed();
+  link_->side[side_].want_intr.store(armed ? 1 : 0, std::memory_order_release);
+  return {did, pending_ != nullptr || rqe_deadline_ns_ != 0 || acks_owed_ != 0};
+}
+
+bool HwConn::work_locked() {
+  if (closed_ || failing_) return false;
+  bool did = tx_locked();
+  did |= rx_locked();
+  return did;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transmit
+
+Frame *HwConn::ring_slot_locked() {
+  const uint64_t head = out_->head.load(std::memory_order_acquire);
+  if (out_tail_ - head >= kRingSlots) return nullptr;
+  Frame *f = &out_->slots[out_tail_ & kRingMask];
+  std::memset(static_cast<void *>(f), 0, offsetof(Frame, data));
+  return f;
+}
+
+void HwConn::ring_publish_locked() {
+  out_->tail.store(++out_tail_, std::memory_order_release);
+  // Ring the peer's doorbell only when it asked to be woken (interrupt mode).
+  if (link_->side[1 - side_].want_intr.load(std::memory_order_acquire))
+    Adapter::kick_peer(peer_->shm());
+}
+
+void HwConn::send_terminate_locked(ibv_wc_status peer_st) {
+  if (Frame *f = ring_slot_locked()) {
+    f->type = (uint32_t)FrameType::Terminate;
+    f->status = (uint32_t)peer_st;
+    f->model_ps = now_ps();
+    ring_publish_locked();
+  }
+  link_->side[side_].closed.store(1, std::memory_order_release);
+}
+
+bool HwConn::tx_locked() {
+  bool did = false;
+  while (acks_owed_) {  // acknowledgements of Sends we placed
+    Frame *f = ring_slot_locked();
+    if (!f) return did;
+    f->type = (uint32_t)FrameType::Ack;
+    f->status = IBV_WC_SUCCESS;
+    f->model_ps = now_ps();
+    ring_publish_locked();
+    acks_owed_--;
+    did = true;
+  }
+  while (!failing_) {
+    SendWqe *w = pending_ ? pending_ : qp_.sq_take();
+    if (!w) break;
+    pending_ = w;
+    if (!exec_wqe_locked(w)) break;  // waits for ring room or its modeled time
+    pending_ = nullptr;
+    pending_due_ = 0;
+    did = true;
+  }
+  return did;
+}
+
+// Translates a remote (rkey, address, length) through the peer adapter's published STag
+// table into a pointer in our address space. Null when the peer would reject the access.
+uint8_t *HwConn::resolve_remote(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t need) {
+  const uint32_t idx = (rkey >> 8) - 1;
+  if ((rkey >> 8) == 0 || idx >= kMaxStags) return nullptr;
+  const StagEntry &e = peer_->shm()->stags[idx];
+  if (e.key.load(std::memory_order_acquire) != rkey) return nullptr;
+  const uint32_t pd = e.pd, access = e.access, region = e.region;
+  const uint64_t iova = e.iova, length = e.length, roff = e.region_off;
+  std::atomic_thread_fence(std::memory_order_acquire);
+  if (e.key.load(std::memory_order_relaxed) != rkey) return nullptr;  // changed under us
+  if (pd != peer_pd_ || (access & need) != need) return nullptr;
+  if (addr < iova || len > length || addr - iova > length - len) return nullptr;
+  if (region >= kMaxRegions) return nullptr;
+  const uint32_t gen = peer_->shm()->regions[region].gen.load(std::memory_order_acquire);
+  return peer_->region_ptr(region, gen, roff + (addr - iova), len);
+}
+
+bool HwConn::exec_wqe_locked(SendWqe *w) {
+  const uint64_t len = w->total_len;
+  if (timing_.mode() == Mode::Paced) {
+    if (!pending_due_) {
+      const uint64_t now = now_ps();
+      const uint64_t start = std::max(now, busy_until_ps_);
+      pending_due_ = start + timing_.message_ps(len);
+      busy_until_ps_ = start + timing_.occupancy_ps(len);
+    }
+    if (now_ps() < pending_due_) return false;
+  }
+  const bool is_read = w->opcode == IBV_WR_RDMA_READ;
+  const bool is_send = w->opcode == IBV_WR_SEND || w->opcode == IBV_WR_SEND_WITH_INV;
+  const bool needs_frame = is_send || w->opcode == IBV_WR_RDMA_WRITE_WITH_IMM;
+  Frame *f = nullptr;
+  if (needs_frame && !(f = ring_slot_locked())) return false;  // peer ring full: wait
+
+  // Local buffers (validated like a NIC validates the lkeys of a descriptor).
+  std::vector<Seg> local;
+  if (w->flags & IBV_SEND_INLINE) {
+    if (w->inline_len) local.push_back({w->inline_data.data(), w->inline_len});
+  } else {
+    for (uint32_t i = 0; i < w->num_sge; i++) {
+      const Sge &s = w->sge[i];
+      if (!s.length) continue;
+      MrRef ref;
+      if (mr_lookup(s.lkey, qp_.pd, s.addr, s.length, is_read ? IBV_ACCESS_LOCAL_WRITE : 0,
+                    &ref) != AccessError::None) {
+        ECA_QP_LOG(Info, qp_.qpn, "local protection error (lkey 0x%x)", s.lkey);
+        qp_.sq_done(w, IBV_WC_LOC_PROT_ERR);
+        send_terminate_locked(IBV_WC_WR_FLUSH_ERR);
+        fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
+        return true;
+      }
+      local.push_back({ref.host, s.length});
+    }
+  }
+  const uint64_t model = timing_.message_ps(len);
+  stats_.ops.fetch_add(1, std::memory_order_relaxed);
+  stats_.bytes.fetch_add(len, std::memory_order_relaxed);
+  stats_.modeled_ps.fetch_add(model, std::memory_order_relaxed);
+
+  switch (w->opcode) {
+    case IBV_WR_RDMA_WRITE:
+    case IBV_WR_RDMA_WRITE_WITH_IMM:
+    case IBV_WR_RDMA_READ: {
+      uint8_t *remote = nullptr;
+      if (len) {
+        remote = resolve_remote(w->rkey, w->remote_addr, len,
+                                is_read ? IBV_ACCESS_REMOTE_READ : IBV_ACCESS_REMOTE_WRITE);
+        if (!remote) {
+          ECA_QP_LOG(Info, qp_.qpn, "remote access error (rkey 0x%x addr 0x%llx len %llu)",
+                     w->rkey, (unsigned long long)w->remote_addr, (unsigned long long)len);
+          qp_.sq_done(w, IBV_WC_REM_ACCESS_ERR);
+          send_terminate_locked(IBV_WC_WR_FLUSH_ERR);
+          fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
+          return true;
+        }
+        if (is_read)
+          scatter(remote, len, local);
+        else
+          ordered_gather(local, remote, len);
+      }
+      if (w->opcode == IBV_WR_RDMA_WRITE_WITH_IMM) {
+        f->type = (uint32_t)FrameType::Immediate;
+        f->flags = (w->flags & IBV_SEND_SOLICITED) ? kFrameSendSolicited : 0;
+        std::memcpy(&f->imm, &w->imm_data, sizeof(f->imm));
+        f->model_ps = pending_due_ ? pending_due_ : now_ps();
+        ring_publish_locked();
+      }
+      qp_.sq_done(w, IBV_WC_SUCCESS);
+      return true;
+    }
+    default:
+      break;
+  }
+  // SEND family
+  f->type = (uint32_t)FrameType::Send;
+  f->flags = ((w->flags & IBV_SEND_SOLICITED) ? kFrameSendSolicited : 0) |
+             (w->opcode == IBV_WR_SEND_WITH_INV ? kFrameSendInvalidate : 0);
+  f->imm = w->invalidate_rkey;
+  f->len = (uint32_t)len;
+  f->model_ps = pending_due_ ? pending_due_ : now_ps();
+  if (len <= kFrameInline) {
+    // Small payloads travel in the frame: the work request is complete once it is framed.
+    uint64_t off = 0;
+    for (const Seg &s : local) {
+      std::memcpy(f->data + off, s.p, s.n);
+      off += s.n;
+    }
+    f->nsge = 0;
+    ring_publish_locked();
+    qp_.sq_done(w, IBV_WC_SUCCESS);
+    return true;
+  }
+  // Larger payloads are fetched by the receiving adapter from our registered memory; the
+  // work request completes when it acknowledges.
+  uint32_t n = 0;
+  for (const Seg &s : local) {
+    uint32_t idx, gen;
+    uint64_t off;
+    if (n == kFrameSges || !Adapter::instance().local_region(s.p, s.n, &idx, &gen, &off)) {
+      qp_.sq_done(w, IBV_WC_LOC_PROT_ERR);
+      send_terminate_locked(IBV_WC_WR_FLUSH_ERR);
+      fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
+      return true;
+    }
+    f->sge[n] = {idx, (uint32_t)s.n, off};
+    f->region_gen[n] = gen;
+    n++;
+  }
+  f->nsge = n;
+  ring_publish_locked();
+  await_ack_.push_back(w);
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Receive
+
+bool HwConn::rx_locked() {
+  bool did = false;
+  uint64_t head = in_->head.load(std::memory_order_relaxed);
+  while (!failing_) {
+    const uint64_t tail = in_->tail.load(std::memory_order_acquire);
+    if (head == tail) break;
+    if (tail - head > kRingSlots) {  // a peer that corrupts the ring indices
+      send_terminate_locked(IBV_WC_REM_OP_ERR);
+      fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
+      break;
+    }
+    Frame f;  // a private snapshot: the peer cannot change what we validate
+    std::memcpy(static_cast<void *>(&f), &in_->slots[head & kRingMask], sizeof(Frame));
+    if (timing_.mode() == Mode::Paced && f.model_ps > now_ps()) break;
+    if (!handle_frame_locked(f)) break;  // waiting for a receive buffer
+    in_->head.store(++head, std::memory_order_release);
+    did = true;
+  }
+  return did;
+}
+
+bool HwConn::handle_frame_locked(const Frame &f) {
+  switch (static_cast<FrameType>(f.type)) {
+    case FrameType::Send:
+    case FrameType::Immediate: {
+      const bool solicited = (f.flags & kFrameSendSolicited) != 0;
+      if (!have_rqe_) {
+        if (!qp_.rq_take(&rqe_)) {
+          const uint64_t now = mono_ns();
+          if (!rqe_deadline_ns_) rqe_deadline_ns_ = now + (uint64_t)config().recv_wait_ms * 1000000;
+          if (now < rqe_deadline_ns_) return false;
+          ECA_QP_LOG(Info, qp_.qpn, "Send arrived with no receive posted");
+          rqe_deadline_ns_ = 0;
+          send_terminate_locked(IBV_WC_REM_INV_REQ_ERR);
+          fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
+          return true;
+        }
+        have_rqe_ = true;
+        rqe_deadline_ns_ = 0;
+      }
+      if (static_cast<FrameType>(f.type) == FrameType::Immediate) {
+        have_rqe_ = false;
+        __be32 imm;
+        std::memcpy(&imm, &f.imm, sizeof imm);
+        qp_.rq_done_imm(rqe_, imm, solicited);
+        return true;
+      }
+      // Validate the frame before touching memory.
+      bool ok = f.nsge <= kFrameSges && (f.nsge > 0 || f.len <= kFrameInline);
+      uint64_t sum = 0;
+      for (uint32_t i = 0; ok && i < f.nsge; i++) sum += f.sge[i].len;
+      ok = ok && (f.nsge == 0 || sum == f.len);
+      std::vector<Seg> dst;
+      uint64_t cap = 0;
+      for (uint32_t i = 0; ok && i < rqe_.num_sge; i++) {
+        const Sge &s = rqe_.sge[i];
+        if (!s.length) continue;
+        MrRef ref;
+        if (mr_lookup(s.lkey, qp_.pd, s.addr, s.length, IBV_ACCESS_LOCAL_WRITE, &ref) !=
+            AccessError::None) {
+          qp_.rq_done(rqe_, IBV_WC_LOC_PROT_ERR, 0, false, 0);
+          have_rqe_ = false;
+          send_terminate_locked(IBV_WC_REM_OP_ERR);
+          fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
+          return true;
+        }
+        dst.push_back({ref.host, s.length});
+        cap += s.length;
+      }
+      if (!ok) {
+        ECA_QP_LOG(Warn, qp_.qpn, "malformed Send frame from the peer");
+        send_terminate_locked(IBV_WC_REM_OP_ERR);
+        fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
+        return true;
+      }
+      if (f.len > cap) {
+        qp_.rq_done(rqe_, IBV_WC_LOC_LEN_ERR, 0, false, 0);
+        have_rqe_ = false;
+        send_terminate_locked(IBV_WC_REM_INV_REQ_ERR);
+        fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
+        return true;
+      }
+      if (f.nsge == 0) {
+        scatter(f.data, f.len, dst);
+      } else {
+        std::vector<Seg> src;
+        for (uint32_t i = 0; i < f.nsge; i++) {
+          uint8_t *p = peer_->region_ptr(f.sge[i].region, f.region_gen[i], f.sge[i].off,
+                                         f.sge[i].len);
+          if (!p) {
+            ECA_QP_LOG(Warn, qp_.qpn, "Send frame names memory the peer does not share");
+            send_terminate_locked(IBV_WC_REM_OP_ERR);
+            fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
+            return true;
+          }
+          src.push_back({p, f.sge[i].len});
+        }
+        // gather from the sender's segments, scatter into the receive segments
+        uint64_t pos = 0;
+        for (const Seg &d : dst) {
+          const uint64_t n = std::min<uint64_t>(d.n, f.len - pos);
+          if (!n) break;
+          copy_range(src, pos, pos + n, d.p);
+          pos += n;
+        }
+        acks_owed_++;
+      }
+      uint32_t inv = 0;
+      if (f.flags & kFrameSendInvalidate) {
+        inv = f.imm;
+        if (!mr_invalidate(inv, qp_.pd)) {
+          qp_.rq_done(rqe_, IBV_WC_REM_INV_REQ_ERR, f.len, false, 0);
+          have_rqe_ = false;
+          send_terminate_locked(IBV_WC_REM_OP_ERR);
+          fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
+          return true;
+        }
+      }
+      have_rqe_ = false;
+      qp_.rq_done(rqe_, IBV_WC_SUCCESS, f.len, solicited, inv);
+      return true;
+    }
+    case FrameType::Ack: {
+      if (await_ack_.empty()) {
+        send_terminate_locked(IBV_WC_REM_OP_ERR);
+        fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
+        return true;
+      }
+      SendWqe *w = await_ack_.front();
+      await_ack_.pop_front();
+      qp_.sq_done(w, peer_status(f.status));
+      return true;
+    }
+    case FrameType::Terminate:
+      ECA_QP_LOG(Info, qp_.qpn, "peer adapter terminated the connection (status %u)", f.status);
+      fail(LlpEnd::TerminateRecvd, peer_status(f.status) == IBV_WC_WR_FLUSH_ERR
+                                       ? IBV_WC_WR_FLUSH_ERR : peer_status(f.status));
+      return true;
+    case FrameType::Disconnect:
+      fail(LlpEnd::PeerClosed, IBV_WC_WR_FLUSH_ERR);
+      return true;
+  }
+  ECA_QP_LOG(Warn, qp_.qpn, "unknown frame type %u from the peer", f.type);
+  send_terminate_locked(IBV_WC_REM_OP_ERR);
+  fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ending
+
+void HwConn::fail(LlpEnd why, ibv_wc_status st) {
+  if (failing_.exchange(true)) return;
+  auto self = shared_from_this();
+  // QP transitions and rdma_cm notification run on the progress thread, never under mu_.
+  Progress::instance().post([self, why, st] {
+    std::lock_guard cb(self->cb_mu_);
+    if (!self->closed_) self->do_fail(why, st);
+  });
+}
+
+void HwConn::do_fail(LlpEnd why, ibv_wc_status st) {
+  if (ended_) return;
+  ended_ = true;
+  if (st != IBV_WC_WR_FLUSH_ERR && st != IBV_WC_SUCCESS) qp_.sq_fail_oldest(st);
+  {
+    std::lock_guard lk(mu_);
+    if (have_rqe_) {
+      qp_.rq_done(rqe_, IBV_WC_WR_FLUSH_ERR, 0, false, 0);
+      have_rqe_ = false;
+    }
+    pending_ = nullptr;
+    await_ack_.clear();  // still unfinished in the SQ: flushed by enter_error()
+  }
+  qp_.llp_ended(why);  // QP to ERROR, flush, async event, rdma_cm; calls close()
+}
+
+void HwConn::close(bool graceful) {
+  std::lock_guard cb(cb_mu_);
+  if (closed_.exchange(true)) return;
+  {
+    std::lock_guard lk(mu_);
+    if (ready_ && link_) {
+      if (graceful)
+        if (Frame *f = ring_slot_locked()) {
+          f->type = (uint32_t)FrameType::Disconnect;
+          f->model_ps = now_ps();
+          ring_publish_locked();
+        }
+      link_->side[side_].closed.store(1, std::memory_order_release);
+    }
+  }
+  Adapter::instance().detach(this);
+  auto self = shared_from_this();
+  auto finish = [self] {
+    boost::system::error_code ec;
+    self->sock_.shutdown(boost::asio::ip::tcp::socket::shutdown_both, ec);
+    self->sock_.close(ec);
+  };
+  if (Progress::instance().on_progress_thread())
+    finish();
+  else
+    Progress::instance().post(finish);
+}
+
+}  // namespace eca::hw

@@ -1,0 +1,117 @@
+// One connected QP of the modeled adapter.
+//
+// Connection set-up uses the host's TCP (rdma_cm and MPA, as for the software backend); the
+// two adapters then exchange their identities over that socket and share a LinkShm. From
+// then on the data path is memory only:
+//  - RDMA WRITE / READ: the initiator's adapter validates the STag in the peer's published
+//    table and moves the data directly between the two processes' registered memory.
+//  - SEND / Immediate Data: frames on the link ring; the receiving adapter places them into
+//    posted receives (large payloads copied straight from the sender's registered memory) and
+//    acknowledges, which completes the sender's work request.
+// The adapter's work runs in whichever thread gets there first: the application's own
+// ibv_post_send()/ibv_poll_cq() calls (poll mode: no system calls), or the firmware thread
+// (interrupt mode, paced completions, deadlines). The TCP socket stays open only to notice a
+// peer process that dies.
+#pragma once
+
+#include <boost/asio/ip/tcp.hpp>
+
+#include <atomic>
+#include <deque>
+#include <memory>
+#include <mutex>
+
+#include "hwmodel/backend/adapter.hpp"
+#include "hwmodel/backend/timing.hpp"
+#include "provider/core/backend.hpp"
+#include "provider/core/objects.hpp"
+#include "transport/llp.hpp"
+
+namespace eca::hw {
+
+class HwConn : public std::enable_shared_from_this<HwConn> {
+ public:
+  HwConn(Qp &qp, transport::LlpConnection &&llp);
+  ~HwConn();
+  void start();  // handshake on the progress thread
+  void doorbell();
+  void rq_doorbell();
+  void cq_armed();
+  void poll_progress();  // application thread inside ibv_poll_cq (never blocks)
+  struct FwResult {
+    bool did_work;
+    bool needs_tick;
+  };
+  FwResult firmware_poll();  // firmware thread
+  void close(bool graceful);
+  const Stats &stats() const { return stats_; }
+
+ private:
+  void handshake_creator();
+  void handshake_joiner();
+  void become_ready();
+  void watch_socket();
+  bool map_link(uint32_t pid, int fd);
+
+  bool work_locked();   // mu_ held: transmit then receive; true if anything moved
+  bool tx_locked();
+  bool rx_locked();
+  bool exec_wqe_locked(SendWqe *w);  // false: must wait (ring full / not yet due)
+  bool handle_frame_locked(const Frame &f);  // false: must wait (no receive posted)
+  uint8_t *resolve_remote(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t need);
+  Frame *ring_slot_locked();         // free slot in the outgoing ring, or null
+  void ring_publish_locked();
+  void send_terminate_locked(ibv_wc_status peer_status);
+  void fail(LlpEnd why, ibv_wc_status st);  // defers to the progress thread
+  void do_fail(LlpEnd why, ibv_wc_status st);
+  uint64_t now_ps() const;
+
+  Qp &qp_;
+  boost::asio::ip::tcp::socket sock_;
+  bool initiator_;
+  std::recursive_mutex cb_mu_;  // held by progress/firmware handlers; taken by close()
+  std::mutex mu_;               // data path state; only try_lock from application threads
+  std::atomic<bool> ready_{false};
+  std::atomic<bool> closed_{false};
+  std::atomic<bool> failing_{false};
+  std::atomic<bool> work_pending_{false};
+  bool ended_ = false;
+
+  int side_ = 0;
+  LinkShm *link_ = nullptr;
+  int link_fd_ = -1;
+  std::shared_ptr<PeerAdapter> peer_;
+  uint32_t peer_pd_ = 0;
+  Ring *out_ = nullptr;
+  Ring *in_ = nullptr;
+  uint64_t out_tail_ = 0;  // producer's private copy of out_->tail
+
+  SendWqe *pending_ = nullptr;       // taken from the SQ, waiting (ring full or paced)
+  uint64_t pending_due_ = 0;
+  std::deque<SendWqe *> await_ack_;  // Sends placed by the peer when acknowledged
+  uint32_t acks_owed_ = 0;           // Sends we placed whose Ack is not yet framed
+  bool have_rqe_ = false;
+  RecvWqe rqe_;
+  uint64_t rqe_deadline_ns_ = 0;
+
+  Timing timing_;
+  uint64_t start_ns_ = 0;
+  uint64_t busy_until_ps_ = 0;  // modeled: when the adapter's transmit path is free
+  Stats stats_;
+};
+
+class HwEngine final : public QpEngine {
+ public:
+  explicit HwEngine(std::shared_ptr<HwConn> c) : c_(std::move(c)) {}
+  ~HwEngine() override { c_->close(false); }
+  void sq_doorbell() override { c_->doorbell(); }
+  void rq_doorbell() override { c_->rq_doorbell(); }
+  void poll_progress() override { c_->poll_progress(); }
+  void cq_armed() override { c_->cq_armed(); }
+  void close(bool graceful) override { c_->close(graceful); }
+
+ private:
+  std::shared_ptr<HwConn> c_;
+};
+
+}  // namespace eca::hw

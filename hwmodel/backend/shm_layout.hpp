@@ -1,0 +1,123 @@
+// Shared-memory formats of the modeled adapter. Everything here lives in memfd-backed
+// mappings shared between processes of one user; offsets and indices only, never pointers,
+// and every struct's size is asserted. Fields a peer writes are validated before use.
+//
+//  AdapterShm (one per process)  the adapter's STag table and memory-region table, read by
+//                                peers' adapters to validate and translate remote accesses,
+//                                plus the adapter's doorbell word.
+//  LinkShm (one per connection)  two single-producer/single-consumer frame rings (one per
+//                                direction) and each side's identity and state: the
+//                                point-to-point Ethernet segment between the two adapters.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace eca::hw {
+
+inline constexpr uint64_t kAdapterMagic = 0x4543414877416470ull;  // "ECAHwAdp"
+inline constexpr uint64_t kLinkMagic = 0x454341487754696eull;     // "ECAHwLin"
+inline constexpr uint32_t kLayoutVersion = 1;
+
+inline constexpr uint32_t kMaxStags = 1u << 16;
+inline constexpr uint32_t kMaxRegions = 1u << 12;
+
+struct alignas(64) StagEntry {
+  std::atomic<uint32_t> key;  // full STag; 0 = free. Written last (release) when valid.
+  uint32_t pd;                // owner's PD handle
+  uint32_t access;            // IBV_ACCESS_* bits
+  uint32_t region;            // index into regions[]
+  uint64_t iova;              // first valid address (the MR's iova)
+  uint64_t length;
+  uint64_t region_off;        // offset of iova inside the region's mapping
+  uint8_t pad_[24];
+};
+static_assert(sizeof(StagEntry) == 64);
+
+struct alignas(64) RegionEntry {
+  std::atomic<uint32_t> gen;  // 0 = unused; bumped when the slot is reused
+  int32_t fd;                 // memfd in the owner process (peers open /proc/<pid>/fd/<fd>)
+  uint64_t base;              // owner's virtual address of the mapping
+  uint64_t length;
+  uint8_t pad_[40];
+};
+static_assert(sizeof(RegionEntry) == 64);
+
+struct AdapterShm {
+  uint64_t magic;
+  uint32_t version;
+  uint32_t pid;
+  alignas(64) std::atomic<uint32_t> doorbell;  // futex word: bumped to wake the adapter
+  std::atomic<uint32_t> sleeping;              // the adapter thread waits on doorbell
+  alignas(64) RegionEntry regions[kMaxRegions];
+  StagEntry stags[kMaxStags];
+};
+static_assert(offsetof(AdapterShm, regions) % 64 == 0);
+
+// ---- frames on the link rings
+enum class FrameType : uint32_t {
+  Send = 1,        // untagged message for a receive WQE (inline payload or region references)
+  Immediate = 2,   // RFC 7306 Immediate Data (after an RDMA Write with immediate)
+  Ack = 3,         // a Send was placed (or failed: status)
+  Terminate = 4,   // the sender's side hit an error; the stream is dead
+  Disconnect = 5,  // orderly close
+};
+inline constexpr uint32_t kFrameSendSolicited = 1u << 0;
+inline constexpr uint32_t kFrameSendInvalidate = 1u << 1;
+
+inline constexpr uint32_t kFrameSges = 8;
+inline constexpr uint32_t kFrameInline = 192;
+
+struct FrameSge {
+  uint32_t region;  // index in the SENDER's region table
+  uint32_t len;
+  uint64_t off;     // offset inside that region
+};
+static_assert(sizeof(FrameSge) == 16);
+
+struct alignas(64) Frame {
+  uint32_t type;
+  uint32_t flags;
+  uint32_t len;        // payload bytes of the message
+  uint32_t nsge;       // 0: payload inline
+  uint32_t imm;        // immediate data (network order), or STag to invalidate
+  uint32_t status;     // Ack/Terminate: ibv_wc_status to report
+  uint32_t region_gen[kFrameSges];  // generations of the referenced regions
+  uint64_t model_ps;   // modeled time at which the frame is visible to the receiver
+  FrameSge sge[kFrameSges];
+  uint8_t data[kFrameInline];
+};
+static_assert(sizeof(Frame) == 384);
+
+inline constexpr uint32_t kRingSlots = 1024;  // power of two
+static_assert((kRingSlots & (kRingSlots - 1)) == 0);
+
+// Single producer (the sending adapter), single consumer (the receiving one). The producer
+// writes the slot, then publishes it with a release store of tail; the consumer reads tail
+// with acquire, consumes, then releases the slot with a release store of head.
+struct Ring {
+  alignas(64) std::atomic<uint64_t> head;
+  alignas(64) std::atomic<uint64_t> tail;
+  alignas(64) Frame slots[kRingSlots];
+};
+
+struct alignas(64) LinkSide {
+  std::atomic<uint32_t> pid;
+  std::atomic<uint32_t> qpn;
+  std::atomic<uint32_t> pd;
+  std::atomic<uint32_t> want_intr;   // consumer asks to be woken (a CQ is armed)
+  std::atomic<uint32_t> closed;      // this side closed or failed the link
+  uint8_t pad_[44];
+};
+static_assert(sizeof(LinkSide) == 64);
+
+struct LinkShm {
+  uint64_t magic;
+  uint32_t version;
+  uint32_t pad_;
+  LinkSide side[2];
+  Ring ring[2];  // ring[i]: frames sent BY side i
+};
+
+}  // namespace eca::hw
