@@ -274,9 +274,15 @@ void HwConn::rq_doorbell() { doorbell(); }
 
 // A CQ of this QP was armed: from now on the peer rings our firmware's doorbell with each
 // frame, so completions reach the channel without anyone polling. A store, no system call.
+//
+// Arm, then check: frames that arrived before the request are processed now, so their
+// completions raise the event the application is about to wait for.
 void HwConn::cq_armed() {
-  if (ready_.load(std::memory_order_acquire) && link_)
-    link_->side[side_].want_intr.store(1, std::memory_order_release);
+  if (!ready_.load(std::memory_order_acquire) || closed_ || !link_) return;
+  link_->side[side_].want_intr.store(1, std::memory_order_seq_cst);
+  if (in_->tail.load(std::memory_order_seq_cst) != in_->head.load(std::memory_order_relaxed) ||
+      pending_ || acks_owed_)
+    doorbell();
 }
 
 void HwConn::poll_progress() {
@@ -321,9 +327,11 @@ Frame *HwConn::ring_slot_locked() {
 }
 
 void HwConn::ring_publish_locked() {
-  out_->tail.store(++out_tail_, std::memory_order_release);
+  // seq_cst pairs with cq_armed(): either we see the peer's interrupt request, or the peer
+  // sees this frame when it checks after arming.
+  out_->tail.store(++out_tail_, std::memory_order_seq_cst);
   // Ring the peer's doorbell only when it asked to be woken (interrupt mode).
-  if (link_->side[1 - side_].want_intr.load(std::memory_order_acquire))
+  if (link_->side[1 - side_].want_intr.load(std::memory_order_seq_cst))
     Adapter::kick_peer(peer_->shm());
 }
 

@@ -541,6 +541,9 @@ void on_initiator_done(const std::shared_ptr<Core> &cp, MpaOutcome o) {
   }
 }
 
+void connect_attempt(const std::shared_ptr<Core> &cp, const sockaddr_in &dst, MpaParams p,
+                     std::chrono::steady_clock::time_point first);
+
 void start_connect(const std::shared_ptr<Core> &cp, const sockaddr_in &dst, MpaParams p) {
   Core &c = *cp;
   boost::system::error_code ec;
@@ -565,9 +568,47 @@ void start_connect(const std::shared_ptr<Core> &cp, const sockaddr_in &dst, MpaP
     boost::system::error_code ignored;
     cp->sock->close(ignored);
   });
-  c.sock->async_connect(to_ep(dst), [cp, p = std::move(p)](const boost::system::error_code &e) {
+  connect_attempt(cp, dst, std::move(p), std::chrono::steady_clock::now());
+}
+
+// A refused connection is retried for a short while: some programs (qperf's server) tell the
+// client their port between rdma_bind_addr() and rdma_listen(), so a SYN can arrive while the
+// port is bound but not yet listening. The retry window stays inside the connect timeout.
+constexpr auto kRefusedRetryWindow = std::chrono::milliseconds(500);
+constexpr auto kRefusedRetryDelay = std::chrono::milliseconds(10);
+
+void connect_attempt(const std::shared_ptr<Core> &cp, const sockaddr_in &dst, MpaParams p,
+                     std::chrono::steady_clock::time_point first) {
+  Core &c = *cp;
+  c.sock->async_connect(to_ep(dst), [cp, dst, p = std::move(p), first](
+                                        const boost::system::error_code &e) mutable {
     Core &c = *cp;
     if (!c.owner || c.st != St::Connecting || !c.sock) return;
+    if (e == asio::error::connection_refused && !c.timed_out &&
+        std::chrono::steady_clock::now() - first < kRefusedRetryWindow) {
+      // A socket cannot connect again after a refusal: take a fresh one on the same local
+      // address (and port, when the application bound one).
+      boost::system::error_code ig;
+      const tcp::endpoint local = c.sock->local_endpoint(ig);
+      c.sock.emplace(io());
+      c.sock->open(tcp::v4(), ig);
+      c.sock->set_option(asio::socket_base::reuse_address(true), ig);
+      if (!ig) {
+        c.sock->bind(local, ig);
+        if (ig) c.sock->bind(tcp::endpoint(local.address(), 0), ig);
+      }
+      if (c.tos >= 0) {
+        int tos = c.tos;
+        ::setsockopt(c.sock->native_handle(), IPPROTO_IP, IP_TOS, &tos, sizeof tos);
+      }
+      auto t = std::make_shared<asio::steady_timer>(io(), kRefusedRetryDelay);
+      t->async_wait([cp, dst, p = std::move(p), first, t](const boost::system::error_code &) mutable {
+        Core &c2 = *cp;
+        if (!c2.owner || c2.st != St::Connecting || !c2.sock || c2.timed_out) return;
+        connect_attempt(cp, dst, std::move(p), first);
+      });
+      return;
+    }
     if (c.timer) c.timer->cancel();
     if (e) {
       int err = c.timed_out || e == asio::error::operation_aborted ? ETIMEDOUT
