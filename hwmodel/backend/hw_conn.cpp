@@ -24,6 +24,7 @@ namespace {
 
 using transport::Progress;
 constexpr uint64_t kRingMask = kRingSlots - 1;
+constexpr size_t kMaxInflight = 4096;  // work requests the adapter holds at once
 
 uint64_t mono_ns() {
   timespec ts;
@@ -281,7 +282,7 @@ void HwConn::cq_armed() {
   if (!ready_.load(std::memory_order_acquire) || closed_ || !link_) return;
   link_->side[side_].want_intr.store(1, std::memory_order_seq_cst);
   if (in_->tail.load(std::memory_order_seq_cst) != in_->head.load(std::memory_order_relaxed) ||
-      pending_ || acks_owed_)
+      !inflight_.empty() || acks_owed_)
     doorbell();
 }
 
@@ -289,7 +290,7 @@ void HwConn::poll_progress() {
   if (!ready_.load(std::memory_order_acquire) || closed_) return;
   // Cheap test first: anything arrived, or anything waiting to go out?
   if (in_->tail.load(std::memory_order_acquire) == in_->head.load(std::memory_order_relaxed) &&
-      !pending_ && !acks_owed_ && !work_pending_.load(std::memory_order_relaxed))
+      inflight_.empty() && !acks_owed_ && !work_pending_.load(std::memory_order_relaxed))
     return;
   doorbell();
 }
@@ -305,7 +306,7 @@ HwConn::FwResult HwConn::firmware_poll() {
   // Interrupt mode: ask the peer to wake our firmware when one of our CQs is armed.
   const bool armed = qp_.scq->is_armed() || qp_.rcq->is_armed();
   link_->side[side_].want_intr.store(armed ? 1 : 0, std::memory_order_release);
-  return {did, pending_ != nullptr || rqe_deadline_ns_ != 0 || acks_owed_ != 0};
+  return {did, !inflight_.empty() || rqe_deadline_ns_ != 0 || acks_owed_ != 0};
 }
 
 bool HwConn::work_locked() {
@@ -357,15 +358,28 @@ bool HwConn::tx_locked() {
     acks_owed_--;
     did = true;
   }
-  while (!failing_) {
-    SendWqe *w = pending_ ? pending_ : qp_.sq_take();
+  // Take what was posted; in paced mode each message enters the modeled pipeline now: it
+  // starts when the path is free and completes one message latency later.
+  while (!failing_ && inflight_.size() < kMaxInflight) {
+    SendWqe *w = qp_.sq_take();
     if (!w) break;
-    pending_ = w;
-    if (!exec_wqe_locked(w)) break;  // waits for ring room or its modeled time
-    pending_ = nullptr;
-    pending_due_ = 0;
+    uint64_t due = 0;
+    if (timing_.mode() == Mode::Paced) {
+      const uint64_t start = std::max(now_ps(), busy_until_ps_);
+      due = start + timing_.message_ps(w->total_len);
+      busy_until_ps_ = start + timing_.occupancy_ps(w->total_len);
+    }
+    inflight_.push_back({w, due});
+  }
+  while (!failing_ && !inflight_.empty()) {
+    const Inflight &f = inflight_.front();
+    if (f.due_ps && now_ps() < f.due_ps) break;  // not yet: its modeled time is ahead
+    pending_due_ = f.due_ps;
+    if (!exec_wqe_locked(f.w)) break;  // waits for ring room
+    inflight_.pop_front();
     did = true;
   }
+  pending_due_ = 0;
   return did;
 }
 
@@ -389,15 +403,6 @@ uint8_t *HwConn::resolve_remote(uint32_t rkey, uint64_t addr, uint64_t len, uint
 
 bool HwConn::exec_wqe_locked(SendWqe *w) {
   const uint64_t len = w->total_len;
-  if (timing_.mode() == Mode::Paced) {
-    if (!pending_due_) {
-      const uint64_t now = now_ps();
-      const uint64_t start = std::max(now, busy_until_ps_);
-      pending_due_ = start + timing_.message_ps(len);
-      busy_until_ps_ = start + timing_.occupancy_ps(len);
-    }
-    if (now_ps() < pending_due_) return false;
-  }
   const bool is_read = w->opcode == IBV_WR_RDMA_READ;
   const bool is_send = w->opcode == IBV_WR_SEND || w->opcode == IBV_WR_SEND_WITH_INV;
   const bool needs_frame = is_send || w->opcode == IBV_WR_RDMA_WRITE_WITH_IMM;
@@ -678,8 +683,8 @@ void HwConn::do_fail(LlpEnd why, ibv_wc_status st) {
       qp_.rq_done(rqe_, IBV_WC_WR_FLUSH_ERR, 0, false, 0);
       have_rqe_ = false;
     }
-    pending_ = nullptr;
-    await_ack_.clear();  // still unfinished in the SQ: flushed by enter_error()
+    inflight_.clear();   // still unfinished in the SQ: flushed by enter_error()
+    await_ack_.clear();
   }
   qp_.llp_ended(why);  // QP to ERROR, flush, async event, rdma_cm; calls close()
 }

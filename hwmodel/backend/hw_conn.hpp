@@ -86,8 +86,14 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   Ring *in_ = nullptr;
   uint64_t out_tail_ = 0;  // producer's private copy of out_->tail
 
-  SendWqe *pending_ = nullptr;       // taken from the SQ, waiting (ring full or paced)
-  uint64_t pending_due_ = 0;
+  // Work requests taken from the SQ and not yet executed, with their modeled completion
+  // times (paced mode: the adapter pipelines them; fast mode: due 0).
+  struct Inflight {
+    SendWqe *w;
+    uint64_t due_ps;
+  };
+  std::deque<Inflight> inflight_;
+  uint64_t pending_due_ = 0;  // due time of the work request being executed
   std::deque<SendWqe *> await_ack_;  // Sends placed by the peer when acknowledged
   uint32_t acks_owed_ = 0;           // Sends we placed whose Ack is not yet framed
   bool have_rqe_ = false;

@@ -3,44 +3,62 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <string>
 #include <strings.h>
+#include <unordered_map>
 
+#include "hwmodel/model/host_model.hpp"
 #include "provider/core/log.hpp"
 
 namespace eca::hw {
 namespace {
 
-// Store-and-forward pipeline of one message through the modeled path, per Ethernet frame:
-//   host->NIC DMA (PCI) -> transmit firmware -> MAC/wire -> receive firmware -> NIC->host DMA
-// Defaults: an Alteon Tigon class NIC on 33 MHz / 32-bit PCI with gigabit Ethernet.
-struct PathParams {
-  uint64_t frame_payload = 1460;      // ULP bytes per 1500-byte frame
-  uint64_t frame_overhead = 78;       // Ethernet hdr 14 + FCS 4 + preamble 8 + IFG 12 + IP/TCP/MPA 40
-  uint64_t line_ps_per_byte = 8000;   // 1 Gb/s
-  uint64_t pci_ps_per_byte = 7576;    // 33 MHz x 4 bytes = 132 MB/s
-  uint64_t pci_setup_ps = 1000000;    // arbitration + address phase + target latency per DMA
-  uint64_t fw_frame_ps = 2000000;     // firmware work per frame, each direction
+// The calibrated host-to-host model (hwmodel/model) answers "how long does a message of N
+// bytes take, and how long does it occupy the path": an event simulation per message size,
+// so the answers are cached. Parameters: ECA_HWMODEL_PRESET and ECA_HWMODEL (docs/hwmodel.md).
+struct ModelCache {
+  std::mutex mu;
+  hwmodel::Params params;
+  bool ok = false;
+  std::unordered_map<uint64_t, std::pair<uint64_t, uint64_t>> by_size;  // latency, occupancy
+
+  ModelCache() {
+    std::string err;
+    ok = hwmodel::params_from_env(params, err);
+    if (!ok) ECA_LOG(Error, "hwmodel parameters: %s (using the defaults)", err.c_str());
+    if (!ok) {
+      params = hwmodel::Params{};
+      ok = true;
+    }
+  }
+
+  std::pair<uint64_t, uint64_t> get(uint64_t bytes) {
+    bytes = std::max<uint64_t>(bytes, 1);
+    std::lock_guard lk(mu);
+    if (auto it = by_size.find(bytes); it != by_size.end()) return it->second;
+    const hwmodel::Mode mode = hwmodel::Mode::from(params);
+    uint64_t lat, occ;
+    {
+      hwmodel::HostToHostModel m(params, mode);
+      hwmodel::MessageDone d = m.send((int64_t)bytes);
+      lat = (uint64_t)std::max<int64_t>(0, d.t_recv_done - d.t_submit);
+    }
+    {
+      hwmodel::HostToHostModel m(params, mode);
+      hwmodel::StreamResult r = m.stream((int64_t)bytes, 8);
+      // steady-state period of one message at the modeled throughput
+      occ = r.mbps > 0 ? (uint64_t)((double)bytes * 8.0 * 1e6 / r.mbps) : lat;
+    }
+    auto v = std::make_pair(lat, std::min(occ, lat));
+    by_size.emplace(bytes, v);
+    return v;
+  }
 };
 
-const PathParams &params() {
-  static const PathParams p;
-  return p;
-}
-
-struct Stage {
-  uint64_t first;  // time for one frame through the stage
-  uint64_t max;    // the slowest stage (the pipeline's period)
-  uint64_t frames;
-};
-
-Stage stages(uint64_t bytes) {
-  const PathParams &p = params();
-  const uint64_t frames = std::max<uint64_t>(1, (bytes + p.frame_payload - 1) / p.frame_payload);
-  const uint64_t per = std::min<uint64_t>(bytes, p.frame_payload);
-  const uint64_t dma = p.pci_setup_ps + per * p.pci_ps_per_byte;
-  const uint64_t wire = (per + p.frame_overhead) * p.line_ps_per_byte;
-  const uint64_t fw = p.fw_frame_ps;
-  return {dma + fw + wire + fw + dma, std::max({dma, wire, fw}), frames};
+ModelCache &cache() {
+  static ModelCache *c = new ModelCache();
+  return *c;
 }
 
 }  // namespace
@@ -54,14 +72,7 @@ Timing::Timing() {
   }
 }
 
-uint64_t Timing::message_ps(uint64_t bytes) const {
-  Stage s = stages(bytes);
-  return s.first + (s.frames - 1) * s.max;
-}
-
-uint64_t Timing::occupancy_ps(uint64_t bytes) const {
-  Stage s = stages(bytes);
-  return s.frames * s.max;
-}
+uint64_t Timing::message_ps(uint64_t bytes) const { return cache().get(bytes).first; }
+uint64_t Timing::occupancy_ps(uint64_t bytes) const { return cache().get(bytes).second; }
 
 }  // namespace eca::hw

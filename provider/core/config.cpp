@@ -1,5 +1,6 @@
 #include "provider/core/config.hpp"
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <strings.h>
@@ -29,6 +30,9 @@ constexpr ConfigRow kRows[] = {
                                        "posted before the iWARP error path (TERMINATE)"},
     {"ECA_MPA_TIMEOUT_MS", "10000", "ms", "time limit for the TCP connect and the MPA "
                                           "request/reply exchange (100 .. 600000)"},
+    {"ECA_CQ_MODERATION", "0,0", "count,us", "default interrupt moderation of new CQs: the "
+                                              "completion event waits for COUNT completions or "
+                                              "US microseconds (ibv_modify_cq sets it per CQ)"},
     {"ECA_LOG", "warn", "-", "log level: error, warn, info, debug"},
 };
 
@@ -68,6 +72,15 @@ Config load() {
   c.keepalive_s = (uint32_t)env_long("ECA_KEEPALIVE", 0, 0, 3600);
   c.recv_wait_ms = (uint32_t)env_long("ECA_RECV_WAIT_MS", 1000, 0, 600000);
   c.mpa_timeout_ms = (uint32_t)env_long("ECA_MPA_TIMEOUT_MS", 10000, 100, 600000);
+  if (const char *m = std::getenv("ECA_CQ_MODERATION")) {
+    unsigned cnt = 0, us = 0;
+    if (std::sscanf(m, "%u,%u", &cnt, &us) == 2 && cnt <= 65535 && us <= 65535) {
+      c.cq_mod_count = (uint16_t)cnt;
+      c.cq_mod_period_us = (uint16_t)us;
+    } else {
+      ECA_LOG(Warn, "ECA_CQ_MODERATION=%s is not COUNT,MICROSECONDS; moderation off", m);
+    }
+  }
   return c;
 }
 

@@ -170,6 +170,9 @@ int context_open(Device *dev, Context **out) {
   c->vctx.create_cq_ex = op_create_cq_ex;
   c->vctx.create_qp_ex = op_create_qp_ex;
   c->vctx.create_srq_ex = op_create_srq_ex;
+  c->vctx.modify_cq = [](ibv_cq *cq, ibv_modify_cq_attr *attr) {
+    return cq_modify(Cq::from(cq), *attr);
+  };
   *out = c;
   return 0;
 }

@@ -5,7 +5,11 @@
 #include <cerrno>
 #include <cstring>
 
+#include <boost/asio/steady_timer.hpp>
+
 #include "provider/core/backend.hpp"
+#include "provider/core/config.hpp"
+#include "transport/progress.hpp"
 #include "provider/core/log.hpp"
 #include "provider/core/objects.hpp"
 #include "provider/core/verbs_ops.hpp"
@@ -46,8 +50,30 @@ uint8_t cqx_read_dlid_path_bits(ibv_cq_ex *cx) { return cur(cx).dlid_path_bits; 
 
 }  // namespace
 
+// Timer state shared with the progress thread; `cq` is cleared when the CQ goes away.
+struct Cq::ModTimer {
+  std::mutex mu;
+  Cq *cq;
+  boost::asio::steady_timer timer;
+  explicit ModTimer(Cq *c) : cq(c), timer(transport::Progress::instance().io()) {}
+};
+
+int Cq::set_moderation(uint16_t cnt, uint16_t period_us) {
+  std::lock_guard lk(mu);
+  mod_count = cnt;
+  mod_period_us = period_us;
+  if ((cnt > 1 || period_us) && !mod_timer) mod_timer = std::make_shared<ModTimer>(this);
+  return 0;
+}
+
+void Cq::notify_channel() {
+  Cq *self = this;
+  if (::write(channel->wfd, &self, sizeof(self)) != (ssize_t)sizeof(self))
+    ECA_LOG(Error, "completion event lost: %s", strerror(errno));
+}
+
 bool Cq::push(const ibv_wc &wc, bool solicited) {
-  bool notify = false, overflow = false;
+  bool notify = false, overflow = false, start_timer = false;
   {
     std::lock_guard lk(mu);
     if (count == ring.size()) {
@@ -58,10 +84,42 @@ bool Cq::push(const ibv_wc &wc, bool solicited) {
       count++;
       if (armed == Arm::Next ||
           (armed == Arm::Solicited && (solicited || wc.status != IBV_WC_SUCCESS))) {
-        armed = Arm::None;
-        notify = channel != nullptr;
+        if ((mod_count > 1 || mod_period_us) && channel && wc.status == IBV_WC_SUCCESS) {
+          // Moderated: the event waits for more completions or for the period to end.
+          start_timer = mod_pending++ == 0 && mod_period_us;
+          if (mod_count > 1 && mod_pending >= mod_count) {
+            armed = Arm::None;
+            mod_pending = 0;
+            notify = true;
+            start_timer = false;
+          }
+        } else {
+          armed = Arm::None;
+          mod_pending = 0;
+          notify = channel != nullptr;
+        }
       }
     }
+  }
+  if (start_timer) {
+    auto mt = mod_timer;
+    mt->timer.expires_after(std::chrono::microseconds(mod_period_us));
+    mt->timer.async_wait([mt](const boost::system::error_code &ec) {
+      if (ec) return;
+      std::lock_guard tl(mt->mu);
+      Cq *cq = mt->cq;
+      if (!cq) return;
+      bool fire = false;
+      {
+        std::lock_guard lk(cq->mu);
+        if (cq->mod_pending && cq->armed != Arm::None) {
+          cq->armed = Arm::None;
+          cq->mod_pending = 0;
+          fire = true;
+        }
+      }
+      if (fire) cq->notify_channel();
+    });
   }
   if (overflow) {
     ECA_LOG(Error, "cq %p overflow (cqe %d): completion of qp %u lost", (void *)this, cqx.cqe,
@@ -72,11 +130,7 @@ bool Cq::push(const ibv_wc &wc, bool solicited) {
     ctx->post_async(ev);
     return false;
   }
-  if (notify) {
-    Cq *self = this;
-    if (::write(channel->wfd, &self, sizeof(self)) != (ssize_t)sizeof(self))
-      ECA_LOG(Error, "completion event lost: %s", strerror(errno));
-  }
+  if (notify) notify_channel();
   return true;
 }
 
@@ -166,8 +220,16 @@ int cq_create(Context *ctx, int cqe, CompChannel *ch, int comp_vector, uint64_t 
   x.read_sl = cqx_read_sl;
   x.read_dlid_path_bits = cqx_read_dlid_path_bits;
   if (ch) ch->ch.refcnt++;
+  if (config().cq_mod_count > 1 || config().cq_mod_period_us)
+    cq->set_moderation(config().cq_mod_count, config().cq_mod_period_us);
   *out = cq;
   return 0;
+}
+
+int cq_modify(Cq *cq, const ibv_modify_cq_attr &attr) {
+  if (attr.attr_mask & ~(uint32_t)IBV_CQ_ATTR_MODERATE) return EINVAL;
+  if (!(attr.attr_mask & IBV_CQ_ATTR_MODERATE)) return 0;
+  return cq->set_moderation(attr.moderate.cq_count, attr.moderate.cq_period);
 }
 
 int create_cq_ex(Context *ctx, ibv_cq_init_attr_ex *attr, Cq **out) {
@@ -180,6 +242,12 @@ int create_cq_ex(Context *ctx, ibv_cq_init_attr_ex *attr, Cq **out) {
 
 int cq_destroy(Cq *cq) {
   if (cq->users.load() != 0) return EBUSY;
+  if (auto mt = cq->mod_timer) {
+    std::lock_guard tl(mt->mu);  // waits for a timer callback in progress
+    mt->cq = nullptr;
+    boost::system::error_code ec;
+    mt->timer.cancel();
+  }
   if (cq->channel) cq->channel->ch.refcnt--;
   pthread_mutex_destroy(&cq->cqx.mutex);
   pthread_cond_destroy(&cq->cqx.cond);

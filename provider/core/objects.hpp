@@ -158,6 +158,13 @@ struct Cq {
   bool overflowed = false;
   std::atomic<int> users{0};
   uint32_t events_delivered = 0;
+  // Interrupt moderation (ibv_modify_cq IBV_CQ_ATTR_MODERATE): the completion event of an
+  // armed CQ waits for `mod_count` completions or `mod_period_us`, whichever comes first.
+  uint16_t mod_count = 0;
+  uint16_t mod_period_us = 0;
+  uint32_t mod_pending = 0;
+  struct ModTimer;
+  std::shared_ptr<ModTimer> mod_timer;
   // ibv_cq_ex polling cursor (valid between start_poll and end_poll)
   ibv_wc cur{};
   // QPs whose send completions land here; an empty poll lets them make transmit progress.
@@ -176,6 +183,8 @@ struct Cq {
   // marked broken and IBV_EVENT_CQ_ERR is raised; returns false.
   bool push(const ibv_wc &wc, bool solicited);
   int poll(int n, ibv_wc *out);
+  int set_moderation(uint16_t count, uint16_t period_us);
+  void notify_channel();  // writes the event (mu not held)
 };
 
 int cq_create(Context *ctx, int cqe, CompChannel *ch, int comp_vector, uint64_t wc_flags,

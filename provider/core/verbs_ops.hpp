@@ -12,4 +12,5 @@ int query_device(Context *ctx, ibv_device_attr *attr);
 int query_device_ex(Context *ctx, ibv_device_attr_ex *attr);
 int create_cq_ex(Context *ctx, ibv_cq_init_attr_ex *attr, Cq **out);
 int cq_req_notify(Cq *cq, bool solicited_only);
+int cq_modify(Cq *cq, const ibv_modify_cq_attr &attr);
 }  // namespace eca
