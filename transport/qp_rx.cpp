@@ -629,8 +629,13 @@ void IwarpConn::fail_terminate(const TermInfo &t, ibv_wc_status sq_status) {
 void IwarpConn::fail_llp(LlpEnd why, ibv_wc_status sq_status) {
   if (ended_ || closed_) return;
   ended_ = true;
-  if (sq_status != IBV_WC_WR_FLUSH_ERR && sq_status != IBV_WC_SUCCESS)
+  if (sq_status != IBV_WC_WR_FLUSH_ERR && sq_status != IBV_WC_SUCCESS) {
+    // A posting thread may be between handing a message's last byte to the socket and
+    // retiring its WQE (pump_locked holds tx_mu for both): wait for it, so that a WQE that
+    // was completely handed to the transport is not mistaken for the oldest outstanding one.
+    std::lock_guard lk(tx_mu_);
     qp_.sq_fail_oldest(sq_status);
+  }
   if (rx_.have_rqe) {
     qp_.rq_done(rx_.rqe, IBV_WC_WR_FLUSH_ERR, 0, false, 0);
     rx_.have_rqe = false;

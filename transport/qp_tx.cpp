@@ -126,6 +126,9 @@ void IwarpConn::pump_locked() {
         return;
       }
       fail_from_tx(errno);
+      // Stop here: with tx_pending_ still set, tx_run() would retry the failed frame in a
+      // loop, and on the progress thread the posted failure handler would never run.
+      tx_pending_.store(false, std::memory_order_release);
       return;
     }
     frame_.sent += (size_t)r;
@@ -154,12 +157,13 @@ void IwarpConn::wait_writable_locked() {
     self->sock_.async_wait(boost::asio::ip::tcp::socket::wait_write, on_writable);
     pollfd p{self->fd_, POLLOUT, 0};
     if (::poll(&p, 1, 0) == 1) {
-      boost::system::error_code ec;
-      self->sock_.cancel(ec);  // completes the wait with operation_aborted...
-      self->writable_armed_.store(false);
+      // Writable already: transmit now. The wait stays armed (writable_armed_ stays set) and
+      // fires harmlessly on a later writability edge. It must not be cancelled:
+      // socket::cancel() also cancels the receive wait of arm_read(), whose handler then
+      // returns without re-arming and the receive side stalls for good.
       self->tx_blocked_.store(false, std::memory_order_release);
       self->tx_pending_.store(true, std::memory_order_release);
-      Progress::instance().post([self] {  // ...and we transmit instead
+      Progress::instance().post([self] {
         std::lock_guard cb(self->cb_mu_);
         if (!self->closed_) self->tx_run(false);
       });
@@ -185,6 +189,7 @@ void IwarpConn::poll_progress() {
 // send queue in order, honouring ORD and fences.
 
 bool IwarpConn::next_message_locked() {
+  if (term_queued_) return false;  // a local error is ending the stream: take no more work
   if (!irq_.empty() && !irq_active_) {
     IrqEntry &e = irq_.front();
     msg_ = TxMsg{};
@@ -247,6 +252,9 @@ bool IwarpConn::start_wqe_locked(SendWqe *w) {
                    (unsigned long long)w->wr_id, i, s.lkey);
         qp_.sq_done(w, IBV_WC_LOC_PROT_ERR);
         msg_.kind = TxMsg::Kind::None;
+        // WQEs behind the failed one must be flushed, not transmitted, even if they are
+        // posted before the progress thread has moved the QP to ERROR.
+        term_queued_ = true;
         // A local error ends the stream (RDMAP local catastrophic error), from the progress
         // thread so that the QP transition never runs on the posting thread.
         auto self = shared_from_this();

@@ -4,6 +4,8 @@
 #include <linux/futex.h>
 #include <pthread.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/uio.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -34,6 +36,7 @@ struct LocalRegion {
   int fd;
   uint64_t base;
   uint64_t len;
+  uint32_t refs;  // registered MRs whose interior lies here; retired at zero
 };
 
 // Our regions by base address (control path; guarded by Adapter::mu_, read by the data path
@@ -43,6 +46,38 @@ std::map<uint64_t, LocalRegion> g_regions;
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
+bool cross_memory_read(uint32_t pid, uint64_t remote, void *local, uint64_t n) {
+  if (pid == (uint32_t)getpid()) {
+    std::memcpy(local, reinterpret_cast<const void *>(remote), n);
+    return true;
+  }
+  while (n) {
+    iovec l{local, n}, r{reinterpret_cast<void *>(remote), n};
+    ssize_t k = ::process_vm_readv((pid_t)pid, &l, 1, &r, 1, 0);
+    if (k <= 0) return false;
+    local = static_cast<uint8_t *>(local) + k;
+    remote += (uint64_t)k;
+    n -= (uint64_t)k;
+  }
+  return true;
+}
+
+bool cross_memory_write(uint32_t pid, uint64_t remote, const void *local, uint64_t n) {
+  if (pid == (uint32_t)getpid()) {
+    std::memcpy(reinterpret_cast<void *>(remote), local, n);
+    return true;
+  }
+  while (n) {
+    iovec l{const_cast<void *>(local), n}, r{reinterpret_cast<void *>(remote), n};
+    ssize_t k = ::process_vm_writev((pid_t)pid, &l, 1, &r, 1, 0);
+    if (k <= 0) return false;
+    local = static_cast<const uint8_t *>(local) + k;
+    remote += (uint64_t)k;
+    n -= (uint64_t)k;
+  }
+  return true;
+}
+
 PeerAdapter::~PeerAdapter() {
   for (auto &[idx, m] : regions_) ::munmap(m.ptr, m.len);
   ::munmap(const_cast<AdapterShm *>(shm_), len_);
@@ -102,35 +137,44 @@ Adapter::Adapter() {
   shm_->magic = kAdapterMagic;
   shm_->version = kLayoutVersion;
   shm_->pid = pid_;
+  // Peers (same user) read and write the unshared edge bytes of our MRs with
+  // process_vm_readv/writev; with Yama's ptrace_scope=1 that needs our consent.
+  ::prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
   fw_ = std::thread([this] { firmware_loop(); });
   fw_.detach();
 }
 
-// Makes [addr, addr+len) DMA-able: its pages become a memfd mapping shared with peers.
+// Makes [addr, addr+len) DMA-able and publishes its STag.
+//
+// Only the pages wholly inside the MR are re-backed by a memfd shared with peers: they hold
+// nothing but the application's buffer. The partial pages at the MR's edges may hold other
+// heap data that other threads can change while we copy, so those bytes stay private and
+// peers reach them with process_vm_readv/writev (cross_memory_read/write).
 int Adapter::register_mr(uint32_t key, uint32_t pd, int access, uint64_t iova, void *addr,
                          uint64_t len) {
   if (!shm_) return ENODEV;
   const uint32_t sidx = (key >> 8) - 1;
   if ((key >> 8) == 0 || sidx >= kMaxStags) return ENOMEM;
   std::lock_guard lk(mu_);
-  uint32_t ridx = 0, rgen = 0;
-  uint64_t roff = 0;
-  if (len) {
-    const uint64_t ps = page_size();
-    uint64_t start = (uint64_t)addr & ~(ps - 1);
-    uint64_t end = ((uint64_t)addr + len + ps - 1) & ~(ps - 1);
-    // An existing region that covers the range?
+  uint32_t ridx = kMaxRegions;
+  const uint64_t ps = page_size();
+  uint64_t start = ((uint64_t)addr + ps - 1) & ~(ps - 1);
+  uint64_t end = ((uint64_t)addr + len) & ~(ps - 1);
+  if (len && start < end) {
     auto covering = std::find_if(g_regions.begin(), g_regions.end(), [&](const auto &kv) {
       return kv.second.base <= start && kv.second.base + kv.second.len >= end;
     });
     if (covering == g_regions.end()) {
-      // Merge with every region the range touches, then re-back the union.
+      // Merge with every region the range overlaps (interiors only, so the union holds no
+      // page that is not wholly inside some MR), then re-back the union.
       std::vector<uint64_t> merged;
+      uint32_t refs = 0;
       for (auto &[b, r] : g_regions)
         if (r.base < end && r.base + r.len > start) {
           start = std::min(start, r.base);
           end = std::max(end, r.base + r.len);
           merged.push_back(b);
+          refs += r.refs;
         }
       const uint64_t size = end - start;
       int fd = ::memfd_create("eca-hw-mr", MFD_CLOEXEC);
@@ -161,18 +205,19 @@ int Adapter::register_mr(uint32_t key, uint32_t pd, int access, uint64_t iova, v
       // A free region slot (one no live region of ours uses).
       std::vector<bool> used(kMaxRegions, false);
       for (auto &[b, r] : g_regions) used[r.idx] = true;
-      uint32_t slot = (uint32_t)(std::find(used.begin(), used.end(), false) - used.begin());
+      const uint32_t slot = (uint32_t)(std::find(used.begin(), used.end(), false) - used.begin());
       if (slot == kMaxRegions) {
         ::close(fd);
         return ENOMEM;
       }
       RegionEntry &re = shm_->regions[slot];
-      const uint32_t gen = re.gen.load(std::memory_order_relaxed) + 1;
+      // Generations are never reused: a peer's cached mapping of a retired region can never
+      // be mistaken for the region that now occupies its slot.
+      const uint32_t gen = next_gen_++;
       re.fd = fd;
       re.base = start;
       re.length = size;
       re.gen.store(gen, std::memory_order_release);
-      LocalRegion lr{slot, gen, fd, start, size};
       // Re-point the STags of merged regions, then retire those regions.
       for (uint64_t b : merged) {
         LocalRegion old = g_regions[b];
@@ -181,7 +226,6 @@ int Adapter::register_mr(uint32_t key, uint32_t pd, int access, uint64_t iova, v
           uint32_t k = se.key.load(std::memory_order_relaxed);
           if (!k || se.region != old.idx) continue;
           se.key.store(0, std::memory_order_release);
-          se.region_off = se.region_off + (old.base - start);
           se.region = slot;
           se.key.store(k, std::memory_order_release);
         }
@@ -189,21 +233,19 @@ int Adapter::register_mr(uint32_t key, uint32_t pd, int access, uint64_t iova, v
         ::close(old.fd);
         g_regions.erase(b);
       }
-      covering = g_regions.emplace(start, lr).first;
+      covering = g_regions.emplace(start, LocalRegion{slot, gen, fd, start, size, refs}).first;
     }
     ridx = covering->second.idx;
-    rgen = covering->second.gen;
-    roff = (uint64_t)addr - covering->second.base;
+    covering->second.refs++;
   }
   StagEntry &se = shm_->stags[sidx];
   se.key.store(0, std::memory_order_release);
   se.pd = pd;
   se.access = (uint32_t)access;
-  se.region = len ? ridx : kMaxRegions;
+  se.region = ridx;
   se.iova = iova;
   se.length = len;
-  se.region_off = roff;
-  (void)rgen;
+  se.host = (uint64_t)addr;
   se.key.store(key, std::memory_order_release);
   return 0;
 }
@@ -211,12 +253,36 @@ int Adapter::register_mr(uint32_t key, uint32_t pd, int access, uint64_t iova, v
 void Adapter::unregister_mr(uint32_t key) {
   const uint32_t sidx = (key >> 8) - 1;
   if (!shm_ || (key >> 8) == 0 || sidx >= kMaxStags) return;
+  std::lock_guard lk(mu_);
+  StagEntry &se = shm_->stags[sidx];
   uint32_t expect = key;
-  shm_->stags[sidx].key.compare_exchange_strong(expect, 0, std::memory_order_acq_rel);
-  // The pages stay shared: the application still owns them and may keep using them.
+  if (!se.key.compare_exchange_strong(expect, 0, std::memory_order_acq_rel)) return;
+  // The region dies with its last MR (the application may free the memory now). Its pages
+  // stay mapped to the memfd: the application still owns them and may keep using them.
+  for (auto it = g_regions.begin(); it != g_regions.end(); ++it) {
+    if (it->second.idx != se.region) continue;
+    if (--it->second.refs == 0) {
+      shm_->regions[it->second.idx].gen.store(0, std::memory_order_release);
+      ::close(it->second.fd);
+      g_regions.erase(it);
+    }
+    break;
+  }
 }
 
-void Adapter::invalidate_mr(uint32_t key) { unregister_mr(key); }
+// A remotely invalidated STag stops working at once; the MR (and its region reference)
+// stays until the application deregisters it.
+void Adapter::invalidate_mr(uint32_t key) {
+  const uint32_t sidx = (key >> 8) - 1;
+  if (!shm_ || (key >> 8) == 0 || sidx >= kMaxStags) return;
+  std::lock_guard lk(mu_);
+  StagEntry &se = shm_->stags[sidx];
+  const uint32_t k = se.key.load(std::memory_order_acquire);
+  if (k != key) return;
+  se.key.store(0, std::memory_order_release);  // readers that race see no STag at all
+  se.access = 0;                               // no remote access from now on
+  se.key.store(k, std::memory_order_release);
+}
 
 bool Adapter::local_region(const void *addr, uint64_t len, uint32_t *idx, uint32_t *gen,
                            uint64_t *off) {

@@ -48,6 +48,10 @@ class PeerAdapter {
 
 class HwConn;
 
+// Moves bytes to or from another process's memory (the private edges of its MRs).
+bool cross_memory_read(uint32_t pid, uint64_t remote, void *local, uint64_t n);
+bool cross_memory_write(uint32_t pid, uint64_t remote, const void *local, uint64_t n);
+
 class Adapter {
  public:
   static Adapter &instance();
@@ -61,7 +65,8 @@ class Adapter {
                   uint64_t len);
   void unregister_mr(uint32_t key);
   void invalidate_mr(uint32_t key);
-  // Our own region lookup, for Send frames that reference our source buffers.
+  // Our own region lookup, for Send frames that reference our source buffers: the region
+  // wholly containing [addr, addr+len), if any.
   bool local_region(const void *addr, uint64_t len, uint32_t *idx, uint32_t *gen,
                     uint64_t *off);
 
@@ -84,6 +89,7 @@ class Adapter {
   int shm_fd_ = -1;
   uint32_t pid_ = 0;
   std::mutex mu_;  // regions and STags (control path)
+  uint32_t next_gen_ = 1;
   std::mutex peers_mu_;
   std::map<uint32_t, std::weak_ptr<PeerAdapter>> peers_;
   std::mutex conns_mu_;

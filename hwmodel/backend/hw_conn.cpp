@@ -17,9 +17,11 @@
 
 #include "provider/core/config.hpp"
 #include "provider/core/log.hpp"
+#include "provider/core/objects.hpp"
 #include "transport/progress.hpp"
 
 namespace eca::hw {
+static_assert(kFrameInline >= kMaxInline, "inline sends must fit in one frame");
 namespace {
 
 using transport::Progress;
@@ -32,10 +34,7 @@ uint64_t mono_ns() {
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-struct Seg {
-  uint8_t *p;
-  uint64_t n;
-};
+using Seg = HwConn::Seg;
 
 // Copies bytes [from, to) of the concatenation of `src` to out[0 .. to-from).
 void copy_range(const std::vector<Seg> &src, uint64_t from, uint64_t to, uint8_t *out) {
@@ -48,13 +47,15 @@ void copy_range(const std::vector<Seg> &src, uint64_t from, uint64_t to, uint8_t
   }
 }
 
-// Gathers `src` into contiguous dst with the last bytes written last: a reader polling on the
-// final byte of a WRITE sees the whole message once it changes.
-void ordered_gather(const std::vector<Seg> &src, uint8_t *dst, uint64_t total) {
-  const uint64_t tail = std::min<uint64_t>(total, 8);
-  copy_range(src, 0, total - tail, dst);
-  std::atomic_thread_fence(std::memory_order_release);
-  copy_range(src, total - tail, total, dst + (total - tail));
+// Writes src[0 .. to-from) to bytes [from, to) of the concatenation of `dst`.
+void scatter_range(const uint8_t *src, const std::vector<Seg> &dst, uint64_t from, uint64_t to) {
+  uint64_t pos = 0;
+  for (const Seg &d : dst) {
+    const uint64_t a = std::max(from, pos), b = std::min(to, pos + d.n);
+    if (a < b) std::memcpy(d.p + (a - pos), src + (a - from), b - a);
+    pos += d.n;
+    if (pos >= to) break;
+  }
 }
 
 // Scatters contiguous src over dst segments.
@@ -383,22 +384,75 @@ bool HwConn::tx_locked() {
   return did;
 }
 
-// Translates a remote (rkey, address, length) through the peer adapter's published STag
-// table into a pointer in our address space. Null when the peer would reject the access.
-uint8_t *HwConn::resolve_remote(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t need) {
+// Moves `len` bytes between the peer's MR (rkey, addr) and our local segments, validating
+// the access against the peer adapter's published STag table first (the peer NIC's check).
+// The MR's interior pages are shared memory (plain copies); its partial edge pages are
+// reached with cross-memory reads/writes. A WRITE's last bytes are placed last.
+bool HwConn::remote_copy(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t need,
+                         bool write, const std::vector<Seg> &local) {
   const uint32_t idx = (rkey >> 8) - 1;
-  if ((rkey >> 8) == 0 || idx >= kMaxStags) return nullptr;
+  if ((rkey >> 8) == 0 || idx >= kMaxStags) return false;
   const StagEntry &e = peer_->shm()->stags[idx];
-  if (e.key.load(std::memory_order_acquire) != rkey) return nullptr;
+  if (e.key.load(std::memory_order_acquire) != rkey) return false;
   const uint32_t pd = e.pd, access = e.access, region = e.region;
-  const uint64_t iova = e.iova, length = e.length, roff = e.region_off;
+  const uint64_t iova = e.iova, length = e.length, host0 = e.host;
   std::atomic_thread_fence(std::memory_order_acquire);
-  if (e.key.load(std::memory_order_relaxed) != rkey) return nullptr;  // changed under us
-  if (pd != peer_pd_ || (access & need) != need) return nullptr;
-  if (addr < iova || len > length || addr - iova > length - len) return nullptr;
-  if (region >= kMaxRegions) return nullptr;
-  const uint32_t gen = peer_->shm()->regions[region].gen.load(std::memory_order_acquire);
-  return peer_->region_ptr(region, gen, roff + (addr - iova), len);
+  if (e.key.load(std::memory_order_relaxed) != rkey) return false;  // changed under us
+  if (pd != peer_pd_ || (access & need) != need) return false;
+  if (addr < iova || len > length || addr - iova > length - len) return false;
+  const uint64_t host = host0 + (addr - iova);
+  // The shared interior, if any.
+  uint64_t rb = 0, re = 0;
+  uint32_t gen = 0;
+  if (region < kMaxRegions) {
+    const RegionEntry &r = peer_->shm()->regions[region];
+    gen = r.gen.load(std::memory_order_acquire);
+    rb = r.base;
+    re = rb + r.length;
+  }
+  struct Piece {
+    uint64_t from, to;  // offsets in the message
+    uint8_t *mapped;    // null: cross-memory
+  };
+  Piece pieces[3];
+  int np = 0;
+  const uint64_t h_end = host + len;
+  const uint64_t m_from = std::clamp(rb, host, h_end), m_to = std::clamp(re, host, h_end);
+  if (gen && m_from < m_to) {
+    if (host < m_from) pieces[np++] = {0, m_from - host, nullptr};
+    uint8_t *p = peer_->region_ptr(region, gen, m_from - rb, m_to - m_from);
+    if (!p) return false;
+    pieces[np++] = {m_from - host, m_to - host, p};
+    if (m_to < h_end) pieces[np++] = {m_to - host, len, nullptr};
+  } else {
+    pieces[np++] = {0, len, nullptr};
+  }
+  std::vector<uint8_t> tmp;
+  for (int i = 0; i < np; i++) {
+    const Piece &pc = pieces[i];
+    const uint64_t n = pc.to - pc.from;
+    const bool last = i == np - 1;
+    if (pc.mapped) {
+      if (write) {
+        const uint64_t tail = last ? std::min<uint64_t>(n, 8) : 0;
+        copy_range(local, pc.from, pc.to - tail, pc.mapped);
+        std::atomic_thread_fence(std::memory_order_release);
+        copy_range(local, pc.to - tail, pc.to, pc.mapped + (n - tail));
+      } else {
+        scatter_range(pc.mapped, local, pc.from, pc.to);
+      }
+    } else {
+      tmp.resize(n);
+      if (write) {
+        copy_range(local, pc.from, pc.to, tmp.data());
+        if (!cross_memory_write(peer_->pid(), host + pc.from, tmp.data(), n)) return false;
+      } else {
+        if (!cross_memory_read(peer_->pid(), host + pc.from, tmp.data(), n)) return false;
+        scatter_range(tmp.data(), local, pc.from, pc.to);
+      }
+    }
+  }
+  return true;
 }
 
 bool HwConn::exec_wqe_locked(SendWqe *w) {
@@ -406,6 +460,9 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
   const bool is_read = w->opcode == IBV_WR_RDMA_READ;
   const bool is_send = w->opcode == IBV_WR_SEND || w->opcode == IBV_WR_SEND_WITH_INV;
   const bool needs_frame = is_send || w->opcode == IBV_WR_RDMA_WRITE_WITH_IMM;
+  // Ordering: the responder handles messages in order, so a WRITE or READ must not overtake
+  // a Send or Immediate Data frame the peer has not placed yet.
+  if (!is_send && !await_ack_.empty()) return false;
   Frame *f = nullptr;
   if (needs_frame && !(f = ring_slot_locked())) return false;  // peer ring full: wait
 
@@ -438,22 +495,15 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
     case IBV_WR_RDMA_WRITE:
     case IBV_WR_RDMA_WRITE_WITH_IMM:
     case IBV_WR_RDMA_READ: {
-      uint8_t *remote = nullptr;
-      if (len) {
-        remote = resolve_remote(w->rkey, w->remote_addr, len,
-                                is_read ? IBV_ACCESS_REMOTE_READ : IBV_ACCESS_REMOTE_WRITE);
-        if (!remote) {
-          ECA_QP_LOG(Info, qp_.qpn, "remote access error (rkey 0x%x addr 0x%llx len %llu)",
-                     w->rkey, (unsigned long long)w->remote_addr, (unsigned long long)len);
-          qp_.sq_done(w, IBV_WC_REM_ACCESS_ERR);
-          send_terminate_locked(IBV_WC_WR_FLUSH_ERR);
-          fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
-          return true;
-        }
-        if (is_read)
-          scatter(remote, len, local);
-        else
-          ordered_gather(local, remote, len);
+      if (len && !remote_copy(w->rkey, w->remote_addr, len,
+                              is_read ? IBV_ACCESS_REMOTE_READ : IBV_ACCESS_REMOTE_WRITE,
+                              !is_read, local)) {
+        ECA_QP_LOG(Info, qp_.qpn, "remote access error (rkey 0x%x addr 0x%llx len %llu)",
+                   w->rkey, (unsigned long long)w->remote_addr, (unsigned long long)len);
+        qp_.sq_done(w, IBV_WC_REM_ACCESS_ERR);
+        send_terminate_locked(IBV_WC_WR_FLUSH_ERR);
+        fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
+        return true;
       }
       if (w->opcode == IBV_WR_RDMA_WRITE_WITH_IMM) {
         f->type = (uint32_t)FrameType::Immediate;
@@ -461,6 +511,8 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
         std::memcpy(&f->imm, &w->imm_data, sizeof(f->imm));
         f->model_ps = pending_due_ ? pending_due_ : now_ps();
         ring_publish_locked();
+        await_ack_.push_back(w);  // completes when the peer has consumed a receive for it
+        return true;
       }
       qp_.sq_done(w, IBV_WC_SUCCESS);
       return true;
@@ -476,7 +528,7 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
   f->len = (uint32_t)len;
   f->model_ps = pending_due_ ? pending_due_ : now_ps();
   if (len <= kFrameInline) {
-    // Small payloads travel in the frame: the work request is complete once it is framed.
+    // Small payloads travel in the frame.
     uint64_t off = 0;
     for (const Seg &s : local) {
       std::memcpy(f->data + off, s.p, s.n);
@@ -484,22 +536,22 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
     }
     f->nsge = 0;
     ring_publish_locked();
-    qp_.sq_done(w, IBV_WC_SUCCESS);
+    await_ack_.push_back(w);  // a Send completes when the peer has placed it
     return true;
   }
-  // Larger payloads are fetched by the receiving adapter from our registered memory; the
-  // work request completes when it acknowledges.
+  // Larger payloads are fetched by the receiving adapter from our registered memory.
   uint32_t n = 0;
   for (const Seg &s : local) {
-    uint32_t idx, gen;
-    uint64_t off;
-    if (n == kFrameSges || !Adapter::instance().local_region(s.p, s.n, &idx, &gen, &off)) {
+    if (n == kFrameSges) {
       qp_.sq_done(w, IBV_WC_LOC_PROT_ERR);
       send_terminate_locked(IBV_WC_WR_FLUSH_ERR);
       fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
       return true;
     }
-    f->sge[n] = {idx, (uint32_t)s.n, off};
+    uint32_t idx = kMaxRegions, gen = 0;
+    uint64_t off = 0;
+    if (!Adapter::instance().local_region(s.p, s.n, &idx, &gen, &off)) idx = kMaxRegions;
+    f->sge[n] = {idx, (uint32_t)s.n, (uint64_t)(uintptr_t)s.p};
     f->region_gen[n] = gen;
     n++;
   }
@@ -557,6 +609,7 @@ bool HwConn::handle_frame_locked(const Frame &f) {
         __be32 imm;
         std::memcpy(&imm, &f.imm, sizeof imm);
         qp_.rq_done_imm(rqe_, imm, solicited);
+        acks_owed_++;
         return true;
       }
       // Validate the frame before touching memory.
@@ -598,16 +651,27 @@ bool HwConn::handle_frame_locked(const Frame &f) {
         scatter(f.data, f.len, dst);
       } else {
         std::vector<Seg> src;
+        std::vector<std::vector<uint8_t>> fetched;  // bytes from the sender's private pages
         for (uint32_t i = 0; i < f.nsge; i++) {
-          uint8_t *p = peer_->region_ptr(f.sge[i].region, f.region_gen[i], f.sge[i].off,
-                                         f.sge[i].len);
-          if (!p) {
-            ECA_QP_LOG(Warn, qp_.qpn, "Send frame names memory the peer does not share");
-            send_terminate_locked(IBV_WC_REM_OP_ERR);
-            fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
-            return true;
+          const FrameSge &g = f.sge[i];
+          uint8_t *p = nullptr;
+          if (g.region < kMaxRegions) {
+            const RegionEntry &r = peer_->shm()->regions[g.region];
+            const uint64_t base = r.base;
+            if (g.addr >= base)
+              p = peer_->region_ptr(g.region, f.region_gen[i], g.addr - base, g.len);
           }
-          src.push_back({p, f.sge[i].len});
+          if (!p) {
+            auto &buf = fetched.emplace_back(g.len);
+            if (!cross_memory_read(peer_->pid(), g.addr, buf.data(), g.len)) {
+              ECA_QP_LOG(Warn, qp_.qpn, "Send frame names memory the peer cannot provide");
+              send_terminate_locked(IBV_WC_REM_OP_ERR);
+              fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
+              return true;
+            }
+            p = buf.data();
+          }
+          src.push_back({p, g.len});
         }
         // gather from the sender's segments, scatter into the receive segments
         uint64_t pos = 0;
@@ -617,7 +681,6 @@ bool HwConn::handle_frame_locked(const Frame &f) {
           copy_range(src, pos, pos + n, d.p);
           pos += n;
         }
-        acks_owed_++;
       }
       uint32_t inv = 0;
       if (f.flags & kFrameSendInvalidate) {
@@ -632,6 +695,7 @@ bool HwConn::handle_frame_locked(const Frame &f) {
       }
       have_rqe_ = false;
       qp_.rq_done(rqe_, IBV_WC_SUCCESS, f.len, solicited, inv);
+      acks_owed_++;  // every Send is acknowledged once placed
       return true;
     }
     case FrameType::Ack: {

@@ -20,6 +20,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "hwmodel/backend/adapter.hpp"
 #include "hwmodel/backend/timing.hpp"
@@ -31,6 +32,10 @@ namespace eca::hw {
 
 class HwConn : public std::enable_shared_from_this<HwConn> {
  public:
+  struct Seg {  // a piece of memory in our address space
+    uint8_t *p;
+    uint64_t n;
+  };
   HwConn(Qp &qp, transport::LlpConnection &&llp);
   ~HwConn();
   void start();  // handshake on the progress thread
@@ -58,7 +63,8 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   bool rx_locked();
   bool exec_wqe_locked(SendWqe *w);  // false: must wait (ring full / not yet due)
   bool handle_frame_locked(const Frame &f);  // false: must wait (no receive posted)
-  uint8_t *resolve_remote(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t need);
+  bool remote_copy(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t need, bool write,
+                   const std::vector<Seg> &local);
   Frame *ring_slot_locked();         // free slot in the outgoing ring, or null
   void ring_publish_locked();
   void send_terminate_locked(ibv_wc_status peer_status);

@@ -18,7 +18,7 @@ namespace eca::hw {
 
 inline constexpr uint64_t kAdapterMagic = 0x4543414877416470ull;  // "ECAHwAdp"
 inline constexpr uint64_t kLinkMagic = 0x454341487754696eull;     // "ECAHwLin"
-inline constexpr uint32_t kLayoutVersion = 1;
+inline constexpr uint32_t kLayoutVersion = 3;
 
 inline constexpr uint32_t kMaxStags = 1u << 16;
 inline constexpr uint32_t kMaxRegions = 1u << 12;
@@ -27,10 +27,10 @@ struct alignas(64) StagEntry {
   std::atomic<uint32_t> key;  // full STag; 0 = free. Written last (release) when valid.
   uint32_t pd;                // owner's PD handle
   uint32_t access;            // IBV_ACCESS_* bits
-  uint32_t region;            // index into regions[]
+  uint32_t region;            // regions[] index of the MR's interior pages, or kMaxRegions
   uint64_t iova;              // first valid address (the MR's iova)
   uint64_t length;
-  uint64_t region_off;        // offset of iova inside the region's mapping
+  uint64_t host;              // owner's virtual address of iova
   uint8_t pad_[24];
 };
 static_assert(sizeof(StagEntry) == 64);
@@ -67,12 +67,12 @@ inline constexpr uint32_t kFrameSendSolicited = 1u << 0;
 inline constexpr uint32_t kFrameSendInvalidate = 1u << 1;
 
 inline constexpr uint32_t kFrameSges = 8;
-inline constexpr uint32_t kFrameInline = 192;
+inline constexpr uint32_t kFrameInline = 256;  // = the QPs' max_inline_data
 
 struct FrameSge {
-  uint32_t region;  // index in the SENDER's region table
+  uint32_t region;  // SENDER's region holding [addr, addr+len), or kMaxRegions (not shared)
   uint32_t len;
-  uint64_t off;     // offset inside that region
+  uint64_t addr;    // sender's virtual address
 };
 static_assert(sizeof(FrameSge) == 16);
 
@@ -88,7 +88,7 @@ struct alignas(64) Frame {
   FrameSge sge[kFrameSges];
   uint8_t data[kFrameInline];
 };
-static_assert(sizeof(Frame) == 384);
+static_assert(sizeof(Frame) == 448);
 
 inline constexpr uint32_t kRingSlots = 1024;  // power of two
 static_assert((kRingSlots & (kRingSlots - 1)) == 0);

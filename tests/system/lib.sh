@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for the system tests (sourced, not run).
 #
 # Every test runs unmodified Debian programs through $ECA_BUILD/bin/eca-run, only on

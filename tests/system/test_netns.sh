@@ -33,7 +33,11 @@ check_clean() {
   done
 }
 
+# rx_bytes NS IF: bytes received so far by interface IF in namespace NS.
+rx_bytes() { ip netns exec "$1" cat "/sys/class/net/$2/statistics/rx_bytes"; }
+
 # --- ib_write_bw -R: server in A, client in B.
+rx_before=$(rx_bytes "$NS_A" "$VETH_A")
 port=$(free_port)
 run_pair --name write_bw --port "$port" --server-ns "$NS_A" --client-ns "$NS_B" --timeout 120 \
   ib_write_bw -R -F -p "$port" -s 65536 -n 2000 -- \
@@ -43,7 +47,10 @@ row=$(awk '$1 == "65536" && $2 ~ /^[0-9]+$/ && NF == 5 { print $4, $5 }' "$CLIEN
 [[ -n "$row" ]] || { cat "$CLIENT_OUT" >&2; fail "ib_write_bw: no result row for 65536 bytes"; }
 read -r bw rate <<<"$row"
 awk -v b="$bw" -v r="$rate" 'BEGIN { exit !(b > 0 && r > 0) }' || fail "ib_write_bw: BW $bw, MsgRate $rate"
-log "ib_write_bw across namespaces: $bw MB/s average"
+# The data really crossed the veth: A's end received at least the 2000 x 64 KiB written.
+rx_delta=$(($(rx_bytes "$NS_A" "$VETH_A") - rx_before))
+((rx_delta >= 2000 * 65536)) || fail "$VETH_A received only $rx_delta bytes during ib_write_bw"
+log "ib_write_bw across namespaces: $bw MB/s average; $VETH_A received $rx_delta bytes"
 
 # --- ib_read_lat -R: server in B, client in A (the other direction).
 port=$(free_port)

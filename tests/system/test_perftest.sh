@@ -75,13 +75,13 @@ ALL_SIZES=${ALL_SIZES% }
 
 # --- bandwidth over all sizes
 for prog in ib_send_bw ib_write_bw ib_read_bw; do
-  perf "$prog" 300 "$prog" -a -n 200
+  perf "$prog" 180 "$prog" -a -n 200
   # shellcheck disable=SC2086
   check_bw "$prog -a" "$CLIENT_OUT" $ALL_SIZES
 done
 
 # --- several QPs at once
-perf ib_write_bw_q8 180 ib_write_bw -q 8 -s 65536 -n 500
+perf ib_write_bw_q8 120 ib_write_bw -q 8 -s 65536 -n 500
 check_bw "ib_write_bw -q 8" "$CLIENT_OUT" 65536
 
 # --- latency at a few sizes
@@ -89,7 +89,7 @@ for prog in ib_send_lat ib_write_lat ib_read_lat; do
   for size in 2 4096 65536 1048576; do
     iters=1000
     ((size >= 1048576)) && iters=100
-    perf "${prog}_$size" 120 "$prog" -s "$size" -n "$iters"
+    perf "${prog}_$size" 60 "$prog" -s "$size" -n "$iters"
     check_lat "$prog -s $size" "$CLIENT_OUT" "$size"
   done
 done

@@ -1,0 +1,607 @@
+// Wire formats (transport/wire/ddp_rdmap.hpp, transport/crc32c.hpp) and hostile input: a raw
+// TCP peer that completes a hand-built MPA handshake with an rdma_cm listener and then sends
+// malformed FPDUs. The server QP must go to ERR, answer with a TERMINATE (RDMAP opcode 7,
+// untagged queue 2) where one is due, and the process must survive.
+#include "tests/unit/fixture.hpp"
+
+#include <netinet/tcp.h>
+
+#include <random>
+
+#include "transport/crc32c.hpp"
+#include "transport/wire/ddp_rdmap.hpp"
+
+using namespace ecatest;
+namespace w = eca::wire;
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Helpers of ddp_rdmap.hpp and crc32c
+
+TEST(Wire, OpcodeTable) {
+  EXPECT_EQ(w::kOps.size(), 16u);
+  EXPECT_EQ(w::kNumOpcodes, 16u);
+  int valid = 0;
+  for (size_t i = 0; i < w::kOps.size(); i++) valid += w::kOps[i].valid;
+  EXPECT_EQ(valid, 10) << "RFC 5040 opcodes 0..7 and RFC 7306 8..9";
+  for (size_t i = 10; i < 16; i++) EXPECT_FALSE(w::kOps[i].valid) << i;
+  auto op = [](w::Opcode o) { return w::kOps[static_cast<size_t>(o)]; };
+  EXPECT_EQ(w::kTaggedHdr, 16u);
+  EXPECT_EQ(w::kUntaggedHdr, 20u);
+  EXPECT_TRUE(op(w::Opcode::Write).tagged);
+  EXPECT_TRUE(op(w::Opcode::ReadResponse).tagged);
+  EXPECT_EQ(op(w::Opcode::Write).hdr_len, 16u);
+  EXPECT_FALSE(op(w::Opcode::ReadRequest).tagged);
+  EXPECT_EQ(op(w::Opcode::ReadRequest).hdr_len, 48u);
+  EXPECT_EQ(op(w::Opcode::ReadRequest).queue, w::Queue::ReadRequest);
+  EXPECT_EQ(op(w::Opcode::Send).hdr_len, 20u);
+  EXPECT_EQ(op(w::Opcode::Terminate).hdr_len, 24u);
+  EXPECT_EQ(op(w::Opcode::Terminate).queue, w::Queue::Terminate);
+  EXPECT_EQ(static_cast<int>(w::Queue::Terminate), 2);
+  EXPECT_EQ(op(w::Opcode::ImmediateData).hdr_len, 28u);
+  EXPECT_TRUE(op(w::Opcode::SendSolicited).solicited);
+  EXPECT_TRUE(op(w::Opcode::SendSolicitedInvalidate).solicited);
+  EXPECT_TRUE(op(w::Opcode::SendSolicitedInvalidate).invalidate);
+  EXPECT_TRUE(op(w::Opcode::SendInvalidate).invalidate);
+  EXPECT_FALSE(op(w::Opcode::Send).solicited);
+  EXPECT_LE(w::kMaxHdr, 48u);
+  for (size_t i = 0; i < 10; i++) EXPECT_LE(w::kOps[i].hdr_len, w::kMaxHdr);
+}
+
+TEST(Wire, PutCtrl) {
+  for (size_t i = 0; i < 10; i++) {
+    for (bool last : {false, true}) {
+      uint8_t h[4] = {0xAA, 0xAA, 0xAA, 0xAA};
+      auto o = static_cast<w::Opcode>(i);
+      w::put_ctrl(h, o, last);
+      EXPECT_EQ(h[0], 0xAA) << "MPA length untouched";
+      EXPECT_EQ(h[1], 0xAA);
+      EXPECT_EQ((h[2] & 0x80) != 0, w::kOps[i].tagged) << "T bit, opcode " << i;
+      EXPECT_EQ((h[2] & 0x40) != 0, last) << "L bit";
+      EXPECT_EQ(h[2] & 0x3c, 0) << "reserved bits";
+      EXPECT_EQ(h[2] & 0x03, 1) << "DDP version 1";
+      EXPECT_EQ(h[3] >> 6, 1) << "RDMAP version 1";
+      EXPECT_EQ(h[3] & 0x30, 0);
+      EXPECT_EQ(h[3] & 0x0f, (int)i);
+    }
+  }
+}
+
+TEST(Wire, TermWordRoundTrip) {
+  for (int layer = 0; layer < 3; layer++)
+    for (int et = 0; et < 16; et++)
+      for (int code = 0; code < 256; code += 17) {
+        w::TermInfo t{static_cast<w::TermLayer>(layer), (uint8_t)et, (uint8_t)code};
+        uint32_t word = w::term_word(t);
+        EXPECT_EQ(word & 0xffff, 0u) << "M/D/R and reserved bits are zero";
+        EXPECT_EQ(word >> 28, (uint32_t)layer);
+        EXPECT_EQ((word >> 24) & 0xf, (uint32_t)et);
+        EXPECT_EQ((word >> 16) & 0xff, (uint32_t)code);
+        w::TermInfo b = w::term_parse(word);
+        EXPECT_EQ(b.layer, t.layer);
+        EXPECT_EQ(b.etype, t.etype);
+        EXPECT_EQ(b.code, t.code);
+      }
+  // Known value: DDP (1), tagged buffer error (1), invalid STag (0)
+  EXPECT_EQ(w::term_word({w::TermLayer::Ddp, 1, 0}), 0x11000000u);
+  EXPECT_EQ(w::term_word({w::TermLayer::Llp, 0, 2}), 0x20020000u);
+}
+
+TEST(Wire, MpaPadAllResidues) {
+  for (size_t n = 0; n < 64; n++) {
+    size_t pad = w::mpa_pad(n);
+    EXPECT_LT(pad, 4u);
+    EXPECT_EQ((2 + n + pad) % 4, 0u) << n;
+  }
+  EXPECT_EQ(w::mpa_pad(18), 0u);  // an empty SEND: 2 + 18 = 20
+  EXPECT_EQ(w::mpa_pad(19), 3u);
+  EXPECT_EQ(w::mpa_pad(20), 2u);
+  EXPECT_EQ(w::mpa_pad(21), 1u);
+}
+
+TEST(Wire, ByteOrderHelpers) {
+  uint8_t b[8];
+  w::st16(b, 0x1234);
+  EXPECT_EQ(b[0], 0x12);
+  EXPECT_EQ(w::ld16(b), 0x1234);
+  w::st32(b, 0xA1B2C3D4);
+  EXPECT_EQ(b[0], 0xA1);
+  EXPECT_EQ(b[3], 0xD4);
+  EXPECT_EQ(w::ld32(b), 0xA1B2C3D4u);
+  w::st64(b, 0x0102030405060708ull);
+  EXPECT_EQ(b[0], 1);
+  EXPECT_EQ(b[7], 8);
+  EXPECT_EQ(w::ld64(b), 0x0102030405060708ull);
+}
+
+TEST(Wire, Crc32cKnownAnswer) {
+  const char *s = "123456789";
+  EXPECT_EQ(eca::transport::crc32c(s, 9), 0xE3069283u);
+  // incremental == one shot, at every split point
+  for (size_t k = 0; k <= 9; k++) {
+    uint32_t st = eca::transport::crc32c_update(eca::transport::kCrcInit, s, k);
+    st = eca::transport::crc32c_update(st, s + k, 9 - k);
+    EXPECT_EQ(eca::transport::crc32c_final(st), 0xE3069283u) << k;
+  }
+  // 32 zero bytes (iSCSI test vector, RFC 3720 B.4)
+  uint8_t z[32] = {};
+  EXPECT_EQ(eca::transport::crc32c(z, 32), 0x8A9136AAu);
+  uint8_t f[32];
+  std::memset(f, 0xff, 32);
+  EXPECT_EQ(eca::transport::crc32c(f, 32), 0x62A8AB43u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile input
+
+// Builds an FPDU: `hdr` starts with the 2 MPA length bytes (filled here unless `len_override`),
+// then payload, pad, CRC (little-endian CRC32c over all preceding bytes) when `crc`.
+std::vector<uint8_t> fpdu(std::vector<uint8_t> hdr, const std::vector<uint8_t> &payload, bool crc,
+                          int len_override = -1, bool corrupt_crc = false) {
+  size_t ulpdu = hdr.size() - 2 + payload.size();
+  w::st16(hdr.data(), (uint16_t)(len_override >= 0 ? len_override : (int)ulpdu));
+  std::vector<uint8_t> f = hdr;
+  f.insert(f.end(), payload.begin(), payload.end());
+  f.resize(f.size() + w::mpa_pad(ulpdu), 0);
+  if (crc) {
+    uint32_t c = eca::transport::crc32c(f.data(), f.size());
+    if (corrupt_crc) c ^= 0x1;
+    uint32_t le = htole32(c);
+    uint8_t b[4];
+    std::memcpy(b, &le, 4);
+    f.insert(f.end(), b, b + 4);
+  }
+  return f;
+}
+
+std::vector<uint8_t> untagged_hdr(w::Opcode op, uint32_t qn, uint32_t msn, uint32_t mo,
+                                  size_t body = 0) {
+  std::vector<uint8_t> h(w::kUntaggedHdr + body, 0);
+  w::put_ctrl(h.data(), op, true);
+  w::st32(h.data() + w::off::kQn, qn);
+  w::st32(h.data() + w::off::kMsn, msn);
+  w::st32(h.data() + w::off::kMo, mo);
+  return h;
+}
+
+std::vector<uint8_t> tagged_hdr(w::Opcode op, uint32_t stag, uint64_t to) {
+  std::vector<uint8_t> h(w::kTaggedHdr, 0);
+  w::put_ctrl(h.data(), op, true);
+  w::st32(h.data() + w::off::kStag, stag);
+  w::st64(h.data() + w::off::kTo, to);
+  return h;
+}
+
+bool send_all(int fd, const std::vector<uint8_t> &b) {
+  size_t off = 0;
+  while (off < b.size()) {
+    ssize_t r = ::send(fd, b.data() + off, b.size() - off, MSG_NOSIGNAL);
+    if (r <= 0) return false;
+    off += (size_t)r;
+  }
+  return true;
+}
+
+bool recv_exact(int fd, uint8_t *p, size_t n, int timeout_ms) {
+  auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (n) {
+    if (!fd_readable(fd, ms_left(deadline))) return false;
+    ssize_t r = ::recv(fd, p, n, 0);
+    if (r <= 0) return false;
+    p += r;
+    n -= (size_t)r;
+  }
+  return true;
+}
+
+struct RxFrame {
+  std::vector<uint8_t> bytes;  // whole FPDU incl. length, pad, CRC
+  uint8_t opcode = 0xff;
+  bool tagged = false;
+  bool crc_ok = true;
+};
+
+// Reads one FPDU from the raw socket (bounded). False on EOF/timeout.
+bool read_fpdu(int fd, bool crc, RxFrame *out, int timeout_ms = kTimeoutMs) {
+  uint8_t lb[2];
+  if (!recv_exact(fd, lb, 2, timeout_ms)) return false;
+  size_t ulpdu = w::ld16(lb);
+  size_t rest = ulpdu + w::mpa_pad(ulpdu) + (crc ? 4 : 0);
+  out->bytes.assign(lb, lb + 2);
+  out->bytes.resize(2 + rest);
+  if (!recv_exact(fd, out->bytes.data() + 2, rest, timeout_ms)) return false;
+  if (out->bytes.size() >= 4) {
+    out->tagged = out->bytes[2] & 0x80;
+    out->opcode = out->bytes[3] & 0x0f;
+  }
+  if (crc) {
+    size_t body = out->bytes.size() - 4;
+    uint32_t le;
+    std::memcpy(&le, out->bytes.data() + body, 4);
+    out->crc_ok = le32toh(le) == eca::transport::crc32c(out->bytes.data(), body);
+  }
+  return true;
+}
+
+class Hostile : public ::testing::TestWithParam<std::string> {
+ protected:
+  rdma_event_channel *ch_ = nullptr;
+  rdma_cm_id *listen_ = nullptr;
+  uint16_t port_ = 0;
+
+  // One accepted connection from a raw TCP peer.
+  struct Conn {
+    int fd = -1;
+    bool crc = false;
+    rdma_cm_id *id = nullptr;
+    ibv_pd *pd = nullptr, *other_pd = nullptr;
+    ibv_cq *cq = nullptr;
+    std::vector<uint8_t> rbuf, wbuf, obuf;
+    ibv_mr *rmr = nullptr, *wmr = nullptr, *omr = nullptr;
+    ibv_qp *qp() { return id ? id->qp : nullptr; }
+  };
+
+  void SetUp() override {
+    if (GetParam() != process_backend()) GTEST_SKIP() << "backend " << process_backend();
+    ch_ = rdma_create_event_channel();
+    ASSERT_NE(ch_, nullptr);
+    ASSERT_EQ(0, rdma_create_id(ch_, &listen_, nullptr, RDMA_PS_TCP));
+    sockaddr_in a = loopback_addr(0);
+    ASSERT_EQ(0, rdma_bind_addr(listen_, reinterpret_cast<sockaddr *>(&a)));
+    ASSERT_EQ(0, rdma_listen(listen_, 16));
+    port_ = ntohs(rdma_get_src_port(listen_));
+  }
+  void TearDown() override {
+    if (listen_) rdma_destroy_id(listen_);
+    if (ch_) {
+      while (rdma_cm_event *ev = next_cm_event(ch_, 0)) rdma_ack_cm_event(ev);
+      rdma_destroy_event_channel(ch_);
+    }
+  }
+
+  // Raw TCP connect + hand-built MPA request; server accepts with a QP; MPA reply read.
+  void Open(Conn &c, bool want_crc = true) {
+    c.fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(c.fd, 0);
+    int one = 1;
+    ::setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    sockaddr_in a = loopback_addr(port_);
+    ASSERT_EQ(0, ::connect(c.fd, reinterpret_cast<sockaddr *>(&a), sizeof a)) << strerror(errno);
+    // MPA request: key, flags (C, and the E bit Linux peers set on rev 2), rev 2,
+    // PD_Length 4, IRD 16 / ORD 16 (no peer-to-peer, no RTR).
+    std::vector<uint8_t> req;
+    const char *key = "MPA ID Req Frame";
+    req.insert(req.end(), key, key + 16);
+    req.push_back(want_crc ? 0x50 : 0x10);
+    req.push_back(2);
+    req.push_back(0);
+    req.push_back(4);
+    req.push_back(0);
+    req.push_back(16);
+    req.push_back(0);
+    req.push_back(16);
+    ASSERT_TRUE(send_all(c.fd, req));
+
+    ASSERT_TRUE(wait_cm_event(ch_, RDMA_CM_EVENT_CONNECT_REQUEST, kTimeoutMs, &c.id))
+        << "no CONNECT_REQUEST for the raw peer";
+    drain_async(c.id->verbs);
+    c.pd = ibv_alloc_pd(c.id->verbs);
+    c.other_pd = ibv_alloc_pd(c.id->verbs);
+    c.cq = ibv_create_cq(c.id->verbs, 64, nullptr, nullptr, 0);
+    ASSERT_TRUE(c.pd && c.other_pd && c.cq);
+    ibv_qp_init_attr qa{};
+    qa.send_cq = qa.recv_cq = c.cq;
+    qa.qp_type = IBV_QPT_RC;
+    qa.cap.max_send_wr = qa.cap.max_recv_wr = 16;
+    qa.cap.max_send_sge = qa.cap.max_recv_sge = 1;
+    ASSERT_EQ(0, rdma_create_qp(c.id, c.pd, &qa));
+    c.rbuf.assign(4 * 256, 0);
+    c.wbuf.assign(4096, 0xEE);
+    c.obuf.assign(4096, 0x5C);
+    c.rmr = ibv_reg_mr(c.pd, c.rbuf.data(), c.rbuf.size(), IBV_ACCESS_LOCAL_WRITE);
+    c.wmr = ibv_reg_mr(c.pd, c.wbuf.data(), c.wbuf.size(),
+                       IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ);
+    c.omr = ibv_reg_mr(c.other_pd, c.obuf.data(), c.obuf.size(),
+                       IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ);
+    ASSERT_TRUE(c.rmr && c.wmr && c.omr);
+    for (int i = 0; i < 4; i++)
+      ASSERT_EQ(0, post_recv(c.qp(), {sge(c.rmr, c.rbuf.data() + i * 256, 256)}, 10 + i));
+    rdma_conn_param cp{};
+    cp.initiator_depth = cp.responder_resources = 16;
+    ASSERT_EQ(0, rdma_accept(c.id, &cp)) << strerror(errno);
+
+    uint8_t rep[20];
+    ASSERT_TRUE(recv_exact(c.fd, rep, 20, kTimeoutMs)) << "no MPA reply";
+    ASSERT_EQ(0, memcmp(rep, "MPA ID Rep Frame", 16));
+    ASSERT_EQ(rep[16] & 0x20, 0) << "rejected";
+    ASSERT_EQ(rep[17], 2);
+    uint16_t pdl = (uint16_t)(rep[18] << 8 | rep[19]);
+    ASSERT_GE(pdl, 4);
+    ASSERT_LE(pdl, 512);
+    std::vector<uint8_t> pd(pdl);
+    ASSERT_TRUE(recv_exact(c.fd, pd.data(), pdl, kTimeoutMs));
+    c.crc = rep[16] & 0x40;
+    // RFC 5044 7.1.2: CRC is used when either side sets C; a responder may insist on it.
+    if (want_crc) {
+      EXPECT_TRUE(c.crc) << "the responder must honour the requested CRC";
+    }
+    ASSERT_TRUE(wait_cm_event(ch_, RDMA_CM_EVENT_ESTABLISHED)) << "server: no ESTABLISHED";
+    ASSERT_EQ(qp_state(c.qp()), IBV_QPS_RTS);
+  }
+
+  void Close(Conn &c) {
+    if (c.fd >= 0) ::close(c.fd);
+    c.fd = -1;
+    if (c.id) {
+      while (rdma_cm_event *ev = next_cm_event(ch_, 0)) rdma_ack_cm_event(ev);
+      rdma_destroy_qp(c.id);
+    }
+    if (c.rmr) { ibv_dereg_mr(c.rmr); }
+    if (c.wmr) { ibv_dereg_mr(c.wmr); }
+    if (c.omr) { ibv_dereg_mr(c.omr); }
+    if (c.cq) { EXPECT_EQ(0, ibv_destroy_cq(c.cq)); }
+    if (c.pd) { EXPECT_EQ(0, ibv_dealloc_pd(c.pd)); }
+    if (c.other_pd) { EXPECT_EQ(0, ibv_dealloc_pd(c.other_pd)); }
+    if (c.id) {
+      while (rdma_cm_event *ev = next_cm_event(ch_, 0)) rdma_ack_cm_event(ev);
+      rdma_destroy_id(c.id);
+    }
+    c = Conn{};
+  }
+
+  // A valid SEND (MSN msn) of `data`; the server must deliver it (proves the framing).
+  void ValidSend(Conn &c, uint32_t msn, const std::string &data) {
+    std::vector<uint8_t> pl(data.begin(), data.end());
+    ASSERT_TRUE(send_all(c.fd, fpdu(untagged_hdr(w::Opcode::Send, 0, msn, 0), pl, c.crc)));
+    ibv_wc wc{};
+    ASSERT_TRUE(poll_one(c.cq, &wc)) << "valid SEND not delivered";
+    EXPECT_EQ(wc.status, IBV_WC_SUCCESS) << wc_status_name(wc.status);
+    EXPECT_EQ(wc.byte_len, data.size());
+    EXPECT_EQ(0, memcmp(c.rbuf.data() + (wc.wr_id - 10) * 256, data.data(), data.size()));
+  }
+
+  // Expects a TERMINATE as the next frame from the server (when `term`), the server QP in
+  // ERR, and the rest of its posted receives flushed. Returns the TERMINATE control word.
+  uint32_t ExpectTerminated(Conn &c, bool term, int receives_left) {
+    uint32_t word = 0;
+    if (term) {
+      RxFrame f;
+      EXPECT_TRUE(read_fpdu(c.fd, c.crc, &f)) << "no TERMINATE from the server";
+      EXPECT_EQ(f.opcode, 7) << "RDMAP opcode of the first frame";
+      EXPECT_FALSE(f.tagged);
+      EXPECT_TRUE(f.crc_ok) << "TERMINATE with a bad CRC";
+      if (f.bytes.size() >= 24) {
+        EXPECT_EQ(w::ld32(f.bytes.data() + w::off::kQn), 2u) << "untagged queue 2";
+        EXPECT_EQ(w::ld32(f.bytes.data() + w::off::kMsn), 1u);
+        EXPECT_EQ(f.bytes[3] >> 6, 1) << "RDMAP version";
+        word = w::ld32(f.bytes.data() + w::off::kTermCtrl);
+      } else {
+        ADD_FAILURE() << "TERMINATE shorter than its header: " << f.bytes.size();
+      }
+    }
+    EXPECT_TRUE(wait_qp_state(c.qp(), IBV_QPS_ERR)) << "server QP not in ERR";
+    auto wcs = poll_n(c.cq, (size_t)receives_left);
+    EXPECT_EQ(wcs.size(), (size_t)receives_left) << "receives not flushed";
+    for (auto &x : wcs) EXPECT_EQ(x.status, IBV_WC_WR_FLUSH_ERR) << wc_status_name(x.status);
+    // The server closes after the TERMINATE: EOF within the bound.
+    uint8_t b[256];
+    auto deadline = Clock::now() + std::chrono::milliseconds(kTimeoutMs);
+    bool eof = false;
+    while (!eof && fd_readable(c.fd, ms_left(deadline))) {
+      ssize_t r = ::recv(c.fd, b, sizeof b, 0);
+      if (r <= 0) eof = true;
+    }
+    EXPECT_TRUE(eof) << "server did not close the stream";
+    return word;
+  }
+};
+
+TEST_P(Hostile, ValidFramesAreAccepted) {
+  Conn c;
+  ASSERT_NO_FATAL_FAILURE(Open(c));
+  ASSERT_NO_FATAL_FAILURE(ValidSend(c, 1, "hello"));
+  ASSERT_NO_FATAL_FAILURE(ValidSend(c, 2, std::string(200, 'x')));
+  // WRITE to a valid STag lands in the MR
+  std::vector<uint8_t> pl = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+  ASSERT_TRUE(send_all(c.fd, fpdu(tagged_hdr(w::Opcode::Write, c.wmr->rkey,
+                                             (uint64_t)(uintptr_t)c.wbuf.data() + 100),
+                                  pl, c.crc)));
+  // READ request of a valid region: the response carries the data (and orders behind the
+  // WRITE, so it shows the WRITE was placed).
+  auto rr = untagged_hdr(w::Opcode::ReadRequest, 1, 1, 0, w::kReadReqBody);
+  w::st32(rr.data() + w::off::kSinkStag, 0x4242);
+  w::st64(rr.data() + w::off::kSinkTo, 0x1000);
+  w::st32(rr.data() + w::off::kReadSize, 16);
+  w::st32(rr.data() + w::off::kSrcStag, c.wmr->rkey);
+  w::st64(rr.data() + w::off::kSrcTo, (uint64_t)(uintptr_t)c.wbuf.data() + 96);
+  ASSERT_TRUE(send_all(c.fd, fpdu(rr, {}, c.crc)));
+  RxFrame f;
+  ASSERT_TRUE(read_fpdu(c.fd, c.crc, &f));
+  EXPECT_EQ(f.opcode, 2) << "READ response";
+  EXPECT_TRUE(f.tagged);
+  EXPECT_TRUE(f.crc_ok);
+  ASSERT_EQ(f.bytes.size(), (size_t)(2 + 14 + 16 + w::mpa_pad(30) + (c.crc ? 4 : 0)));
+  EXPECT_EQ(w::ld32(f.bytes.data() + w::off::kStag), 0x4242u);
+  EXPECT_EQ(w::ld64(f.bytes.data() + w::off::kTo), 0x1000u);
+  const uint8_t *d = f.bytes.data() + 16;
+  EXPECT_EQ(d[0], 0xEE);
+  EXPECT_EQ(d[3], 0xEE);
+  EXPECT_EQ(0, memcmp(d + 4, pl.data(), 9));
+  EXPECT_EQ(d[13], 0xEE);
+  EXPECT_EQ(qp_state(c.qp()), IBV_QPS_RTS);
+  Close(c);
+}
+
+TEST_P(Hostile, CrcNotRequestedAndTooLongSend) {
+  Conn c;
+  ASSERT_NO_FATAL_FAILURE(Open(c, false));
+  ASSERT_NO_FATAL_FAILURE(ValidSend(c, 1, "no crc"));
+  // A SEND of 300 bytes for a 256-byte receive.
+  ASSERT_TRUE(send_all(c.fd, fpdu(untagged_hdr(w::Opcode::Send, 0, 2, 0),
+                                  std::vector<uint8_t>(300, 3), c.crc)));
+  ibv_wc wc{};
+  ASSERT_TRUE(poll_one(c.cq, &wc));
+  EXPECT_EQ(wc.status, IBV_WC_LOC_LEN_ERR) << wc_status_name(wc.status);
+  uint32_t word = ExpectTerminated(c, true, 2);
+  EXPECT_EQ(w::term_parse(word).layer, w::TermLayer::Ddp);
+  EXPECT_EQ(w::term_parse(word).etype, w::kDdpUntaggedError);
+  EXPECT_EQ(w::term_parse(word).code, w::kDdpUTooLong);
+  Close(c);
+}
+
+struct BadCase {
+  const char *name;
+  // builds the malformed bytes for connection c
+  std::function<std::vector<uint8_t>(Hostile *, bool crc, ibv_mr *wmr, ibv_mr *omr)> build;
+  bool terminate;
+  int layer, etype, code;  // expected TERMINATE word fields (-1: not checked)
+};
+
+TEST_P(Hostile, MalformedFpdusTerminate) {
+  std::vector<BadCase> cases = {
+      {"bad opcode",
+       [](Hostile *, bool crc, ibv_mr *, ibv_mr *) {
+         auto h = untagged_hdr(w::Opcode::Send, 0, 2, 0);
+         h[3] = (uint8_t)(w::kRdmapVersion | 0x0b);
+         return fpdu(h, {1, 2, 3}, crc);
+       },
+       true, 0, w::kRdmapRemoteOperation, w::kRdmapUnexpectedOpcode},
+      {"bad DDP version",
+       [](Hostile *, bool crc, ibv_mr *, ibv_mr *) {
+         auto h = untagged_hdr(w::Opcode::Send, 0, 2, 0);
+         h[2] = (uint8_t)((h[2] & ~0x03) | 0x02);
+         return fpdu(h, {1, 2, 3}, crc);
+       },
+       true, 1, w::kDdpUntaggedError, w::kDdpUInvalidVersion},
+      {"bad RDMAP version",
+       [](Hostile *, bool crc, ibv_mr *, ibv_mr *) {
+         auto h = untagged_hdr(w::Opcode::Send, 0, 2, 0);
+         h[3] = (uint8_t)(0x80 | static_cast<int>(w::Opcode::Send));
+         return fpdu(h, {1, 2, 3}, crc);
+       },
+       true, 0, w::kRdmapRemoteOperation, w::kRdmapInvalidVersion},
+      {"MPA length shorter than the header",
+       [](Hostile *, bool crc, ibv_mr *, ibv_mr *) {
+         return fpdu(untagged_hdr(w::Opcode::Send, 0, 2, 0), {}, crc, 10);
+       },
+       true, 2, -1, w::kMpaInvalidFpdu},
+      {"bad CRC",
+       [](Hostile *, bool crc, ibv_mr *, ibv_mr *) {
+         return fpdu(untagged_hdr(w::Opcode::Send, 0, 2, 0), {9, 9, 9, 9}, crc, -1, true);
+       },
+       true, 2, -1, w::kMpaCrcError},
+      {"WRITE to an invalid STag",
+       [](Hostile *, bool crc, ibv_mr *wmr, ibv_mr *) {
+         return fpdu(tagged_hdr(w::Opcode::Write, wmr->rkey ^ 0xff00, 0x1000),
+                     std::vector<uint8_t>(16, 7), crc);
+       },
+       true, 1, w::kDdpTaggedError, w::kDdpTInvalidStag},
+      {"WRITE beyond the MR",
+       [](Hostile *, bool crc, ibv_mr *wmr, ibv_mr *) {
+         return fpdu(tagged_hdr(w::Opcode::Write, wmr->rkey,
+                                (uint64_t)(uintptr_t)wmr->addr + wmr->length - 8),
+                     std::vector<uint8_t>(16, 7), crc);
+       },
+       true, 1, w::kDdpTaggedError, w::kDdpTBaseBounds},
+      {"READ request with an STag of another PD",
+       [](Hostile *, bool crc, ibv_mr *, ibv_mr *omr) {
+         auto rr = untagged_hdr(w::Opcode::ReadRequest, 1, 1, 0, w::kReadReqBody);
+         w::st32(rr.data() + w::off::kSinkStag, 0x4242);
+         w::st64(rr.data() + w::off::kSinkTo, 0);
+         w::st32(rr.data() + w::off::kReadSize, 64);
+         w::st32(rr.data() + w::off::kSrcStag, omr->rkey);
+         w::st64(rr.data() + w::off::kSrcTo, (uint64_t)(uintptr_t)omr->addr);
+         return fpdu(rr, {}, crc);
+       },
+       true, 0, w::kRdmapRemoteProtection, w::kRdmapStagNotAssoc},
+      {"SEND with a wrong MSN",
+       [](Hostile *, bool crc, ibv_mr *, ibv_mr *) {
+         return fpdu(untagged_hdr(w::Opcode::Send, 0, 7, 0), {1}, crc);
+       },
+       true, 1, w::kDdpUntaggedError, w::kDdpUInvalidMsn},
+      {"SEND on an invalid queue",
+       [](Hostile *, bool crc, ibv_mr *, ibv_mr *) {
+         return fpdu(untagged_hdr(w::Opcode::Send, 5, 2, 0), {1}, crc);
+       },
+       true, 1, w::kDdpUntaggedError, w::kDdpUInvalidQn},
+      {"garbage",
+       [](Hostile *, bool, ibv_mr *, ibv_mr *) { return std::vector<uint8_t>(64, 0xff); },
+       true, -1, -1, -1},
+  };
+  for (auto &bc : cases) {
+    SCOPED_TRACE(bc.name);
+    Conn c;
+    ASSERT_NO_FATAL_FAILURE(Open(c));
+    ASSERT_NO_FATAL_FAILURE(ValidSend(c, 1, "before"));
+    std::vector<uint8_t> bad = bc.build(this, c.crc, c.wmr, c.omr);
+    ASSERT_TRUE(send_all(c.fd, bad));
+    uint32_t word = ExpectTerminated(c, bc.terminate, 3);
+    if (bc.terminate) {
+      w::TermInfo t = w::term_parse(word);
+      if (bc.layer >= 0) { EXPECT_EQ((int)t.layer, bc.layer) << "TERMINATE layer"; }
+      if (bc.etype >= 0) { EXPECT_EQ((int)t.etype, bc.etype) << "TERMINATE error type"; }
+      if (bc.code >= 0) { EXPECT_EQ((int)t.code, bc.code) << "TERMINATE error code"; }
+    }
+    EXPECT_TRUE(std::all_of(c.obuf.begin(), c.obuf.end(), [](uint8_t b) { return b == 0x5C; }));
+    // nothing outside [100, 109) etc.: the bad WRITEs placed nothing
+    EXPECT_TRUE(std::all_of(c.wbuf.begin(), c.wbuf.end(), [](uint8_t b) { return b == 0xEE; }))
+        << "a rejected WRITE placed data";
+    Close(c);
+  }
+}
+
+TEST_P(Hostile, PeerTerminateEndsConnection) {
+  Conn c;
+  ASSERT_NO_FATAL_FAILURE(Open(c));
+  ASSERT_NO_FATAL_FAILURE(ValidSend(c, 1, "x"));
+  auto t = untagged_hdr(w::Opcode::Terminate, 2, 1, 0, w::kTerminateBody);
+  w::st32(t.data() + w::off::kTermCtrl, w::term_word({w::TermLayer::Rdmap, 1, 2}));
+  ASSERT_TRUE(send_all(c.fd, fpdu(t, {}, c.crc)));
+  ExpectTerminated(c, false, 3);  // no TERMINATE in answer to a TERMINATE
+  Close(c);
+}
+
+TEST_P(Hostile, RandomBytesAfterHandshake) {
+  std::mt19937 rng(20240607u);
+  const int kIters = 40;
+  for (int it = 0; it < kIters; it++) {
+    SCOPED_TRACE("iteration " + std::to_string(it));
+    Conn c;
+    ASSERT_NO_FATAL_FAILURE(Open(c));
+    std::vector<uint8_t> junk;
+    if (it % 2 == 0) {
+      junk.resize(1 + rng() % 600);
+      for (auto &b : junk) b = (uint8_t)rng();
+    } else {
+      // a valid SEND with a few random bytes flipped
+      std::vector<uint8_t> pl(1 + rng() % 200);
+      for (auto &b : pl) b = (uint8_t)rng();
+      junk = fpdu(untagged_hdr(w::Opcode::Send, 0, 1, 0), pl, c.crc);
+      int flips = 1 + (int)(rng() % 4);
+      for (int k = 0; k < flips; k++) junk[rng() % junk.size()] ^= (uint8_t)(1u << (rng() % 8));
+    }
+    (void)send_all(c.fd, junk);  // the server may close early
+    // Whatever the server made of it, closing the raw peer ends the connection.
+    ::shutdown(c.fd, SHUT_WR);
+    EXPECT_TRUE(wait_qp_state(c.qp(), IBV_QPS_ERR)) << "server QP not in ERR after EOF";
+    auto wcs = poll_n(c.cq, 4, 2000);
+    EXPECT_LE(wcs.size(), 4u);
+    for (auto &x : wcs)
+      EXPECT_TRUE(x.status == IBV_WC_WR_FLUSH_ERR || x.status == IBV_WC_SUCCESS ||
+                  x.status == IBV_WC_LOC_LEN_ERR || x.status == IBV_WC_REM_INV_REQ_ERR)
+          << wc_status_name(x.status);
+    EXPECT_TRUE(std::all_of(c.obuf.begin(), c.obuf.end(), [](uint8_t b) { return b == 0x5C; }))
+        << "memory of another PD changed";
+    Close(c);
+  }
+  // The listener still serves a well-behaved peer.
+  Conn c;
+  ASSERT_NO_FATAL_FAILURE(Open(c));
+  ASSERT_NO_FATAL_FAILURE(ValidSend(c, 1, "still alive"));
+  Close(c);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, Hostile, ::testing::ValuesIn(backend_params()), backend_name);
+
+}  // namespace
