@@ -16,6 +16,12 @@ set -Eeuo pipefail
 : "${ECA_SRC:?ECA_SRC must point at the source tree}"
 
 ECA_RUN="$ECA_BUILD/bin/eca-run"
+# Devices are named after the backend the library uses (ECA_BACKEND): ecasw_<if> or ecahw_<if>.
+case "${ECA_BACKEND:-software}" in
+  hwmodel|hw) DEV_PREFIX=ecahw ;;
+  *) DEV_PREFIX=ecasw ;;
+esac
+export DEV_PREFIX
 TEST_NAME=$(basename "${BASH_SOURCE[1]:-$0}" .sh)
 TEST_TMP=$(mktemp -d "${TMPDIR:-/tmp}/eca-${TEST_NAME}.XXXXXX")
 PYTHON=/usr/bin/python3

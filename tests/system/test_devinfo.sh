@@ -2,7 +2,7 @@
 # Device discovery and loading through unmodified Debian programs:
 #  - every RDMA program and plugin of Debian's packages links against our libraries
 #    with no missing symbol or version (ldd -r through the launcher);
-#  - ibv_devices lists ecasw_lo; ibv_devinfo -v reports an iWARP RNIC with an active
+#  - ibv_devices lists ${DEV_PREFIX}_lo; ibv_devinfo -v reports an iWARP RNIC with an active
 #    Ethernet port and sane limits;
 #  - libfabric (fi_info), pyverbs and Open MPI (ompi_info) load our libraries.
 # shellcheck source=tests/system/lib.sh
@@ -53,14 +53,14 @@ log "${#objects[@]} programs resolve every libibverbs/librdmacm symbol against t
 # --- 2. ibv_devices
 run devices ibv_devices
 [[ $RC == 0 ]] || { cat "$TEST_TMP/devices.err" >&2; fail "ibv_devices exited $RC"; }
-assert_contains "$TEST_TMP/devices.out" '^[[:space:]]+ecasw_lo[[:space:]]+[0-9a-f]{16}$' "ibv_devices"
+assert_contains "$TEST_TMP/devices.out" "^[[:space:]]+${DEV_PREFIX}_lo[[:space:]]+[0-9a-f]{16}$" "ibv_devices"
 assert_not_contains "$TEST_TMP/devices.err" "$LOADER_ERRORS" "ibv_devices stderr"
 
 # --- 3. ibv_devinfo -v
-run devinfo ibv_devinfo -v -d ecasw_lo
+run devinfo ibv_devinfo -v -d ${DEV_PREFIX}_lo
 [[ $RC == 0 ]] || { cat "$TEST_TMP/devinfo.err" >&2; fail "ibv_devinfo -v exited $RC"; }
 out="$TEST_TMP/devinfo.out"
-assert_contains "$out" '^hca_id:[[:space:]]+ecasw_lo$' "ibv_devinfo hca_id"
+assert_contains "$out" "^hca_id:[[:space:]]+${DEV_PREFIX}_lo$" "ibv_devinfo hca_id"
 assert_contains "$out" '^[[:space:]]+transport:[[:space:]]+iWARP \(1\)$' "ibv_devinfo transport"
 assert_contains "$out" '^[[:space:]]+phys_port_cnt:[[:space:]]+1$' "ibv_devinfo phys_port_cnt"
 assert_contains "$out" '^[[:space:]]+state:[[:space:]]+PORT_ACTIVE \(4\)$' "ibv_devinfo port state"
@@ -95,7 +95,7 @@ assert_not_contains "$TEST_TMP/devinfo.err" "$LOADER_ERRORS" "ibv_devinfo stderr
 # The non-verbose listing of all devices works too.
 run devinfo_all ibv_devinfo
 [[ $RC == 0 ]] || { cat "$TEST_TMP/devinfo_all.err" >&2; fail "ibv_devinfo exited $RC"; }
-assert_contains "$TEST_TMP/devinfo_all.out" '^hca_id:[[:space:]]+ecasw_lo$' "ibv_devinfo (all devices)"
+assert_contains "$TEST_TMP/devinfo_all.out" "^hca_id:[[:space:]]+${DEV_PREFIX}_lo$" "ibv_devinfo (all devices)"
 
 # --- 4. pyverbs: the extension modules load against our library and can use the device.
 run pyverbs "$PYTHON" -c '
@@ -103,9 +103,11 @@ import pyverbs.device as d
 import pyverbs.enums as e
 from pyverbs.pd import PD
 from pyverbs.mr import MR
+import os
+lo = os.environ["DEV_PREFIX"] + "_lo"
 names = [x.name.decode() for x in d.get_device_list()]
-assert "ecasw_lo" in names, names
-with d.Context(name="ecasw_lo") as ctx:
+assert lo in names, names
+with d.Context(name=lo) as ctx:
     a = ctx.query_device()
     assert a.max_qp > 0 and a.max_mr > 0, (a.max_qp, a.max_mr)
     with PD(ctx) as pd:

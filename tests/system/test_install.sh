@@ -28,7 +28,7 @@ path=$(awk '$1 == "libibverbs.so.1" { print $3 }' "$TEST_TMP/ldd_inst.out")
   fail "installed eca-run loads libibverbs.so.1 from '$path'"
 timeout -k 5 60 "$prefix/bin/eca-run" ibv_devices </dev/null >"$TEST_TMP/devices.out" 2>&1 ||
   { cat "$TEST_TMP/devices.out" >&2; fail "ibv_devices through the installed launcher failed"; }
-assert_contains "$TEST_TMP/devices.out" '^[[:space:]]+ecasw_lo[[:space:]]' "ibv_devices (installed)"
+assert_contains "$TEST_TMP/devices.out" "^[[:space:]]+${DEV_PREFIX}_lo[[:space:]]" "ibv_devices (installed)"
 
 # A program built with pkg-config against the installation.
 export PKG_CONFIG_PATH
