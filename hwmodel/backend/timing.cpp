@@ -9,6 +9,7 @@
 #include <unordered_map>
 
 #include "hwmodel/model/host_model.hpp"
+#include "provider/core/config.hpp"
 #include "provider/core/log.hpp"
 
 namespace eca::hw {
@@ -63,14 +64,7 @@ ModelCache &cache() {
 
 }  // namespace
 
-Timing::Timing() {
-  if (const char *m = std::getenv("ECA_HWMODEL_MODE")) {
-    if (!strcasecmp(m, "paced"))
-      mode_ = Mode::Paced;
-    else if (strcasecmp(m, "fast"))
-      ECA_LOG(Warn, "ECA_HWMODEL_MODE=%s unknown; using fast", m);
-  }
-}
+Timing::Timing() : mode_(config().hwmodel_paced ? Mode::Paced : Mode::Fast) {}
 
 uint64_t Timing::message_ps(uint64_t bytes) const { return cache().get(bytes).first; }
 uint64_t Timing::occupancy_ps(uint64_t bytes) const { return cache().get(bytes).second; }

@@ -33,6 +33,12 @@ constexpr ConfigRow kRows[] = {
     {"ECA_CQ_MODERATION", "0,0", "count,us", "default interrupt moderation of new CQs: the "
                                               "completion event waits for COUNT completions or "
                                               "US microseconds (ibv_modify_cq sets it per CQ)"},
+    {"ECA_HWMODEL_MODE", "fast", "-", "modeled adapter: fast (complete as fast as the host "
+                                      "allows, count modeled time) or paced (complete no earlier "
+                                      "than the modeled time)"},
+    {"ECA_HWMODEL_PRESET", "tigon-pci33", "-", "modeled adapter: parameter preset "
+                                               "(docs/hwmodel.md, `eca-nicmodel --list-params`)"},
+    {"ECA_HWMODEL", "", "k=v,...", "modeled adapter: parameter overrides on top of the preset"},
     {"ECA_LOG", "warn", "-", "log level: error, warn, info, debug"},
 };
 
@@ -72,6 +78,12 @@ Config load() {
   c.keepalive_s = (uint32_t)env_long("ECA_KEEPALIVE", 0, 0, 3600);
   c.recv_wait_ms = (uint32_t)env_long("ECA_RECV_WAIT_MS", 1000, 0, 600000);
   c.mpa_timeout_ms = (uint32_t)env_long("ECA_MPA_TIMEOUT_MS", 10000, 100, 600000);
+  if (const char *m = std::getenv("ECA_HWMODEL_MODE")) {
+    if (!strcasecmp(m, "paced"))
+      c.hwmodel_paced = true;
+    else if (strcasecmp(m, "fast"))
+      ECA_LOG(Warn, "ECA_HWMODEL_MODE=%s unknown; using fast", m);
+  }
   if (const char *m = std::getenv("ECA_CQ_MODERATION")) {
     unsigned cnt = 0, us = 0;
     if (std::sscanf(m, "%u,%u", &cnt, &us) == 2 && cnt <= 65535 && us <= 65535) {

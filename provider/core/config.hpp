@@ -21,6 +21,7 @@ struct Config {
   uint32_t keepalive_s = 0;     // TCP keepalive idle seconds (0 = off); peer death is seen via RST/EOF
   uint32_t recv_wait_ms = 1000; // how long a SEND may wait for a receive to be posted
   uint32_t mpa_timeout_ms = 10000;  // TCP connect + MPA exchange time limit
+  bool hwmodel_paced = false;       // ECA_HWMODEL_MODE=paced
   uint16_t cq_mod_count = 0;        // default interrupt moderation of new CQs
   uint16_t cq_mod_period_us = 0;
 };
