@@ -37,7 +37,7 @@ uint64_t mono_ns() {
 using Seg = HwConn::Seg;
 
 // Copies bytes [from, to) of the concatenation of `src` to out[0 .. to-from).
-void copy_range(const std::vector<Seg> &src, uint64_t from, uint64_t to, uint8_t *out) {
+void copy_range(std::span<const Seg> src, uint64_t from, uint64_t to, uint8_t *out) {
   uint64_t pos = 0;
   for (const Seg &s : src) {
     const uint64_t a = std::max(from, pos), b = std::min(to, pos + s.n);
@@ -48,7 +48,7 @@ void copy_range(const std::vector<Seg> &src, uint64_t from, uint64_t to, uint8_t
 }
 
 // Writes src[0 .. to-from) to bytes [from, to) of the concatenation of `dst`.
-void scatter_range(const uint8_t *src, const std::vector<Seg> &dst, uint64_t from, uint64_t to) {
+void scatter_range(const uint8_t *src, std::span<const Seg> dst, uint64_t from, uint64_t to) {
   uint64_t pos = 0;
   for (const Seg &d : dst) {
     const uint64_t a = std::max(from, pos), b = std::min(to, pos + d.n);
@@ -59,7 +59,7 @@ void scatter_range(const uint8_t *src, const std::vector<Seg> &dst, uint64_t fro
 }
 
 // Scatters contiguous src over dst segments.
-void scatter(const uint8_t *src, uint64_t total, const std::vector<Seg> &dst) {
+void scatter(const uint8_t *src, uint64_t total, std::span<const Seg> dst) {
   for (const Seg &d : dst) {
     const uint64_t n = std::min(total, d.n);
     std::memcpy(d.p, src, n);
@@ -274,6 +274,11 @@ void HwConn::doorbell() {
 
 void HwConn::rq_doorbell() { doorbell(); }
 
+void HwConn::app_doorbell() {
+  app_visits_.fetch_add(1, std::memory_order_relaxed);
+  doorbell();
+}
+
 // A CQ of this QP was armed: from now on the peer rings our firmware's doorbell with each
 // frame, so completions reach the channel without anyone polling. A store, no system call.
 //
@@ -289,6 +294,7 @@ void HwConn::cq_armed() {
 
 void HwConn::poll_progress() {
   if (!ready_.load(std::memory_order_acquire) || closed_) return;
+  app_visits_.fetch_add(1, std::memory_order_relaxed);
   // Cheap test first: anything arrived, or anything waiting to go out?
   if (in_->tail.load(std::memory_order_acquire) == in_->head.load(std::memory_order_relaxed) &&
       inflight_.empty() && !acks_owed_ && !work_pending_.load(std::memory_order_relaxed))
@@ -299,6 +305,13 @@ void HwConn::poll_progress() {
 HwConn::FwResult HwConn::firmware_poll() {
   std::lock_guard cb(cb_mu_);
   if (closed_ || !ready_) return {false, false};
+  // Poll mode: the application visited since our last look, and no CQ waits for an
+  // interrupt. Its own calls move the data; taking the locks here would only make its
+  // threads contend (and sleep in the kernel).
+  const uint64_t visits = app_visits_.load(std::memory_order_relaxed);
+  const bool app_driven = visits != fw_seen_visits_;
+  fw_seen_visits_ = visits;
+  if (app_driven && !qp_.scq->is_armed() && !qp_.rcq->is_armed()) return {false, false};
   bool did;
   {
     std::lock_guard lk(mu_);
@@ -388,8 +401,21 @@ bool HwConn::tx_locked() {
 // the access against the peer adapter's published STag table first (the peer NIC's check).
 // The MR's interior pages are shared memory (plain copies); its partial edge pages are
 // reached with cross-memory reads/writes. A WRITE's last bytes are placed last.
+uint8_t *HwConn::peer_region(uint32_t idx, uint32_t gen, uint64_t off, uint64_t len) {
+  RegionCache &c = last_region_;
+  if (c.idx != idx || c.gen != gen) {
+    // Map (or find) the whole region once; later accesses to it are pointer arithmetic.
+    const uint64_t rlen = peer_->shm()->regions[idx].length;
+    uint8_t *p = peer_->region_ptr(idx, gen, 0, rlen);
+    if (!p) return nullptr;
+    c = {idx, gen, p, rlen};
+  }
+  if (off > c.len || len > c.len - off) return nullptr;
+  return c.base + off;
+}
+
 bool HwConn::remote_copy(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t need,
-                         bool write, const std::vector<Seg> &local) {
+                         bool write, std::span<const Seg> local) {
   const uint32_t idx = (rkey >> 8) - 1;
   if ((rkey >> 8) == 0 || idx >= kMaxStags) return false;
   const StagEntry &e = peer_->shm()->stags[idx];
@@ -420,7 +446,7 @@ bool HwConn::remote_copy(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t ne
   const uint64_t m_from = std::clamp(rb, host, h_end), m_to = std::clamp(re, host, h_end);
   if (gen && m_from < m_to) {
     if (host < m_from) pieces[np++] = {0, m_from - host, nullptr};
-    uint8_t *p = peer_->region_ptr(region, gen, m_from - rb, m_to - m_from);
+    uint8_t *p = peer_region(region, gen, m_from - rb, m_to - m_from);
     if (!p) return false;
     pieces[np++] = {m_from - host, m_to - host, p};
     if (m_to < h_end) pieces[np++] = {m_to - host, len, nullptr};
@@ -467,9 +493,10 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
   if (needs_frame && !(f = ring_slot_locked())) return false;  // peer ring full: wait
 
   // Local buffers (validated like a NIC validates the lkeys of a descriptor).
-  std::vector<Seg> local;
+  std::array<Seg, kMaxSge> segs;
+  size_t nseg = 0;
   if (w->flags & IBV_SEND_INLINE) {
-    if (w->inline_len) local.push_back({w->inline_data.data(), w->inline_len});
+    if (w->inline_len) segs[nseg++] = {w->inline_data.data(), w->inline_len};
   } else {
     for (uint32_t i = 0; i < w->num_sge; i++) {
       const Sge &s = w->sge[i];
@@ -483,13 +510,13 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
         fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
         return true;
       }
-      local.push_back({ref.host, s.length});
+      segs[nseg++] = {ref.host, s.length};
     }
   }
-  const uint64_t model = timing_.message_ps(len);
-  stats_.ops.fetch_add(1, std::memory_order_relaxed);
-  stats_.bytes.fetch_add(len, std::memory_order_relaxed);
-  stats_.modeled_ps.fetch_add(model, std::memory_order_relaxed);
+  const std::span<const Seg> local(segs.data(), nseg);
+  stats_.ops++;
+  stats_.bytes += len;
+  stats_.modeled_ps += timing_.message_ps(len);
 
   switch (w->opcode) {
     case IBV_WR_RDMA_WRITE:

@@ -20,6 +20,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <vector>
 
 #include "hwmodel/backend/adapter.hpp"
@@ -40,6 +41,7 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   ~HwConn();
   void start();  // handshake on the progress thread
   void doorbell();
+  void app_doorbell();  // doorbell rung by an application thread (post_send, post_recv)
   void rq_doorbell();
   void cq_armed();
   void poll_progress();  // application thread inside ibv_poll_cq (never blocks)
@@ -64,7 +66,8 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   bool exec_wqe_locked(SendWqe *w);  // false: must wait (ring full / not yet due)
   bool handle_frame_locked(const Frame &f);  // false: must wait (no receive posted)
   bool remote_copy(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t need, bool write,
-                   const std::vector<Seg> &local);
+                   std::span<const Seg> local);
+  uint8_t *peer_region(uint32_t idx, uint32_t gen, uint64_t off, uint64_t len);
   Frame *ring_slot_locked();         // free slot in the outgoing ring, or null
   void ring_publish_locked();
   void send_terminate_locked(ibv_wc_status peer_status);
@@ -81,6 +84,10 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   std::atomic<bool> closed_{false};
   std::atomic<bool> failing_{false};
   std::atomic<bool> work_pending_{false};
+  // Visits by application threads (post, poll). While they keep coming, the application
+  // drives the adapter (poll mode) and the firmware thread stays out of its way.
+  std::atomic<uint64_t> app_visits_{0};
+  uint64_t fw_seen_visits_ = 0;
   bool ended_ = false;
 
   int side_ = 0;
@@ -106,6 +113,11 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   RecvWqe rqe_;
   uint64_t rqe_deadline_ns_ = 0;
 
+  struct RegionCache {  // the peer region used last (mu_)
+    uint32_t idx = UINT32_MAX, gen = 0;
+    uint8_t *base = nullptr;
+    uint64_t len = 0;
+  } last_region_;
   Timing timing_;
   uint64_t start_ns_ = 0;
   uint64_t busy_until_ps_ = 0;  // modeled: when the adapter's transmit path is free
@@ -116,8 +128,8 @@ class HwEngine final : public QpEngine {
  public:
   explicit HwEngine(std::shared_ptr<HwConn> c) : c_(std::move(c)) {}
   ~HwEngine() override { c_->close(false); }
-  void sq_doorbell() override { c_->doorbell(); }
-  void rq_doorbell() override { c_->rq_doorbell(); }
+  void sq_doorbell() override { c_->app_doorbell(); }
+  void rq_doorbell() override { c_->app_doorbell(); }
   void poll_progress() override { c_->poll_progress(); }
   void cq_armed() override { c_->cq_armed(); }
   void close(bool graceful) override { c_->close(graceful); }

@@ -66,7 +66,22 @@ ModelCache &cache() {
 
 Timing::Timing() : mode_(config().hwmodel_paced ? Mode::Paced : Mode::Fast) {}
 
-uint64_t Timing::message_ps(uint64_t bytes) const { return cache().get(bytes).first; }
-uint64_t Timing::occupancy_ps(uint64_t bytes) const { return cache().get(bytes).second; }
+void Timing::refresh(uint64_t bytes) const {
+  if (bytes == last_bytes_) return;
+  auto v = cache().get(bytes);
+  last_bytes_ = bytes;
+  last_ps_ = v.first;
+  last_occ_ = v.second;
+}
+
+uint64_t Timing::message_ps(uint64_t bytes) const {
+  refresh(bytes);
+  return last_ps_;
+}
+
+uint64_t Timing::occupancy_ps(uint64_t bytes) const {
+  refresh(bytes);
+  return last_occ_;
+}
 
 }  // namespace eca::hw

@@ -226,9 +226,16 @@ int Qp::post_send(const ibv_send_wr *wr, const ibv_send_wr **bad) {
         rc = EINVAL;
         break;
       }
-      SendWqe w;
-      if ((rc = build_wqe(*this, *wr, &w))) break;
-      if ((rc = enqueue_send(w))) break;
+      if (sq.full()) {
+        rc = ENOMEM;
+        break;
+      }
+      // Built in place in the ring slot (a WQE is large: inline data, SGE array).
+      SendWqe &slot = sq.at(sq.tail);
+      if ((rc = build_wqe(*this, *wr, &slot))) break;
+      slot.state = WqeState::Posted;
+      slot.status = IBV_WC_SUCCESS;
+      sq.tail++;
       posted = true;
     }
     if (posted && state.load() == IBV_QPS_ERR) flush_locked_sq();
