@@ -10,11 +10,8 @@
 # moved; syscalls per operation = strace -f -c totals of server and client divided by the
 # iterations (set-up included, so short runs overstate it: the column is an upper bound).
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/.." && pwd)
-build=${ECA_BUILD:-$root/build}
-run="$build/bin/eca-run"
-out="$root/build/compare"
+source "$(dirname "$0")/lib.sh"
+out="$bench_root/build/compare"
 quick=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -23,24 +20,7 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--out DIR] [--quick]" >&2; exit 2 ;;
   esac
 done
-[ -x "$run" ] || { echo "no build at $build (run scripts/build.sh)" >&2; exit 2; }
 mkdir -p "$out"
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-free_port() {
-  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() {
-  local i
-  for i in $(seq 1 200); do ss -ltnH "sport = :$1" | grep -q . && return 0; sleep 0.05; done
-  return 1
-}
 
 if [ "$quick" = 1 ]; then bw_sizes="4096 65536"; lat_sizes="2"; n_bw=2000; n_lat=1000
 else bw_sizes="64 4096 65536 1048576"; lat_sizes="2 4096"; n_bw=5000; n_lat=5000; fi

@@ -12,10 +12,7 @@
 # with strace -f -c over all threads of both processes, as the difference between a long and
 # a short run divided by the difference in operations (so set-up and teardown cancel out).
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/.." && pwd)
-build=${ECA_BUILD:-$root/build}
-run="$build/bin/eca-run"
+source "$(dirname "$0")/lib.sh"
 ref="$build/bin/eca-refbench"
 rounds=3 check=0
 while [ $# -gt 0 ]; do
@@ -25,31 +22,11 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--rounds N] [--check]" >&2; exit 2 ;;
   esac
 done
-[ -x "$run" ] && [ -x "$ref" ] || { echo "no build at $build (run scripts/build.sh)" >&2; exit 2; }
+[ -x "$ref" ] || { echo "no $ref (run scripts/build.sh)" >&2; exit 2; }
 command -v strace >/dev/null || { echo "strace missing (scripts/install-deps.sh)" >&2; exit 2; }
 export ECA_BACKEND=hwmodel ECA_HWMODEL_MODE=fast
 
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
 
-free_port() {
-  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() {
-  local port=$1 i
-  for i in $(seq 1 200); do
-    ss -ltnH "sport = :$port" | grep -q . && return 0
-    sleep 0.05
-  done
-  echo "nothing listens on port $port" >&2
-  return 1
-}
 # perftest_pair PREFIX PROGRAM ARGS... : server and client; PREFIX wraps both (e.g. strace)
 perftest_pair() {
   local wrap=$1 prog=$2; shift 2
@@ -62,7 +39,6 @@ perftest_pair() {
   $wrap "$run" "$prog" -R -F -p "$port" "$@" 127.0.0.1 >"$tmp/cli.out" 2>&1
   wait "$spid"
 }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 : >"$tmp/mc"; : >"$tmp/pp"; : >"$tmp/bw"; : >"$tmp/lat"
 for r in $(seq 1 "$rounds"); do

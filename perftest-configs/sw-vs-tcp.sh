@@ -11,10 +11,7 @@
 # qperf's tcp_lat and ib_write_lat both report one-way latency (half a round trip).
 # With --check the exit status says whether both targets were met.
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/.." && pwd)
-build=${ECA_BUILD:-$root/build}
-run="$build/bin/eca-run"
+source "$(dirname "$0")/lib.sh"
 rounds=3 bw_iters=20000 lat_iters=5000 check=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -25,32 +22,11 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--rounds N] [--bw-iters N] [--lat-iters N] [--check]" >&2; exit 2 ;;
   esac
 done
-[ -x "$run" ] || { echo "no build at $build (run scripts/build.sh)" >&2; exit 2; }
 for t in qperf ib_write_bw ib_write_lat; do
   command -v "$t" >/dev/null || { echo "$t missing (scripts/install-deps.sh)" >&2; exit 2; }
 done
 
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
 
-free_port() {
-  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() {
-  local port=$1 i
-  for i in $(seq 1 200); do
-    ss -ltnH "sport = :$port" | grep -q . && return 0
-    sleep 0.05
-  done
-  echo "nothing listens on port $port" >&2
-  return 1
-}
 
 # qperf TEST SIZE -> value in bytes/s (bw) or microseconds (lat)
 qperf_run() {
@@ -83,7 +59,6 @@ perftest_run() {
   echo "$out"
 }
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 : >"$tmp/tcp_bw"; : >"$tmp/tcp_lat"; : >"$tmp/eca_bw"; : >"$tmp/eca_lat"
 for r in $(seq 1 "$rounds"); do

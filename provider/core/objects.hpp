@@ -222,6 +222,13 @@ struct RecvWqe {
   uint64_t wr_id = 0;
   uint32_t num_sge = 0;
   std::array<Sge, kMaxSge> sge{};
+  // Copies a posted receive (the caller checked num_sge).
+  void assign(const ibv_recv_wr &wr) {
+    wr_id = wr.wr_id;
+    num_sge = (uint32_t)wr.num_sge;
+    for (int i = 0; i < wr.num_sge; i++)
+      sge[i] = {wr.sg_list[i].addr, wr.sg_list[i].length, wr.sg_list[i].lkey};
+  }
 };
 
 // A fixed ring of WQEs. head: oldest not retired; tx: next not yet taken by the device;
@@ -343,6 +350,7 @@ struct Qp {
  private:
   void flush_locked_sq();
   void flush_rq();
+  void retire_locked(const SendWqe &w);  // completion for a retiring send WQE (sq_mu held)
 };
 
 int qp_create(Context *ctx, const ibv_qp_init_attr_ex &attr, Qp **out);

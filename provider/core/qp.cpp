@@ -270,11 +270,7 @@ int Qp::post_recv(const ibv_recv_wr *wr, const ibv_recv_wr **bad) {
         rc = ENOMEM;
         break;
       }
-      RecvWqe &r = rq.at(rq.tail);
-      r.wr_id = wr->wr_id;
-      r.num_sge = (uint32_t)wr->num_sge;
-      for (int i = 0; i < wr->num_sge; i++)
-        r.sge[i] = {wr->sg_list[i].addr, wr->sg_list[i].length, wr->sg_list[i].lkey};
+      rq.at(rq.tail).assign(*wr);
       rq.tail++;
     }
   }
@@ -302,19 +298,19 @@ void Qp::sq_done(SendWqe *w, ibv_wc_status st) {
   if (w->state == WqeState::Done) return;  // already flushed
   w->state = WqeState::Done;
   w->status = st;
-  while (sq.head != sq.tx && sq.at(sq.head).state == WqeState::Done) {
-    SendWqe &d = sq.at(sq.head);
-    if (sq_sig_all || (d.flags & IBV_SEND_SIGNALED) || d.status != IBV_WC_SUCCESS) {
-      ibv_wc wc{};
-      wc.wr_id = d.wr_id;
-      wc.status = d.status;
-      wc.opcode = wc_opcode_for(d.opcode);
-      wc.byte_len = (uint32_t)d.total_len;
-      wc.qp_num = qpn;
-      scq->push(wc, false);
-    }
-    sq.head++;
-  }
+  while (sq.head != sq.tx && sq.at(sq.head).state == WqeState::Done) retire_locked(sq.at(sq.head++));
+}
+
+// Signaled WQEs, all WQEs with sq_sig_all, and every failed or flushed one complete.
+void Qp::retire_locked(const SendWqe &d) {
+  if (!(sq_sig_all || (d.flags & IBV_SEND_SIGNALED) || d.status != IBV_WC_SUCCESS)) return;
+  ibv_wc wc{};
+  wc.wr_id = d.wr_id;
+  wc.status = d.status;
+  wc.opcode = wc_opcode_for(d.opcode);
+  wc.byte_len = d.status == IBV_WC_SUCCESS ? (uint32_t)d.total_len : 0;
+  wc.qp_num = qpn;
+  scq->push(wc, false);
 }
 
 bool Qp::rq_take(RecvWqe *out) {
@@ -350,18 +346,7 @@ void Qp::flush_locked_sq() {
     }
   }
   sq.tx = sq.tail;
-  while (sq.head != sq.tail) {
-    SendWqe &d = sq.at(sq.head);
-    if (sq_sig_all || (d.flags & IBV_SEND_SIGNALED) || d.status != IBV_WC_SUCCESS) {
-      ibv_wc wc{};
-      wc.wr_id = d.wr_id;
-      wc.status = d.status;
-      wc.opcode = wc_opcode_for(d.opcode);
-      wc.qp_num = qpn;
-      scq->push(wc, false);
-    }
-    sq.head++;
-  }
+  while (sq.head != sq.tail) retire_locked(sq.at(sq.head++));
 }
 
 void Qp::flush_rq() {

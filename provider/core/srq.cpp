@@ -48,11 +48,7 @@ int srq_post(Srq *s, const ibv_recv_wr *wr, const ibv_recv_wr **bad) {
       *bad = wr;
       return ENOMEM;
     }
-    RecvWqe &r = s->rq.at(s->rq.tail);
-    r.wr_id = wr->wr_id;
-    r.num_sge = (uint32_t)wr->num_sge;
-    for (int i = 0; i < wr->num_sge; i++)
-      r.sge[i] = {wr->sg_list[i].addr, wr->sg_list[i].length, wr->sg_list[i].lkey};
+    s->rq.at(s->rq.tail).assign(*wr);
     s->rq.tail++;
   }
   return 0;
