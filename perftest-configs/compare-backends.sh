@@ -25,28 +25,34 @@ mkdir -p "$out"
 if [ "$quick" = 1 ]; then bw_sizes="4096 65536"; lat_sizes="2"; n_bw=2000; n_lat=1000
 else bw_sizes="64 4096 65536 1048576"; lat_sizes="2 4096"; n_bw=5000; n_lat=5000; fi
 
-# one PROG SIZE ITERS BACKEND -> "value cpu_s syscalls" (value: MiB/s or us)
-one() {
-  local prog=$1 size=$2 n=$3 be=$4 port
+# pair WRAP PROG SIZE ITERS BACKEND: server and client, each under WRAP, a command whose last
+# word is an output file prefix (".srv"/".cli" is appended); client output in $tmp/cli.out
+pair() {
+  local wrap=$1 prog=$2 size=$3 n=$4 be=$5 port
   port=$(free_port)
-  ECA_BACKEND=$be /usr/bin/time -f "%U %S" -o "$tmp/t.srv" \
-    strace -f -c -o "$tmp/s.srv" "$run" "$prog" -R -F -p "$port" -s "$size" -n "$n" \
-    >"$tmp/srv.out" 2>&1 &
+  ECA_BACKEND=$be $wrap.srv "$run" "$prog" -R -F -p "$port" -s "$size" -n "$n" >"$tmp/srv.out" 2>&1 &
   local spid=$!
   pids+=("$spid")
   wait_port "$port" || { echo "server did not listen" >&2; return 1; }
-  ECA_BACKEND=$be /usr/bin/time -f "%U %S" -o "$tmp/t.cli" \
-    strace -f -c -o "$tmp/s.cli" "$run" "$prog" -R -F -p "$port" -s "$size" -n "$n" 127.0.0.1 \
+  ECA_BACKEND=$be $wrap.cli "$run" "$prog" -R -F -p "$port" -s "$size" -n "$n" 127.0.0.1 \
     >"$tmp/cli.out" 2>&1
   wait "$spid"
-  local v
+}
+
+# one PROG SIZE ITERS BACKEND -> "value cpu_s syscalls" (value: MiB/s or us). The value and
+# the CPU time come from a plain run; the system calls from a second run under strace, which
+# would distort the first.
+one() {
+  local prog=$1 size=$2 n=$3 be=$4 v cpu sc
+  pair "/usr/bin/time -f %U_%S -o $tmp/t" "$prog" "$size" "$n" "$be"
   case "$prog" in
     *_bw) v=$(awk -v s="$size" '$1 == s && NF >= 5 {print $4}' "$tmp/cli.out") ;;
     *) v=$(awk -v s="$size" '$1 == s && NF >= 6 {print $6}' "$tmp/cli.out") ;;
   esac
   [ -n "$v" ] || { echo "$prog $size on $be: no result" >&2; cat "$tmp/cli.out" >&2; return 1; }
-  local cpu sc
-  cpu=$(awk '{s += $1 + $2} END {print s}' "$tmp/t.srv" "$tmp/t.cli")
+  cpu=$(tr '_' ' ' <"$tmp/t.srv" | awk '{s += $1 + $2} END {print s}')
+  cpu=$(tr '_' ' ' <"$tmp/t.cli" | awk -v c="$cpu" '{s += $1 + $2} END {print s + c}')
+  pair "strace -f -c -o $tmp/s" "$prog" "$size" "$n" "$be"
   sc=$(awk '/ total$/ {s += $4} END {print s+0}' "$tmp/s.srv" "$tmp/s.cli")
   echo "$v $cpu $sc"
 }
