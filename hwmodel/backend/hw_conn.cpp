@@ -501,16 +501,16 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
     for (uint32_t i = 0; i < w->num_sge; i++) {
       const Sge &s = w->sge[i];
       if (!s.length) continue;
-      MrRef ref;
-      if (mr_lookup(s.lkey, qp_.pd, s.addr, s.length, is_read ? IBV_ACCESS_LOCAL_WRITE : 0,
-                    &ref) != AccessError::None) {
+      uint8_t *host = nullptr;
+      if (mr_check(s.lkey, qp_.pd, s.addr, s.length, is_read ? IBV_ACCESS_LOCAL_WRITE : 0,
+                   &host) != AccessError::None) {
         ECA_QP_LOG(Info, qp_.qpn, "local protection error (lkey 0x%x)", s.lkey);
         qp_.sq_done(w, IBV_WC_LOC_PROT_ERR);
         send_terminate_locked(IBV_WC_WR_FLUSH_ERR);
         fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
         return true;
       }
-      segs[nseg++] = {ref.host, s.length};
+      segs[nseg++] = {host, s.length};
     }
   }
   const std::span<const Seg> local(segs.data(), nseg);

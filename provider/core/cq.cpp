@@ -80,7 +80,9 @@ bool Cq::push(const ibv_wc &wc, bool solicited) {
       overflow = !overflowed;
       overflowed = true;
     } else {
-      ring[(head + count) % ring.size()] = wc;
+      uint32_t slot = head + count;  // no division: head < size and count < size
+      if (slot >= ring.size()) slot -= (uint32_t)ring.size();
+      ring[slot] = wc;
       count++;
       if (armed == Arm::Next ||
           (armed == Arm::Solicited && (solicited || wc.status != IBV_WC_SUCCESS))) {

@@ -136,6 +136,10 @@ struct MrRef {
 };
 AccessError mr_lookup(uint32_t key, const Pd *pd, uint64_t addr, uint64_t len, int need,
                       MrRef *out);
+// The same check without keeping the MR alive: for placement that completes before the
+// calling verb returns (the application may not deregister memory in use by its own call).
+AccessError mr_check(uint32_t key, const Pd *pd, uint64_t addr, uint64_t len, int need,
+                     uint8_t **host);
 int mr_register(Pd *pd, void *addr, size_t len, uint64_t iova, int access, Mr **out);
 int mr_deregister(Mr *mr);
 bool mr_invalidate(uint32_t key, const Pd *pd);
@@ -295,6 +299,13 @@ struct Qp {
 
   std::mutex sq_mu;
   WqRing<SendWqe> sq;
+  // sq.tx and sq.tail as last published under sq_mu: lets the device see "nothing new"
+  // without taking the lock.
+  std::atomic<uint64_t> sq_tx_pub{0}, sq_tail_pub{0};
+  void publish_sq_locked() {
+    sq_tx_pub.store(sq.tx, std::memory_order_release);
+    sq_tail_pub.store(sq.tail, std::memory_order_release);
+  }
   std::mutex rq_mu;
   WqRing<RecvWqe> rq;
 
@@ -304,6 +315,7 @@ struct Qp {
 
   std::unique_ptr<QpEngine> engine;  // null until connected
   std::mutex engine_mu;              // guards engine replacement only
+  std::atomic<QpEngine *> engine_fast{nullptr};  // lock-free read of `engine`
   // rdma_cm's hook: called once (from the progress thread) when the connection ends.
   std::function<void(LlpEnd)> on_llp_end;
 

@@ -42,6 +42,17 @@ class MrTable {
     }
   }
 
+  // Validates under the table lock without taking a reference.
+  template <typename F>
+  auto with(uint32_t key, F &&f) {
+    std::shared_lock lk(mu_);
+    uint32_t idx = (key >> 8) - 1;
+    const Mr *m = nullptr;
+    if ((key >> 8) != 0 && idx < slots_.size() && slots_[idx] && slots_[idx]->ibmr.rkey == key)
+      m = slots_[idx].get();
+    return f(m);
+  }
+
   std::shared_ptr<Mr> get(uint32_t key) {
     std::shared_lock lk(mu_);
     uint32_t idx = (key >> 8) - 1;
@@ -113,15 +124,31 @@ int mr_deregister(Mr *mr) {
   return 0;
 }
 
+namespace {
+AccessError check(const Mr &m, const Pd *pd, uint64_t addr, uint64_t len, int need) {
+  if (!m.valid.load(std::memory_order_acquire)) return AccessError::InvalidStag;
+  if (m.pd != pd) return AccessError::ProtDomain;
+  if ((m.access & need) != need) return AccessError::Access;
+  if (addr < m.iova || len > m.length || addr - m.iova > m.length - len) return AccessError::Bounds;
+  return AccessError::None;
+}
+}  // namespace
+
+AccessError mr_check(uint32_t key, const Pd *pd, uint64_t addr, uint64_t len, int need,
+                     uint8_t **host) {
+  return table().with(key, [&](const Mr *m) {
+    if (!m) return AccessError::InvalidStag;
+    AccessError e = check(*m, pd, addr, len, need);
+    if (e == AccessError::None) *host = m->addr + (addr - m->iova);
+    return e;
+  });
+}
+
 AccessError mr_lookup(uint32_t key, const Pd *pd, uint64_t addr, uint64_t len, int need,
                       MrRef *out) {
   auto mr = table().get(key);
   if (!mr) return AccessError::InvalidStag;
-  if (!mr->valid.load(std::memory_order_acquire)) return AccessError::InvalidStag;
-  if (mr->pd != pd) return AccessError::ProtDomain;
-  if ((mr->access & need) != need) return AccessError::Access;
-  if (addr < mr->iova || len > mr->length || addr - mr->iova > mr->length - len)
-    return AccessError::Bounds;
+  if (AccessError e = check(*mr, pd, addr, len, need); e != AccessError::None) return e;
   out->host = mr->addr + (addr - mr->iova);
   out->mr = std::move(mr);
   return AccessError::None;

@@ -147,6 +147,7 @@ int qp_destroy(Qp *qp) {
   {
     std::lock_guard lk(qp->engine_mu);
     eng = std::move(qp->engine);
+    qp->engine_fast.store(nullptr, std::memory_order_release);
   }
   if (eng) eng->close(false);  // after this, nothing calls back into the QP
   eng.reset();
@@ -170,6 +171,7 @@ int Qp::enqueue_send(const SendWqe &w) {
   slot.state = WqeState::Posted;
   slot.status = IBV_WC_SUCCESS;
   sq.tail++;
+  publish_sq_locked();
   return 0;
 }
 
@@ -239,6 +241,7 @@ int Qp::post_send(const ibv_send_wr *wr, const ibv_send_wr **bad) {
       posted = true;
     }
     if (posted && state.load() == IBV_QPS_ERR) flush_locked_sq();
+    publish_sq_locked();
   }
   if (rc) {
     *bad = wr;
@@ -286,10 +289,13 @@ int Qp::post_recv(const ibv_recv_wr *wr, const ibv_recv_wr **bad) {
 // Device-layer side
 
 SendWqe *Qp::sq_take() {
+  if (sq_tx_pub.load(std::memory_order_acquire) == sq_tail_pub.load(std::memory_order_acquire))
+    return nullptr;  // nothing new; a post in flight rings the doorbell after publishing
   std::lock_guard lk(sq_mu);
   if (sq.tx == sq.tail || state.load() == IBV_QPS_ERR) return nullptr;
   SendWqe *w = &sq.at(sq.tx++);
   w->state = WqeState::InProgress;
+  publish_sq_locked();
   return w;
 }
 
@@ -346,6 +352,7 @@ void Qp::flush_locked_sq() {
     }
   }
   sq.tx = sq.tail;
+  publish_sq_locked();
   while (sq.head != sq.tail) retire_locked(sq.at(sq.head++));
 }
 
@@ -363,10 +370,7 @@ void Qp::flush_rq() {
   }
 }
 
-QpEngine *Qp::current_engine() {
-  std::lock_guard lk(engine_mu);
-  return engine.get();
-}
+QpEngine *Qp::current_engine() { return engine_fast.load(std::memory_order_acquire); }
 
 void Qp::enter_error() {
   // The engine is closed without engine_mu held: close() waits for a progress-thread handler
@@ -405,6 +409,7 @@ void Qp::attach_engine(std::unique_ptr<QpEngine> e) {
   {
     std::lock_guard lk(engine_mu);
     engine = std::move(e);
+    engine_fast.store(engine.get(), std::memory_order_release);
   }
   scq->add_hook(this);
   if (rcq != scq) rcq->add_hook(this);
@@ -454,10 +459,12 @@ int Qp::modify(const ibv_qp_attr &attr, int mask) {
       std::scoped_lock lk(sq_mu, rq_mu);
       sq.head = sq.tx = sq.tail = 0;
       rq.head = rq.tx = rq.tail = 0;
+      publish_sq_locked();
       std::unique_ptr<QpEngine> old;
       {
         std::lock_guard le(engine_mu);
         old = std::move(engine);
+        engine_fast.store(nullptr, std::memory_order_release);
       }
       state.store(IBV_QPS_RESET);
       qpx.qp_base.state = IBV_QPS_RESET;
@@ -518,6 +525,7 @@ void Qp::sq_fail_oldest(ibv_wc_status st) {
     w.state = WqeState::Done;
     w.status = st;
     if (i >= sq.tx) sq.tx = i + 1;
+    publish_sq_locked();
     break;
   }
 }
