@@ -231,9 +231,19 @@ bool IwarpConn::start_wqe_locked(SendWqe *w) {
   msg_.length = w->total_len;
   const bool is_read = w->opcode == IBV_WR_RDMA_READ;
   if (is_read && ord_ == 0) {
+    // The peer accepts no READs (IRD 0): a local QP operation error, which ends the stream
+    // like any local error, so nothing posted behind it is transmitted.
     ECA_QP_LOG(Warn, qp_.qpn, "RDMA READ posted on a connection with ORD 0");
     qp_.sq_done(w, IBV_WC_LOC_QP_OP_ERR);
     msg_.kind = TxMsg::Kind::None;
+    term_queued_ = true;
+    auto self = shared_from_this();
+    Progress::instance().post([self] {
+      std::lock_guard cb(self->cb_mu_);
+      if (self->closed_) return;
+      self->fail_terminate({TermLayer::Rdmap, kRdmapLocalCatastrophic, kRdmapUnspecified},
+                           IBV_WC_WR_FLUSH_ERR);
+    });
     return false;
   }
   // Validate and map the local SGEs (READ: the sink, needing local write access).

@@ -489,6 +489,13 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
   // Ordering: the responder handles messages in order, so a WRITE or READ must not overtake
   // a Send or Immediate Data frame the peer has not placed yet.
   if (!is_send && !await_ack_.empty()) return false;
+  if (is_read && qp_.ord == 0) {  // the peer accepts no READs (IRD 0)
+    ECA_QP_LOG(Warn, qp_.qpn, "RDMA READ posted on a connection with ORD 0");
+    qp_.sq_done(w, IBV_WC_LOC_QP_OP_ERR);
+    send_terminate_locked(IBV_WC_WR_FLUSH_ERR);
+    fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
+    return true;
+  }
   Frame *f = nullptr;
   if (needs_frame && !(f = ring_slot_locked())) return false;  // peer ring full: wait
 

@@ -70,13 +70,24 @@ TEST_P(Adapter, SharedMemoryIsPrivateAndAnonymous) {
   uint8_t *buf = Alloc(1 << 16, 0x5a);
   uint8_t *dst = Alloc(1 << 16, 0);
   ibv_mr *smr = Reg(cli_.pd, buf, 1 << 16, IBV_ACCESS_LOCAL_WRITE);
-  ibv_mr *dmr = Reg(srv_.pd, dst, 1 << 16, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+  ibv_mr *dmr = Reg(srv_.pd, dst, 1 << 16,
+                    IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ);
   ASSERT_TRUE(smr && dmr);
   ibv_wc wc = post_and_wait(cli_.qp, cli_.scq, {IBV_WR_RDMA_WRITE, {sge(smr, buf, 1 << 16)},
                                                 IBV_SEND_SIGNALED, 1,
                                                 (uint64_t)(uintptr_t)dst, dmr->rkey});
-  ASSERT_EQ(wc.status, IBV_WC_SUCCESS);
+  ASSERT_EQ(wc.status, IBV_WC_SUCCESS) << wc_status_name(wc.status);
+  // A WRITE's completion need not mean it is placed (the software backend completes it when
+  // handed to TCP); a READ behind it is answered only after the WRITE is placed.
+  uint8_t *back = Alloc(64, 0);
+  ibv_mr *bmr = Reg(cli_.pd, back, 64, IBV_ACCESS_LOCAL_WRITE);
+  ASSERT_NE(bmr, nullptr);
+  wc = post_and_wait(cli_.qp, cli_.scq, {IBV_WR_RDMA_READ, {sge(bmr, back, 64)}, IBV_SEND_SIGNALED,
+                                         2, (uint64_t)(uintptr_t)(dst + (1 << 16) - 64),
+                                         dmr->rkey});
+  ASSERT_EQ(wc.status, IBV_WC_SUCCESS) << wc_status_name(wc.status);
   EXPECT_EQ(0, memcmp(buf, dst, 1 << 16));
+  EXPECT_EQ(0, memcmp(back, buf + (1 << 16) - 64, 64));
 
   int eca_memfds = 0;
   DIR *d = opendir("/proc/self/fd");
@@ -104,6 +115,35 @@ TEST_P(Adapter, SharedMemoryIsPrivateAndAnonymous) {
       EXPECT_NE(std::strncmp(e->d_name, "eca", 3), 0) << "/dev/shm/" << e->d_name;
     closedir(shm);
   }
+}
+
+// A connection whose ORD is 0 (initiator depth 0) allows no RDMA READ: the READ fails with a
+// local QP operation error, the work behind it flushes and the QP goes to ERROR.
+TEST_P(Adapter, ReadWithOrdZeroIsALocalError) {
+  ConnOpts o;
+  o.initiator_depth = 0;
+  ASSERT_NO_FATAL_FAILURE(Connect(o));
+  uint8_t *local = Alloc(4096, 0);
+  uint8_t *remote = Alloc(4096, 0x77);
+  ibv_mr *lmr = Reg(cli_.pd, local, 4096, IBV_ACCESS_LOCAL_WRITE);
+  ibv_mr *rmr = Reg(srv_.pd, remote, 4096, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ |
+                                               IBV_ACCESS_REMOTE_WRITE);
+  ASSERT_TRUE(lmr && rmr);
+  std::vector<SendSpec> chain = {
+      {IBV_WR_RDMA_READ, {sge(lmr, local, 64)}, IBV_SEND_SIGNALED, 1,
+       (uint64_t)(uintptr_t)remote, rmr->rkey},
+      {IBV_WR_RDMA_WRITE, {sge(lmr, local, 64)}, IBV_SEND_SIGNALED, 2,
+       (uint64_t)(uintptr_t)remote, rmr->rkey}};
+  ASSERT_EQ(0, post_chain(cli_.qp, chain));
+  auto wcs = poll_n(cli_.scq, 2);
+  ASSERT_EQ(wcs.size(), 2u);
+  EXPECT_EQ(wcs[0].wr_id, 1u);
+  EXPECT_EQ(wcs[0].status, IBV_WC_LOC_QP_OP_ERR) << wc_status_name(wcs[0].status);
+  EXPECT_EQ(wcs[1].wr_id, 2u);
+  EXPECT_EQ(wcs[1].status, IBV_WC_WR_FLUSH_ERR) << wc_status_name(wcs[1].status);
+  EXPECT_TRUE(wait_qp_state(cli_.qp, IBV_QPS_ERR));
+  EXPECT_EQ(local[0], 0) << "data was read despite ORD 0";
+  EXPECT_EQ(remote[0], 0x77) << "the WRITE behind the failed READ was executed";
 }
 
 ECA_INSTANTIATE_BACKENDS(Adapter);
