@@ -134,6 +134,8 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   void queue_terminate_locked(const wire::TermInfo &t);
   void tx_run(bool blocking);
   bool send_terminate_now(const wire::TermInfo &t);  // progress thread; bounded blocking
+  ssize_t send_frame_rest();  // one sendmsg() of the rest of frame_ (tx_mu held)
+  void fail_local_async();    // a local error: end the stream from the progress thread
   // ---- rx (qp_rx.cpp)
   void arm_read();
   void on_readable();

@@ -87,6 +87,28 @@ void IwarpConn::tx_run(bool blocking) {
 
 // ---------------------------------------------------------------------------------------------
 
+// One non-blocking sendmsg() of what is left of the current frame.
+ssize_t IwarpConn::send_frame_rest() {
+  iovec iov[kMaxSge + 4];
+  int n = 0;
+  size_t skip = frame_.sent;
+  for (int i = 0; i < frame_.iovcnt; i++) {
+    const iovec &v = frame_.iov[i];
+    if (skip >= v.iov_len) {
+      skip -= v.iov_len;
+      continue;
+    }
+    iov[n++] = {static_cast<uint8_t *>(v.iov_base) + skip, v.iov_len - skip};
+    skip = 0;
+  }
+  msghdr mh{};
+  mh.msg_iov = iov;
+  mh.msg_iovlen = (size_t)n;
+  ssize_t r = ::sendmsg(fd_, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+  if (r > 0) frame_.sent += (size_t)r;
+  return r;
+}
+
 void IwarpConn::pump_locked() {
   while (!closed_ && !term_sent_) {
     if (!frame_.active) {
@@ -97,24 +119,7 @@ void IwarpConn::pump_locked() {
       }
     }
     // Send what is left of the current frame.
-    iovec iov[kMaxSge + 4];
-    int n = 0;
-    size_t skip = frame_.sent;
-    for (int i = 0; i < frame_.iovcnt; i++) {
-      const iovec &v = frame_.iov[i];
-      if (skip >= v.iov_len) {
-        skip -= v.iov_len;
-        continue;
-      }
-      iov[n].iov_base = static_cast<uint8_t *>(v.iov_base) + skip;
-      iov[n].iov_len = v.iov_len - skip;
-      skip = 0;
-      n++;
-    }
-    msghdr mh{};
-    mh.msg_iov = iov;
-    mh.msg_iovlen = (size_t)n;
-    ssize_t r = ::sendmsg(fd_, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    const ssize_t r = send_frame_rest();
     if (r < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -131,7 +136,6 @@ void IwarpConn::pump_locked() {
       tx_pending_.store(false, std::memory_order_release);
       return;
     }
-    frame_.sent += (size_t)r;
     if (frame_.sent == frame_.total) frame_sent_locked();
   }
 }
@@ -224,6 +228,20 @@ Opcode send_opcode(const SendWqe &w) {
 
 }  // namespace
 
+// A local error ends the stream (RDMAP local catastrophic error). Work posted behind it is
+// flushed, not transmitted (term_queued_), even before the progress thread has moved the QP
+// to ERROR; the transition runs there, never on the posting thread. tx_mu held.
+void IwarpConn::fail_local_async() {
+  term_queued_ = true;
+  auto self = shared_from_this();
+  Progress::instance().post([self] {
+    std::lock_guard cb(self->cb_mu_);
+    if (self->closed_) return;
+    self->fail_terminate({TermLayer::Rdmap, kRdmapLocalCatastrophic, kRdmapUnspecified},
+                         IBV_WC_WR_FLUSH_ERR);
+  });
+}
+
 bool IwarpConn::start_wqe_locked(SendWqe *w) {
   msg_ = TxMsg{};
   msg_.kind = TxMsg::Kind::Wqe;
@@ -236,14 +254,7 @@ bool IwarpConn::start_wqe_locked(SendWqe *w) {
     ECA_QP_LOG(Warn, qp_.qpn, "RDMA READ posted on a connection with ORD 0");
     qp_.sq_done(w, IBV_WC_LOC_QP_OP_ERR);
     msg_.kind = TxMsg::Kind::None;
-    term_queued_ = true;
-    auto self = shared_from_this();
-    Progress::instance().post([self] {
-      std::lock_guard cb(self->cb_mu_);
-      if (self->closed_) return;
-      self->fail_terminate({TermLayer::Rdmap, kRdmapLocalCatastrophic, kRdmapUnspecified},
-                           IBV_WC_WR_FLUSH_ERR);
-    });
+    fail_local_async();
     return false;
   }
   // Validate and map the local SGEs (READ: the sink, needing local write access).
@@ -262,18 +273,7 @@ bool IwarpConn::start_wqe_locked(SendWqe *w) {
                    (unsigned long long)w->wr_id, i, s.lkey);
         qp_.sq_done(w, IBV_WC_LOC_PROT_ERR);
         msg_.kind = TxMsg::Kind::None;
-        // WQEs behind the failed one must be flushed, not transmitted, even if they are
-        // posted before the progress thread has moved the QP to ERROR.
-        term_queued_ = true;
-        // A local error ends the stream (RDMAP local catastrophic error), from the progress
-        // thread so that the QP transition never runs on the posting thread.
-        auto self = shared_from_this();
-        Progress::instance().post([self] {
-          std::lock_guard cb(self->cb_mu_);
-          if (self->closed_) return;
-          self->fail_terminate({TermLayer::Rdmap, kRdmapLocalCatastrophic, kRdmapUnspecified},
-                               IBV_WC_WR_FLUSH_ERR);
-        });
+        fail_local_async();
         return false;
       }
       msg_.src.push_back({ref.host, s.length});
@@ -443,29 +443,18 @@ void IwarpConn::frame_sent_locked() {
 bool IwarpConn::send_terminate_now(const TermInfo &t) {
   std::lock_guard lk(tx_mu_);
   if (term_sent_) return true;
-  auto wait_room = [this] {
-    pollfd p{fd_, POLLOUT, 0};
-    return ::poll(&p, 1, 1000) == 1 && !(p.revents & (POLLERR | POLLHUP));
-  };
-  // finish the partial frame, if any
-  while (frame_.active && frame_.sent < frame_.total) {
-    iovec iov[kMaxSge + 4];
-    int n = 0;
-    size_t skip = frame_.sent;
-    for (int i = 0; i < frame_.iovcnt; i++) {
-      const iovec &v = frame_.iov[i];
-      if (skip >= v.iov_len) { skip -= v.iov_len; continue; }
-      iov[n++] = {static_cast<uint8_t *>(v.iov_base) + skip, v.iov_len - skip};
-      skip = 0;
+  // Sends the rest of frame_, waiting at most a second each time the socket is full.
+  auto finish_frame = [this] {
+    while (frame_.sent < frame_.total) {
+      if (send_frame_rest() >= 0) continue;
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) return false;
+      pollfd p{fd_, POLLOUT, 0};
+      if (::poll(&p, 1, 1000) != 1 || (p.revents & (POLLERR | POLLHUP))) return false;
     }
-    msghdr mh{};
-    mh.msg_iov = iov;
-    mh.msg_iovlen = (size_t)n;
-    ssize_t r = ::sendmsg(fd_, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (r > 0) frame_.sent += (size_t)r;
-    else if (r < 0 && errno != EAGAIN && errno != EINTR) return false;
-    else if (r < 0 && errno == EAGAIN && !wait_room()) return false;
-  }
+    return true;
+  };
+  if (frame_.active && !finish_frame()) return false;  // FPDUs cannot interleave
   frame_.active = false;
   // The TERMINATE itself: untagged, QN 2, MSN 1, no payload.
   term_ = t;
@@ -473,28 +462,7 @@ bool IwarpConn::send_terminate_now(const TermInfo &t) {
   msg_.kind = TxMsg::Kind::Terminate;
   msg_.op = Opcode::Terminate;
   build_frame_locked();
-  while (frame_.sent < frame_.total) {
-    ssize_t r = ::send(fd_, frame_.hdr.data() + frame_.sent, frame_.iov[0].iov_len - frame_.sent,
-                       MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (r > 0) {
-      frame_.sent += (size_t)r;
-      if (frame_.sent == frame_.iov[0].iov_len && frame_.iovcnt > 1) break;
-    } else if (r < 0 && errno == EAGAIN) {
-      if (!wait_room()) return false;
-    } else if (r < 0 && errno != EINTR) {
-      return false;
-    }
-  }
-  // trailer (pad + CRC)
-  if (frame_.iovcnt > 1) {
-    size_t tsent = 0, tl = frame_.iov[1].iov_len;
-    while (tsent < tl) {
-      ssize_t r = ::send(fd_, frame_.trailer.data() + tsent, tl - tsent, MSG_NOSIGNAL | MSG_DONTWAIT);
-      if (r > 0) tsent += (size_t)r;
-      else if (r < 0 && errno == EAGAIN) { if (!wait_room()) return false; }
-      else if (r < 0 && errno != EINTR) return false;
-    }
-  }
+  if (!finish_frame()) return false;
   frame_.active = false;
   term_sent_ = true;
   msg_ = TxMsg{};

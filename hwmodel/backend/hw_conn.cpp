@@ -272,8 +272,6 @@ void HwConn::doorbell() {
   }
 }
 
-void HwConn::rq_doorbell() { doorbell(); }
-
 void HwConn::app_doorbell() {
   app_visits_.fetch_add(1, std::memory_order_relaxed);
   doorbell();

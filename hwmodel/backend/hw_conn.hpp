@@ -42,7 +42,6 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   void start();  // handshake on the progress thread
   void doorbell();
   void app_doorbell();  // doorbell rung by an application thread (post_send, post_recv)
-  void rq_doorbell();
   void cq_armed();
   void poll_progress();  // application thread inside ibv_poll_cq (never blocks)
   struct FwResult {

@@ -1,11 +1,8 @@
 #include "hwmodel/backend/timing.hpp"
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <mutex>
 #include <string>
-#include <strings.h>
 #include <unordered_map>
 
 #include "hwmodel/model/host_model.hpp"
