@@ -52,7 +52,7 @@ IwarpConn::IwarpConn(Qp &qp, LlpConnection &&llp)
 // Doorbell: transmit inline when the TX lock is free; otherwise the holder sees tx_pending_.
 
 void IwarpConn::doorbell() {
-  tx_pending_.store(true, std::memory_order_release);
+  tx_pending_.store(true, std::memory_order_seq_cst);  // pairs with the fence in Qp::sq_take
   if (!config().tx_inline && !Progress::instance().on_progress_thread()) {
     auto self = shared_from_this();
     Progress::instance().post([self] {

@@ -259,7 +259,7 @@ void HwConn::watch_socket() {
 
 void HwConn::doorbell() {
   if (!ready_.load(std::memory_order_acquire) || closed_) return;
-  work_pending_.store(true, std::memory_order_release);
+  work_pending_.store(true, std::memory_order_seq_cst);  // pairs with the fence in Qp::sq_take
   for (;;) {
     {
       std::unique_lock lk(mu_, std::try_to_lock);

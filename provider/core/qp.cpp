@@ -289,8 +289,13 @@ int Qp::post_recv(const ibv_recv_wr *wr, const ibv_recv_wr **bad) {
 // Device-layer side
 
 SendWqe *Qp::sq_take() {
+  // Nothing new? Checked without sq_mu. The device cleared its "work pending" flag just
+  // before coming here, and a poster publishes the tail before setting that flag: the
+  // fence (with the posters' seq_cst flag stores) makes sure that either this load sees the
+  // new tail or the poster's flag survives the clear, so a post is never stranded.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
   if (sq_tx_pub.load(std::memory_order_acquire) == sq_tail_pub.load(std::memory_order_acquire))
-    return nullptr;  // nothing new; a post in flight rings the doorbell after publishing
+    return nullptr;
   std::lock_guard lk(sq_mu);
   if (sq.tx == sq.tail || state.load() == IBV_QPS_ERR) return nullptr;
   SendWqe *w = &sq.at(sq.tx++);
