@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <future>
+#include <thread>
 
 #include "provider/core/mem_pin.hpp"
 #include "provider/core/objects.hpp"
@@ -181,6 +182,63 @@ TEST_P(Registration, DeregWaitsForAccessInFlight) {
             eca::mr_lookup(key, pd, (uint64_t)(uintptr_t)buf, 8, IBV_ACCESS_REMOTE_WRITE, &r2));
   eca::MrUse late;
   EXPECT_FALSE(late.enter(r)) << "an access started on a deregistered MR";
+}
+
+// A peer keeps WRITing into an MR while the target deregisters it and at once puts other
+// memory at the same address: nothing of the peer may land there after ibv_dereg_mr returned
+// (the target must neither fault nor see its new memory change). A stress check: the window
+// it probes is narrow; DeregWaitsForAccessInFlight checks the mechanism deterministically.
+TEST_P(Registration, NoPlacementAfterDeregUnderTraffic) {
+  Connect();
+  constexpr size_t kLen = 1u << 20, kMsg = 64u << 10;
+  void *m = ::mmap(nullptr, kLen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(m, MAP_FAILED);
+  auto *tgt = static_cast<uint8_t *>(m);
+  ibv_mr *tmr = ibv_reg_mr(srv_.pd, tgt, kLen, kWr);
+  ASSERT_NE(tmr, nullptr);
+  uint8_t *src = Alloc(kMsg, 0xC3);
+  ibv_mr *smr = Reg(cli_.pd, src, kMsg, IBV_ACCESS_LOCAL_WRITE);
+  ASSERT_NE(smr, nullptr);
+  std::atomic<int> done{0};
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    int inflight = 0;
+    uint64_t k = 0;
+    const auto end = Clock::now() + std::chrono::milliseconds(kTimeoutMs);
+    while (!stop && Clock::now() < end) {
+      while (inflight < 16 &&
+             post(cli_.qp, {IBV_WR_RDMA_WRITE, {sge(smr, src, kMsg)}, IBV_SEND_SIGNALED, k,
+                            (uint64_t)(uintptr_t)tgt + (k % (kLen / kMsg)) * kMsg, tmr->rkey}) == 0) {
+        k++;
+        inflight++;
+      }
+      ibv_wc wc[16];
+      int n = ibv_poll_cq(cli_.scq, 16, wc);
+      for (int i = 0; i < n; i++) {
+        inflight--;
+        if (wc[i].status != IBV_WC_SUCCESS) return;  // the target refused the stale STag
+        done++;
+      }
+    }
+  });
+  const auto deadline = Clock::now() + std::chrono::milliseconds(kTimeoutMs);
+  while (done < 32 && Clock::now() < deadline) std::this_thread::yield();
+  EXPECT_GE(done.load(), 32) << "the peer's WRITEs did not get going";
+  ASSERT_EQ(0, ibv_dereg_mr(tmr));
+  // Other memory at the same address, right away.
+  void *again = ::mmap(tgt, kLen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                       -1, 0);
+  ASSERT_EQ(again, static_cast<void *>(tgt));
+  std::memset(tgt, 0x5A, kLen);
+  // The peer's WRITEs after the deregistration fail (TERMINATE) or flush; give stragglers
+  // the time they would need to land, bounded by the writer's own end.
+  EXPECT_TRUE(wait_qp_state(srv_.qp, IBV_QPS_ERR)) << "WRITEs to a deregistered STag accepted";
+  stop = true;
+  writer.join();
+  size_t changed = 0;
+  for (size_t i = 0; i < kLen; i++) changed += tgt[i] != 0x5A;
+  EXPECT_EQ(changed, 0u) << "bytes placed after ibv_dereg_mr returned";
+  ::munmap(tgt, kLen);
 }
 
 // The fallback used where MADV_POPULATE_* does not exist: /proc/self/maps alone.
