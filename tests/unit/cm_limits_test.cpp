@@ -24,6 +24,18 @@ class CmLimits : public EcaTest {
     return setrlimit(RLIMIT_NOFILE, &r) == 0;
   }
 
+  // A listener on 127.0.0.1 (any port) on its own channel *lch, and a channel *cch for clients.
+  static void Listen(int backlog, rdma_event_channel **lch, rdma_event_channel **cch,
+                     rdma_cm_id **lid) {
+    *lch = rdma_create_event_channel();
+    *cch = rdma_create_event_channel();
+    ASSERT_TRUE(*lch && *cch);
+    ASSERT_EQ(0, rdma_create_id(*lch, lid, nullptr, RDMA_PS_TCP));
+    sockaddr_in a = loopback_addr(0);
+    ASSERT_EQ(0, rdma_bind_addr(*lid, reinterpret_cast<sockaddr *>(&a)));
+    ASSERT_EQ(0, rdma_listen(*lid, backlog));
+  }
+
   // An id on `ch` resolved (address and route) to 127.0.0.1:port; null on failure.
   static rdma_cm_id *Resolved(rdma_event_channel *ch, uint16_t port) {
     rdma_cm_id *id = nullptr;
@@ -44,13 +56,9 @@ class CmLimits : public EcaTest {
 // application takes the queued requests, new ones are queued again.
 TEST_P(CmLimits, BacklogRejectsBeyondPendingRequests) {
   constexpr int kBacklog = 3, kTries = 8;
-  rdma_event_channel *lch = rdma_create_event_channel(), *cch = rdma_create_event_channel();
-  ASSERT_TRUE(lch && cch);
+  rdma_event_channel *lch = nullptr, *cch = nullptr;
   rdma_cm_id *lid = nullptr;
-  ASSERT_EQ(0, rdma_create_id(lch, &lid, nullptr, RDMA_PS_TCP));
-  sockaddr_in a = loopback_addr(0);
-  ASSERT_EQ(0, rdma_bind_addr(lid, reinterpret_cast<sockaddr *>(&a)));
-  ASSERT_EQ(0, rdma_listen(lid, kBacklog));
+  ASSERT_NO_FATAL_FAILURE(Listen(kBacklog, &lch, &cch, &lid));
   const uint16_t port = ntohs(rdma_get_src_port(lid));
   std::vector<rdma_cm_id *> ids;
   for (int i = 0; i < kTries; i++) {  // all resolved first: waiting discards other events
@@ -153,13 +161,9 @@ TEST_P(CmLimits, SixteenThousandIdsResolveWithinBound) {
 TEST_P(CmLimits, ThousandConnectionsEstablish) {
   constexpr int kConns = 1000;
   ASSERT_TRUE(EnsureFds(4 * kConns + 1024));
-  rdma_event_channel *lch = rdma_create_event_channel(), *cch = rdma_create_event_channel();
-  ASSERT_TRUE(lch && cch);
+  rdma_event_channel *lch = nullptr, *cch = nullptr;
   rdma_cm_id *lid = nullptr;
-  ASSERT_EQ(0, rdma_create_id(lch, &lid, nullptr, RDMA_PS_TCP));
-  sockaddr_in a = loopback_addr(0);
-  ASSERT_EQ(0, rdma_bind_addr(lid, reinterpret_cast<sockaddr *>(&a)));
-  ASSERT_EQ(0, rdma_listen(lid, 0));  // 0: the maximum (1024)
+  ASSERT_NO_FATAL_FAILURE(Listen(0, &lch, &cch, &lid));  // 0: the maximum (1024)
   sockaddr_in d = loopback_addr(ntohs(rdma_get_src_port(lid)));
   std::vector<rdma_cm_id *> ids(kConns, nullptr), srv;
   for (auto &id : ids) {
@@ -235,8 +239,12 @@ TEST_P(CmLimits, ThousandConnectionsEstablish) {
     if (id->qp) rdma_destroy_qp(id);
     rdma_destroy_id(id);
   }
-  if (cq) EXPECT_EQ(0, ibv_destroy_cq(cq));
-  if (pd) EXPECT_EQ(0, ibv_dealloc_pd(pd));
+  if (cq) {
+    EXPECT_EQ(0, ibv_destroy_cq(cq));
+  }
+  if (pd) {
+    EXPECT_EQ(0, ibv_dealloc_pd(pd));
+  }
   EXPECT_EQ(0, rdma_destroy_id(lid));
   rdma_destroy_event_channel(cch);
   rdma_destroy_event_channel(lch);
