@@ -258,7 +258,7 @@ EXPORT ibv_comp_channel *ibv_create_comp_channel(ibv_context *ctx) {
 
 EXPORT int ibv_destroy_comp_channel(ibv_comp_channel *c) {
   CompChannel *ch = CompChannel::from(c);
-  if (ch->ch.refcnt) return fail_minus1(EBUSY);
+  if (ch->ch.refcnt) return EBUSY;  // rdma-core: the errno value itself, not -1
   ::close(ch->ch.fd);
   ::close(ch->wfd);
   delete ch;
@@ -334,7 +334,9 @@ EXPORT int ibv_modify_qp(ibv_qp *qp, ibv_qp_attr *attr, int mask) {
 }
 
 EXPORT int ibv_query_qp(ibv_qp *qp, ibv_qp_attr *attr, int mask, ibv_qp_init_attr *init) {
-  return Qp::from(qp)->query(attr, mask, init);
+  int rc = Qp::from(qp)->query(attr, mask, init);
+  if (!rc && (mask & IBV_QP_STATE)) qp->state = attr->qp_state;  // as libibverbs does
+  return rc;
 }
 
 EXPORT ibv_qp_ex *ibv_qp_to_qp_ex(ibv_qp *qp) {

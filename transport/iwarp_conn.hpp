@@ -143,6 +143,7 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   bool rx_header_complete();
   bool rx_begin_payload();
   void rx_place(const uint8_t *src, size_t n);
+  bool rx_enter_target(MrUse &use);
   ssize_t rx_direct_recv();
   bool rx_segment_done();
   void rx_unpark_check();

@@ -177,6 +177,7 @@ bool IwarpConn::rx_process(size_t budget) {
     ssize_t n;
     if (rx_.phase == RxState::Phase::Payload && rx_.payload_len - rx_.payload_done >= kDirectMin) {
       n = rx_direct_recv();
+      if (closed_ || ended_) return false;
       if (n > 0) {
         done += (size_t)n;
         continue;
@@ -212,6 +213,8 @@ bool IwarpConn::rx_process(size_t budget) {
 // and whatever follows (the next header) into the staging buffer, so a large FPDU costs one
 // system call. readv semantics: bytes, 0 on EOF, -1 with errno.
 ssize_t IwarpConn::rx_direct_recv() {
+  MrUse use;
+  if (!rx_enter_target(use)) return -1;
   iovec iov[kMaxSge + 3];
   const size_t want = rx_.payload_len - rx_.payload_done;
   int k = gather(rx_.target, rx_.target_base + rx_.payload_done, want, iov, kMaxSge + 1);
@@ -245,8 +248,24 @@ ssize_t IwarpConn::rx_direct_recv() {
   return n;
 }
 
+// The MRs behind rx_.target, held for one access (see MrUse). False: one was deregistered
+// under the message; the stream ends (TERMINATE) as for an STag that became invalid.
+bool IwarpConn::rx_enter_target(MrUse &use) {
+  if (rx_.target.empty()) return true;
+  const bool ok = rx_.opcode == Opcode::Write          ? use.enter(rx_.tagged_ref)
+                  : rx_.opcode == Opcode::ReadResponse ? use.enter(rx_.orq->sinks)
+                                                       : use.enter(rx_.rqe_refs);
+  if (!ok) {
+    ECA_QP_LOG(Info, qp_.qpn, "placement target deregistered under a message");
+    fail_terminate({TermLayer::Ddp, kDdpTaggedError, kDdpTInvalidStag}, IBV_WC_WR_FLUSH_ERR);
+  }
+  return ok;
+}
+
 void IwarpConn::rx_place(const uint8_t *src, size_t n) {
   if (n) {
+    MrUse use;
+    if (!rx_enter_target(use)) return;
     scatter(rx_.target, rx_.target_base + rx_.payload_done, src, n);
     if (crc_) rx_.crc = crc32c_update(rx_.crc, src, n);
     rx_.payload_done += n;

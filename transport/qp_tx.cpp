@@ -89,6 +89,11 @@ void IwarpConn::tx_run(bool blocking) {
 
 // One non-blocking sendmsg() of what is left of the current frame.
 ssize_t IwarpConn::send_frame_rest() {
+  MrUse use;  // the source MRs stay registered for this sendmsg(); a deregistered one ends it
+  if (!use.enter(msg_.refs)) {
+    errno = EFAULT;
+    return -1;
+  }
   iovec iov[kMaxSge + 4];
   int n = 0;
   size_t skip = frame_.sent;
@@ -201,6 +206,7 @@ bool IwarpConn::next_message_locked() {
     msg_.op = Opcode::ReadResponse;
     msg_.length = e.length;
     if (e.length) msg_.src.push_back({e.src.host, (size_t)e.length});
+    msg_.refs.push_back(e.src);  // held (MrUse) around every access, like a WQE's sources
     irq_active_ = true;
     return true;
   }
@@ -373,12 +379,16 @@ bool IwarpConn::build_frame_locked() {
   frame_.iov[n++] = {h, oi.hdr_len};
   uint32_t crc = crc_ ? crc32c_update(kCrcInit, h, oi.hdr_len) : 0;
   uint64_t left = chunk;
+  // The CRC reads the payload: only while its MRs are held. If one is being deregistered,
+  // send_frame_rest() fails the same way (kMrDead is final) and the stream ends.
+  MrUse use;
+  const bool crc_ok = crc_ && chunk && use.enter(msg_.refs);
   while (left) {
     const iovec &s = msg_.src[msg_.seg];
     size_t take = std::min<uint64_t>(left, s.iov_len - msg_.seg_off);
     void *p = static_cast<uint8_t *>(s.iov_base) + msg_.seg_off;
     frame_.iov[n++] = {p, take};
-    if (crc_) crc = crc32c_update(crc, p, take);
+    if (crc_ok) crc = crc32c_update(crc, p, take);
     left -= take;
     msg_.seg_off += take;
     if (msg_.seg_off == s.iov_len) {

@@ -29,9 +29,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -39,6 +41,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <set>
 #include <unordered_set>
 #include <vector>
@@ -126,6 +129,7 @@ struct Core : std::enable_shared_from_this<Core> {
   bool reuseaddr = false;
   bool afonly = false;
   bool reserved = false;
+  int backlog = 0;  // listener: pending connection requests allowed (rdma_listen)
   in_addr_t resv_addr = 0;
   uint16_t resv_port = 0;
 };
@@ -137,6 +141,9 @@ struct Id {
   std::mutex mu;
   std::condition_variable cv;
   uint64_t delivered = 0, acked = 0;
+  // Listener: CONNECT_REQUEST events queued but not yet taken by rdma_get_cm_event (the
+  // requests the backlog bounds, as the kernel's ucma counts them).
+  std::atomic<int> reqs_queued{0};
   std::shared_ptr<Core> core;
   std::optional<ibv_qp_init_attr> ep_attr;
   std::vector<uint8_t> connect_data;
@@ -176,13 +183,17 @@ void Id::free(Id *id) {
 
 Channel *chan_of(rdma_event_channel *c) { return reinterpret_cast<Channel *>(c); }
 
-// Runs f on the progress thread and returns its result; exceptions become EIO.
+// Runs f on the progress thread and returns its result; a system error thrown by Boost.Asio
+// (out of descriptors: EMFILE) becomes its errno, other exceptions EIO.
 template <typename F>
 int run(F &&f) {
   int r = 0;
   Progress::instance().run_sync([&] {
     try {
       r = f();
+    } catch (const boost::system::system_error &e) {
+      ECA_LOG(Warn, "rdma_cm: %s", e.what());
+      r = e.code().value() > 0 ? e.code().value() : EIO;
     } catch (const std::exception &e) {
       ECA_LOG(Error, "rdma_cm: unexpected exception: %s", e.what());
       r = EIO;
@@ -337,8 +348,69 @@ void resv_release(Core &c) {
   c.reserved = false;
 }
 
-// Opens a TCP socket bound to `want` (port 0: the kernel picks) and records the
-// reservation. *got receives the bound address.
+// The ephemeral range (ip_local_port_range) less ip_local_reserved_ports, read once.
+struct PortRange {
+  uint16_t lo = 32768, hi = 60999;
+  std::vector<std::pair<uint16_t, uint16_t>> reserved;
+  bool is_reserved(uint16_t p) const {
+    for (auto [a, b] : reserved)
+      if (p >= a && p <= b) return true;
+    return false;
+  }
+};
+
+const PortRange &port_range() {
+  static const PortRange r = [] {
+    PortRange pr;
+    if (FILE *f = std::fopen("/proc/sys/net/ipv4/ip_local_port_range", "r")) {
+      unsigned a = 0, b = 0;
+      if (std::fscanf(f, "%u %u", &a, &b) == 2 && a > 0 && a <= b && b <= 65535) {
+        pr.lo = (uint16_t)a;
+        pr.hi = (uint16_t)b;
+      }
+      std::fclose(f);
+    }
+    if (FILE *f = std::fopen("/proc/sys/net/ipv4/ip_local_reserved_ports", "r")) {
+      unsigned a = 0, b = 0;
+      char sep = 0;
+      while (std::fscanf(f, "%u", &a) == 1) {
+        b = a;
+        if (std::fscanf(f, "%c", &sep) == 1 && sep == '-' && std::fscanf(f, "%u", &b) == 1)
+          sep = 0;
+        pr.reserved.emplace_back((uint16_t)a, (uint16_t)b);
+        if (sep != ',' && std::fscanf(f, "%c", &sep) != 1) break;
+      }
+      std::fclose(f);
+    }
+    return pr;
+  }();
+  return r;
+}
+
+// Binds `fd` to want.sin_addr and a free port of the ephemeral range, chosen here rather
+// than by bind() to port 0: the kernel gives bind(0) only half the range and then scans
+// every busy port on each call, so beyond ~14000 bound ids each rdma_resolve_addr took tens
+// of milliseconds of kernel time and 16384 connections never finished setting up. Here a
+// cursor moves through the range and an explicit bind either succeeds or says EADDRINUSE
+// at once. EADDRNOTAVAIL when every port is taken. Progress thread.
+int bind_any_port(int fd, sockaddr_in want) {
+  const PortRange &r = port_range();
+  static uint32_t cursor = (uint32_t)std::random_device{}();
+  const uint32_t span = (uint32_t)(r.hi - r.lo) + 1;
+  for (uint32_t tried = 0; tried < span; tried++) {
+    const uint16_t port = (uint16_t)(r.lo + cursor++ % span);
+    if (r.is_reserved(port) || g_resv.count(port)) continue;
+    want.sin_port = htons(port);
+    if (::bind(fd, reinterpret_cast<const sockaddr *>(&want), sizeof want) == 0) return 0;
+    if (errno != EADDRINUSE && errno != EACCES) return errno;
+  }
+  return EADDRNOTAVAIL;
+}
+
+// Opens a TCP socket bound to `want` (port 0: a free ephemeral port) and records the
+// reservation. *got receives the bound address. Running out of descriptors (EMFILE,
+// ENFILE) or ports (EADDRNOTAVAIL) is returned as such: rdma_bind_addr / rdma_resolve_addr
+// fail with that errno.
 int bind_socket(Core &c, const sockaddr_in &want, sockaddr_in *got) {
   uint16_t port = ntohs(want.sin_port);
   if (port && resv_conflict(want.sin_addr.s_addr, port, c.reuseaddr)) return EADDRINUSE;
@@ -348,10 +420,14 @@ int bind_socket(Core &c, const sockaddr_in &want, sockaddr_in *got) {
     int one = 1;
     ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   }
-  if (::bind(fd, reinterpret_cast<const sockaddr *>(&want), sizeof want) < 0) {
-    int e = errno;
+  const int be = port ? (::bind(fd, reinterpret_cast<const sockaddr *>(&want), sizeof want) < 0
+                              ? errno
+                              : 0)
+                       : bind_any_port(fd, want);
+  if (be) {
     ::close(fd);
-    return e;
+    if (be == EADDRNOTAVAIL) ECA_LOG(Warn, "rdma_cm: no free local port left");
+    return be;
   }
   sockaddr_in s{};
   socklen_t l = sizeof s;
@@ -720,6 +796,7 @@ void new_request(const std::shared_ptr<Core> &L, const std::shared_ptr<MpaSessio
   e->ev.listen_id = &lid->id;
   e->child = cid;
   set_conn(e, req.pdata, c.def_ird, c.def_ord);
+  lid->reqs_queued++;
   push(e);
 }
 
@@ -734,6 +811,8 @@ void accept_retry(const std::shared_ptr<Core> &L) {
 }
 
 constexpr size_t kMaxInflight = 1024;
+constexpr int kMaxBacklog = 1024;   // /proc/sys/net/rdma_ucm/max_backlog's default
+constexpr int kTcpBacklog = 4096;   // TCP accept queue: requests are bounded at MPA level
 
 void accept_next(const std::shared_ptr<Core> &L) {
   L->acceptor->async_accept(io(), [L](const boost::system::error_code &ec, tcp::socket s) {
@@ -757,6 +836,13 @@ void accept_next(const std::shared_ptr<Core> &L) {
       if (!s2) return;
       L->inflight.erase(s2);
       if (!L->owner) return s2->cancel();
+      if (o.status == MpaStatus::Ok && L->owner->reqs_queued.load() >= L->backlog) {
+        // Beyond the backlog: an MPA reject (the peer sees REJECTED), written in the
+        // background under the session's timer.
+        ECA_LOG(Info, "rdma_cm: listen backlog %d full; connection request rejected",
+                L->backlog);
+        return s2->reject({});
+      }
       if (o.status != MpaStatus::Ok) {
         ECA_LOG(Info, "rdma_cm: incoming connection dropped: %s",
                 transport::mpa_status_str(o.status));
@@ -883,6 +969,7 @@ int get_cm_event(rdma_event_channel *ech, rdma_cm_event **out) {
           std::lock_guard g2(e->owner->mu);
           e->owner->delivered++;
         }
+        if (e->ev.event == RDMA_CM_EVENT_CONNECT_REQUEST) e->owner->reqs_queued--;
         *out = &e->ev;
         return 0;
       }
@@ -1179,7 +1266,9 @@ int listen(rdma_cm_id *cid, int backlog) {
     acc->assign(tcp::v4(), c.bfd, ec);
     if (ec) return ec.value() > 0 ? ec.value() : EIO;
     c.bfd = -1;
-    acc->listen(backlog > 0 ? backlog : 256, ec);
+    // As the kernel's rdma_ucm: 0 or less, or more than max_backlog (1024), means 1024.
+    c.backlog = backlog > 0 && backlog < kMaxBacklog ? backlog : kMaxBacklog;
+    acc->listen(std::max(c.backlog, kTcpBacklog), ec);
     if (ec) {
       // Give the socket back so the id stays bound.
       c.bfd = acc->release(ec);

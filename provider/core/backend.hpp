@@ -46,8 +46,14 @@ class Backend {
   virtual void port_attr(const Device &dev, ibv_port_attr *attr) const = 0;
   // Builds the data path of `qp` on an established connection; the QP moves to RTS.
   virtual std::unique_ptr<QpEngine> attach(Qp &qp, transport::LlpConnection &&llp) = 0;
-  // Memory registration seen by the device (0 or a positive errno).
+  // Memory registration seen by the device (0 or a positive errno). Called after the verbs
+  // layer checked the range is mapped and pinnable for the access asked (mem_pin.hpp).
   virtual int mr_registered(const Mr &) { return 0; }
+  // ibv_dereg_mr: the STag is already gone from the table (no new lookups succeed).
+  // Contract: after return, the device no longer reads or writes the MR's memory (DMA,
+  // placement, transmission in flight have finished or been stopped); the application may
+  // unmap it as soon as ibv_dereg_mr returns. The verbs layer then also waits for every
+  // MrUse (software transport accesses) to leave. Must not block on application threads.
   virtual void mr_deregistered(const Mr &) {}
   virtual void mr_invalidated(const Mr &) {}
 };

@@ -124,6 +124,7 @@ int query_device_ex(Context *ctx, ibv_device_attr_ex *attr) {
   std::memset(attr, 0, sizeof(*attr));
   query_device(ctx, &attr->orig_attr);
   attr->device_cap_flags_ex = attr->orig_attr.device_cap_flags;
+  attr->phys_port_cnt_ex = attr->orig_attr.phys_port_cnt;
   attr->max_dm_size = 0;
   attr->raw_packet_caps = 0;
   attr->pci_atomic_caps = {};

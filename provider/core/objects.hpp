@@ -122,8 +122,14 @@ struct Mr {
   size_t length = 0;
   int access = 0;
   std::atomic<bool> valid{true};  // cleared by a remote SEND with Invalidate
+  // Only memory windows and fast-registered MRs may be invalidated remotely (RFC 5040 6.10,
+  // verbs): neither exists yet, so every MR answers a SEND with Invalidate with a TERMINATE.
+  bool invalidatable = false;
+  // Accesses in flight (low bits) and "deregistering" (kMrDead), in one word: see MrUse.
+  std::atomic<uint32_t> touch{0};
   static Mr *from(ibv_mr *m) { return reinterpret_cast<Mr *>(m); }
 };
+inline constexpr uint32_t kMrDead = 1u << 31;
 
 enum class AccessError : uint8_t { None, InvalidStag, ProtDomain, Access, Bounds };
 
@@ -136,6 +142,30 @@ struct MrRef {
 };
 AccessError mr_lookup(uint32_t key, const Pd *pd, uint64_t addr, uint64_t len, int need,
                       MrRef *out);
+
+// The memory of MRs may be read or written only while an MrUse holds them: around the access
+// itself (one readv/sendmsg/memcpy/CRC pass), never across waits. An MrRef keeps the Mr object
+// alive; an MrUse keeps its memory registered. ibv_dereg_mr marks the MR kMrDead and returns
+// once no MrUse holds it; entering fails from then on, and the caller treats the MR as gone
+// (the software transport ends the stream). Any thread; lock-free; no lock may be needed by
+// a waiting deregistration while an MrUse is held.
+class MrUse {
+ public:
+  MrUse() = default;
+  MrUse(const MrUse &) = delete;
+  MrUse &operator=(const MrUse &) = delete;
+  ~MrUse() { leave(); }
+  // All-or-nothing per call; false if one MR is being deregistered (nothing more held).
+  bool enter(const MrRef &r) { return enter(&r, 1); }
+  bool enter(const std::vector<MrRef> &v) { return enter(v.data(), v.size()); }
+  bool enter(const MrRef *refs, size_t n);
+  void leave();  // releases everything held
+
+ private:
+  std::array<Mr *, kMaxSge + 2> held_{};
+  size_t n_ = 0;
+};
+
 // The same check without keeping the MR alive: for placement that completes before the
 // calling verb returns (the application may not deregister memory in use by its own call).
 AccessError mr_check(uint32_t key, const Pd *pd, uint64_t addr, uint64_t len, int need,
@@ -296,6 +326,13 @@ struct Qp {
   uint32_t ord = 0;  // outstanding RDMA READs we may issue
   uint32_t ird = 0;  // inbound RDMA READs we accept
   std::atomic<ibv_qp_state> state{IBV_QPS_RESET};
+  // An error completion was generated: from then on the QP reports ERR (ibv_query_qp,
+  // ibv_modify_qp's current state) even before the device layer has moved `state` there.
+  std::atomic<bool> err_completed{false};
+  ibv_qp_state visible_state() const {
+    ibv_qp_state s = state.load();
+    return err_completed.load(std::memory_order_acquire) && s != IBV_QPS_RESET ? IBV_QPS_ERR : s;
+  }
 
   std::mutex sq_mu;
   WqRing<SendWqe> sq;

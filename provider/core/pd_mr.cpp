@@ -2,12 +2,14 @@
 // key); the key byte is drawn at random for every registration, so a stale or guessed STag
 // misses. lkey == rkey (iWARP has one STag per region).
 #include <cerrno>
+#include <cstdlib>
 #include <mutex>
 #include <random>
 #include <shared_mutex>
 
 #include "provider/core/backend.hpp"
 #include "provider/core/log.hpp"
+#include "provider/core/mem_pin.hpp"
 #include "provider/core/objects.hpp"
 
 namespace eca {
@@ -89,8 +91,13 @@ int mr_register(Pd *pd, void *addr, size_t len, uint64_t iova, int access, Mr **
       !(access & IBV_ACCESS_LOCAL_WRITE))
     return EINVAL;
   if (access & IBV_ACCESS_MW_BIND) return EOPNOTSUPP;  // no memory windows
-  if (!addr && len) return EINVAL;
-  if (len && iova + len < iova) return EINVAL;
+  // Like the kernel's ib_umem_get(): no empty regions, no wrap-around; then the memory must
+  // be pinnable for the access asked (EFAULT otherwise), before any backend sees it.
+  if (len == 0) return EINVAL;
+  if (iova + len < iova || reinterpret_cast<uintptr_t>(addr) + len < len) return EINVAL;
+  constexpr int kWriting =
+      IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC;
+  if (int rc = mem_pin_check(addr, len, (access & kWriting) != 0)) return rc;
   auto mr = std::make_shared<Mr>();
   mr->pd = pd;
   mr->iova = (access & IBV_ACCESS_ZERO_BASED) ? 0 : iova;
@@ -116,12 +123,46 @@ int mr_register(Pd *pd, void *addr, size_t len, uint64_t iova, int access, Mr **
   return 0;
 }
 
+// Returns once nothing touches the memory any more: the STag is gone from the table (no new
+// lookups), the backend's device has let go of it (mr_deregistered's contract), and every
+// MrUse in flight has left (software transport placements, READ responses, transmissions).
 int mr_deregister(Mr *mr) {
   Pd *pd = mr->pd;
+  table().remove(mr->ibmr.rkey);  // MrRefs in flight keep the object, not the memory
   pd->ctx->dev->backend->mr_deregistered(*mr);
-  table().remove(mr->ibmr.rkey);  // in-flight placements keep their reference
+  uint32_t v = mr->touch.fetch_or(kMrDead, std::memory_order_acq_rel) | kMrDead;
+  while (v != kMrDead) {
+    mr->touch.wait(v, std::memory_order_acquire);
+    v = mr->touch.load(std::memory_order_acquire);
+  }
   pd->users--;
   return 0;
+}
+
+namespace {
+void touch_release(Mr *m) {
+  if (m->touch.fetch_sub(1, std::memory_order_release) == (kMrDead | 1)) m->touch.notify_all();
+}
+}  // namespace
+
+bool MrUse::enter(const MrRef *refs, size_t n) {
+  const size_t start = n_;
+  for (size_t i = 0; i < n; i++) {
+    Mr *m = refs[i].mr.get();
+    if (!m) continue;
+    if (n_ == held_.size()) std::abort();  // more MRs than one access can name: a bug
+    const uint32_t prev = m->touch.fetch_add(1, std::memory_order_acquire);
+    held_[n_++] = m;
+    if (prev & kMrDead) {
+      while (n_ > start) touch_release(held_[--n_]);
+      return false;
+    }
+  }
+  return true;
+}
+
+void MrUse::leave() {
+  while (n_) touch_release(held_[--n_]);
 }
 
 namespace {
@@ -157,10 +198,12 @@ AccessError mr_lookup(uint32_t key, const Pd *pd, uint64_t addr, uint64_t len, i
 }  // namespace eca
 
 namespace eca {
-// RDMAP SEND with Invalidate: the named STag stops being usable for remote access.
+// RDMAP SEND with Invalidate: the named STag stops being usable for remote access. Only an
+// invalidatable STag of the QP's PD may be named; otherwise nothing changes and the caller
+// answers with a TERMINATE (STag cannot be invalidated).
 bool mr_invalidate(uint32_t key, const Pd *pd) {
   auto mr = table().get(key);
-  if (!mr || mr->pd != pd) return false;
+  if (!mr || mr->pd != pd || !mr->invalidatable) return false;
   mr->valid.store(false, std::memory_order_release);
   pd->ctx->dev->backend->mr_invalidated(*mr);
   return true;

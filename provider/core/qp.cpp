@@ -102,6 +102,9 @@ int qp_create(Context *ctx, const ibv_qp_init_attr_ex &a, Qp **out) {
   qp->rq.init(a.srq ? 0 : c.max_recv_wr);
   qp->ord = kMaxIrdOrd;
   qp->ird = kMaxIrdOrd;
+  // iWARP drivers (siw, cxgb4) report a new QP as INIT (their idle state); the ibv_qp field
+  // says RESET, as libibverbs' create path sets it, until ibv_query_qp refreshes it.
+  qp->state.store(IBV_QPS_INIT);
 
   ibv_qp &q = qp->qpx.qp_base;
   q.context = ctx->ibv();
@@ -315,6 +318,7 @@ void Qp::sq_done(SendWqe *w, ibv_wc_status st) {
 // Signaled WQEs, all WQEs with sq_sig_all, and every failed or flushed one complete.
 void Qp::retire_locked(const SendWqe &d) {
   if (!(sq_sig_all || (d.flags & IBV_SEND_SIGNALED) || d.status != IBV_WC_SUCCESS)) return;
+  if (d.status != IBV_WC_SUCCESS) err_completed.store(true, std::memory_order_release);
   ibv_wc wc{};
   wc.wr_id = d.wr_id;
   wc.status = d.status;
@@ -334,6 +338,7 @@ bool Qp::rq_take(RecvWqe *out) {
 
 void Qp::rq_done(const RecvWqe &w, ibv_wc_status st, uint32_t byte_len, bool solicited,
                  uint32_t invalidated_rkey) {
+  if (st != IBV_WC_SUCCESS) err_completed.store(true, std::memory_order_release);
   ibv_wc wc{};
   wc.wr_id = w.wr_id;
   wc.status = st;
@@ -435,7 +440,7 @@ void Qp::disconnect() {
 // modify / query
 
 int Qp::modify(const ibv_qp_attr &attr, int mask) {
-  ibv_qp_state cur = state.load();
+  ibv_qp_state cur = visible_state();
   if ((mask & IBV_QP_CUR_STATE) && attr.cur_qp_state != cur) return EINVAL;
   if (mask & IBV_QP_PORT && attr.port_num != 1) return EINVAL;
   if (mask & IBV_QP_MAX_QP_RD_ATOMIC && attr.max_rd_atomic > kMaxIrdOrd) return EINVAL;
@@ -472,6 +477,7 @@ int Qp::modify(const ibv_qp_attr &attr, int mask) {
         engine_fast.store(nullptr, std::memory_order_release);
       }
       state.store(IBV_QPS_RESET);
+      err_completed.store(false, std::memory_order_release);
       qpx.qp_base.state = IBV_QPS_RESET;
     } else {
       state.store(to);
@@ -483,7 +489,7 @@ int Qp::modify(const ibv_qp_attr &attr, int mask) {
 
 int Qp::query(ibv_qp_attr *attr, int, ibv_qp_init_attr *init) {
   std::memset(attr, 0, sizeof(*attr));
-  attr->qp_state = state.load();
+  attr->qp_state = visible_state();
   attr->cur_qp_state = attr->qp_state;
   attr->path_mtu = IBV_MTU_1024;
   attr->qp_access_flags = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE |

@@ -3,6 +3,8 @@
 // and ibv_cq_ex APIs, READ depth (ORD) and completion ordering. Every transfer is verified.
 #include "tests/unit/fixture.hpp"
 
+#include "provider/core/objects.hpp"
+
 using namespace ecatest;
 
 namespace {
@@ -275,60 +277,39 @@ TEST_P(DataPath, WriteWithImmediate) {
   EXPECT_EQ(rq.p()[0], 0xEE) << "the receive buffer is not used by WRITE_WITH_IMM";
 }
 
-TEST_P(DataPath, SendWithInvalidate) {
+// Only memory windows and fast-registered MRs may be invalidated by a SEND with Invalidate
+// (RFC 5040 6.10, verbs); neither exists yet. A SEND_INV naming an ordinary MR's STag is
+// answered with the TERMINATE "STag cannot be invalidated", the receive completes in error,
+// both QPs end in ERR, and the MR stays valid.
+TEST_P(DataPath, SendWithInvalidateOfOrdinaryMrTerminates) {
   ASSERT_NO_FATAL_FAILURE(Connect());
-  Mem target = Make(srv_.pd, 4096, 0xEE);  // the STag the client will invalidate
+  Mem target = Make(srv_.pd, 4096, 0xEE);  // the STag the client tries to invalidate
   Mem rq = Make(srv_.pd, 256, 0), s = Make(cli_.pd, 256);
   fill_pattern(s.p(), 200, 41);
-  // It is usable before the invalidation.
+  // It is usable before.
   ibv_wc wc = post_and_wait(cli_.qp, cli_.scq, {IBV_WR_RDMA_WRITE, {sge(s.mr, s.p(), 16)},
                                                 IBV_SEND_SIGNALED, 1, target.a(), target.mr->rkey});
   ASSERT_EQ(wc.status, IBV_WC_SUCCESS);
   ASSERT_EQ(0, post_recv(srv_.qp, {sge(rq.mr, rq.p(), 256)}, 55));
-  ASSERT_EQ(0, post_recv(srv_.qp, {sge(rq.mr, rq.p(), 256)}, 56));  // flushed later
+  ASSERT_EQ(0, post_recv(srv_.qp, {sge(rq.mr, rq.p(), 256)}, 56));  // flushed
   SendSpec inv{IBV_WR_SEND_WITH_INV, {sge(s.mr, s.p(), 200)}, IBV_SEND_SIGNALED, 2};
   inv.invalidate = target.mr->rkey;
-  wc = post_and_wait(cli_.qp, cli_.scq, inv);
-  EXPECT_EQ(wc.status, IBV_WC_SUCCESS);
+  ASSERT_EQ(0, post(cli_.qp, inv));
   ASSERT_TRUE(poll_one(srv_.rcq, &wc));
-  EXPECT_EQ(wc.status, IBV_WC_SUCCESS) << wc_status_name(wc.status);
   EXPECT_EQ(wc.wr_id, 55u);
-  EXPECT_EQ(wc.byte_len, 200u);
-  EXPECT_TRUE(wc.wc_flags & IBV_WC_WITH_INV) << "wc_flags 0x" << std::hex << wc.wc_flags;
-  EXPECT_EQ(wc.invalidated_rkey, target.mr->rkey);
-  EXPECT_EQ(0, memcmp(rq.p(), s.p(), 200));
-
-  // A WRITE to the invalidated STag now fails: the responder terminates the stream.
-  std::memset(target.p(), 0xEE, 4096);
-  std::vector<SendSpec> chain = {
-      {IBV_WR_RDMA_WRITE, {sge(s.mr, s.p(), 16)}, 0, 3, target.a(), target.mr->rkey},
-      {IBV_WR_RDMA_READ, {sge(s.mr, s.p(), 16)}, IBV_SEND_SIGNALED, 4, target.a(), target.mr->rkey}};
-  ASSERT_EQ(0, post_chain(cli_.qp, chain));
-  if (GetParam() == "hwmodel") {
-    // The modeled adapter checks the STag before completing the WRITE: the WRITE itself
-    // (unsignaled, but failed) reports the error and the READ behind it flushes.
-    auto wcs = poll_n(cli_.scq, 2);
-    ASSERT_EQ(wcs.size(), 2u);
-    EXPECT_EQ(wcs[0].wr_id, 3u);
-    EXPECT_EQ(wcs[0].status, IBV_WC_REM_ACCESS_ERR) << wc_status_name(wcs[0].status);
-    EXPECT_EQ(wcs[1].wr_id, 4u);
-    EXPECT_EQ(wcs[1].status, IBV_WC_WR_FLUSH_ERR) << wc_status_name(wcs[1].status);
-  } else {
-    auto wcs = poll_n(cli_.scq, 1);
-    ASSERT_EQ(wcs.size(), 1u);
-    // The WRITE completed (successfully, unsignaled) when it was handed to the transport;
-    // the TERMINATE fails the oldest outstanding WR, the READ.
-    EXPECT_EQ(wcs[0].wr_id, 4u) << "status " << wc_status_name(wcs[0].status);
-    EXPECT_EQ(wcs[0].status, IBV_WC_REM_ACCESS_ERR) << wc_status_name(wcs[0].status);
-  }
-  EXPECT_TRUE(cq_empty(cli_.scq)) << "more than one completion";
-  EXPECT_TRUE(wait_qp_state(cli_.qp, IBV_QPS_ERR));
-  EXPECT_TRUE(wait_qp_state(srv_.qp, IBV_QPS_ERR));
-  EXPECT_TRUE(std::all_of(target.begin(), target.end(), [](uint8_t b) { return b == 0xEE; }))
-      << "data placed through an invalidated STag";
+  EXPECT_NE(wc.status, IBV_WC_SUCCESS) << "an ordinary MR was invalidated";
+  EXPECT_FALSE(wc.status == IBV_WC_SUCCESS && (wc.wc_flags & IBV_WC_WITH_INV));
   ASSERT_TRUE(poll_one(srv_.rcq, &wc));
   EXPECT_EQ(wc.wr_id, 56u);
   EXPECT_EQ(wc.status, IBV_WC_WR_FLUSH_ERR);
+  EXPECT_TRUE(wait_qp_state(srv_.qp, IBV_QPS_ERR));
+  EXPECT_TRUE(wait_qp_state(cli_.qp, IBV_QPS_ERR)) << "the TERMINATE did not reach the sender";
+  // The MR is still valid: its STag still passes the responder's check.
+  eca::MrRef ref;
+  EXPECT_EQ(eca::AccessError::None,
+            eca::mr_lookup(target.mr->rkey, eca::Pd::from(srv_.pd), target.a(), 16,
+                           IBV_ACCESS_REMOTE_WRITE, &ref))
+      << "the MR named by the SEND with Invalidate no longer validates";
 }
 
 TEST_P(DataPath, UnsignaledThenOneSignaled) {

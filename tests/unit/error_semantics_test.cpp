@@ -427,6 +427,28 @@ TEST_P(ErrorSemantics, LocalProtectionErrorWrongLkey) {
   EXPECT_EQ(remote[1000], 0) << "a WR behind a failed one was executed";
 }
 
+// Once an error completion has been polled, the QP already says ERR (ibv_query_qp): the
+// application must not see RTS after it saw the error, whatever the device layer still does.
+TEST_P(ErrorSemantics, QueryAfterErrorCompletionSaysErr) {
+  ASSERT_NO_FATAL_FAILURE(Connect());
+  Local src = MakeLocal(4096, 0x42);
+  ASSERT_TRUE(src.mr);
+  {
+    ibv_sge bad = sge(src.mr, src.d, 100);
+    bad.lkey ^= 0x33;
+    ASSERT_EQ(0, post(cli_.qp, {IBV_WR_SEND, {bad}, IBV_SEND_SIGNALED, 1}));
+    ibv_wc wc{};
+    ASSERT_TRUE(poll_one(cli_.scq, &wc));
+    EXPECT_EQ(wc.status, IBV_WC_LOC_PROT_ERR) << wc_status_name(wc.status);
+    ibv_qp_attr a{};
+    ibv_qp_init_attr ia{};
+    ASSERT_EQ(0, ibv_query_qp(cli_.qp, &a, IBV_QP_STATE, &ia));
+    EXPECT_EQ(a.qp_state, IBV_QPS_ERR) << "state right after the error completion was polled";
+    EXPECT_EQ(cli_.qp->state, IBV_QPS_ERR);
+  }
+  ExpectBothErr();
+}
+
 TEST_P(ErrorSemantics, LocalProtectionErrorThenSeparatePost) {
   ASSERT_NO_FATAL_FAILURE(Connect());
   Local src = MakeLocal(4096, 0x42);

@@ -85,6 +85,7 @@ TEST_P(VerbsObjects, QueryDevicePortGid) {
   ibv_device_attr_ex dx{};
   ASSERT_EQ(0, ibv_query_device_ex(d.ctx, nullptr, &dx));
   EXPECT_EQ(dx.orig_attr.max_sge, da.max_sge);
+  EXPECT_EQ(dx.phys_port_cnt_ex, 1u) << "the extended port count must match phys_port_cnt";
 
   ibv_port_attr pa{};
   ASSERT_EQ(0, ibv_query_port(d.ctx, 1, &pa));
@@ -126,7 +127,8 @@ TEST_P(VerbsObjects, CreatedQpCapsAndQuery) {
   ibv_qp_attr qa{};
   ibv_qp_init_attr qi{};
   ASSERT_EQ(0, ibv_query_qp(qp, &qa, IBV_QP_STATE | IBV_QP_CAP, &qi));
-  EXPECT_EQ(qa.qp_state, IBV_QPS_RESET);
+  EXPECT_EQ(qa.qp_state, IBV_QPS_INIT) << "siw and cxgb4 report a new QP as INIT";
+  EXPECT_EQ(qp->state, IBV_QPS_INIT) << "ibv_query_qp refreshes ibv_qp::state";
   EXPECT_GE(qa.cap.max_inline_data, 80u);
   EXPECT_EQ(qi.qp_type, IBV_QPT_RC);
   EXPECT_EQ(qi.send_cq, cq);
@@ -213,6 +215,19 @@ TEST_P(VerbsObjects, CqBusyWhileQpUsesIt) {
   EXPECT_EQ(errno, EINVAL);
 }
 
+// ibv_destroy_comp_channel(3): 0 or the errno value; EBUSY while a CQ uses the channel.
+TEST_P(VerbsObjects, DestroyCompChannelInUseIsEbusy) {
+  OpenDev d(GetParam());
+  ASSERT_NE(d.ctx, nullptr);
+  ibv_comp_channel *cc = ibv_create_comp_channel(d.ctx);
+  ASSERT_NE(cc, nullptr);
+  ibv_cq *cq = ibv_create_cq(d.ctx, 16, nullptr, cc, 0);
+  ASSERT_NE(cq, nullptr);
+  EXPECT_EQ(EBUSY, ibv_destroy_comp_channel(cc)) << "as rdma-core: EBUSY itself, not -1";
+  EXPECT_EQ(0, ibv_destroy_cq(cq));
+  EXPECT_EQ(0, ibv_destroy_comp_channel(cc));
+}
+
 TEST_P(VerbsObjects, CreateQpRejectsWrongTypeAndCaps) {
   OpenDev d(GetParam());
   ASSERT_NE(d.ctx, nullptr);
@@ -284,6 +299,12 @@ TEST_P(VerbsObjects, PostingInWrongStateAndIllegalTransitions) {
     EXPECT_EQ(bad, &w1) << "bad_wr must point at the first WR not posted, in " << state;
   };
 
+  EXPECT_EQ(qp_state(qp), IBV_QPS_INIT);  // new QPs start as siw's do
+  {
+    ibv_qp_attr r{};
+    r.qp_state = IBV_QPS_RESET;
+    ASSERT_EQ(0, ibv_modify_qp(qp, &r, IBV_QP_STATE)) << "INIT -> RESET";
+  }
   EXPECT_EQ(qp_state(qp), IBV_QPS_RESET);
   try_send("RESET");
   {
