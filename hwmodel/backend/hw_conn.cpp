@@ -286,7 +286,7 @@ void HwConn::cq_armed() {
   if (!ready_.load(std::memory_order_acquire) || closed_ || !link_) return;
   link_->side[side_].want_intr.store(1, std::memory_order_seq_cst);
   if (in_->tail.load(std::memory_order_seq_cst) != in_->head.load(std::memory_order_relaxed) ||
-      !inflight_.empty() || acks_owed_)
+      !inflight_.empty() || acks_pending())
     doorbell();
 }
 
@@ -295,7 +295,7 @@ void HwConn::poll_progress() {
   app_visits_.fetch_add(1, std::memory_order_relaxed);
   // Cheap test first: anything arrived, or anything waiting to go out?
   if (in_->tail.load(std::memory_order_acquire) == in_->head.load(std::memory_order_relaxed) &&
-      inflight_.empty() && !acks_owed_ && !work_pending_.load(std::memory_order_relaxed))
+      inflight_.empty() && !acks_pending() && !work_pending_.load(std::memory_order_relaxed))
     return;
   doorbell();
 }
@@ -318,7 +318,7 @@ HwConn::FwResult HwConn::firmware_poll() {
   // Interrupt mode: ask the peer to wake our firmware when one of our CQs is armed.
   const bool armed = qp_.scq->is_armed() || qp_.rcq->is_armed();
   link_->side[side_].want_intr.store(armed ? 1 : 0, std::memory_order_release);
-  return {did, !inflight_.empty() || rqe_deadline_ns_ != 0 || acks_owed_ != 0};
+  return {did, !inflight_.empty() || rqe_deadline_ns_ != 0};
 }
 
 bool HwConn::work_locked() {
@@ -360,16 +360,6 @@ void HwConn::send_terminate_locked(ibv_wc_status peer_st) {
 
 bool HwConn::tx_locked() {
   bool did = false;
-  while (acks_owed_) {  // acknowledgements of Sends we placed
-    Frame *f = ring_slot_locked();
-    if (!f) return did;
-    f->type = (uint32_t)FrameType::Ack;
-    f->status = IBV_WC_SUCCESS;
-    f->model_ps = now_ps();
-    ring_publish_locked();
-    acks_owed_--;
-    did = true;
-  }
   // Take what was posted; in paced mode each message enters the modeled pipeline now: it
   // starts when the path is free and completes one message latency later.
   while (!failing_ && inflight_.size() < kMaxInflight) {
@@ -467,6 +457,7 @@ bool HwConn::remote_copy(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t ne
       }
     } else {
       tmp.resize(n);
+      stats_.adapter_path_copies++;
       if (write) {
         copy_range(local, pc.from, pc.to, tmp.data());
         if (!cross_memory_write(peer_->pid(), host + pc.from, tmp.data(), n)) return false;
@@ -596,8 +587,43 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
 // ---------------------------------------------------------------------------------------------
 // Receive
 
+// Acknowledgement (mu_ held). Publishing the count before the receive completion is made
+// visible means: once our application can see the message, the peer's adapter can see that
+// it was placed, whatever we do next (close, disconnect, exit).
+void HwConn::ack_placed_locked() {
+  link_->side[side_].placed.store(++placed_, std::memory_order_seq_cst);
+  if (link_->side[1 - side_].want_intr.load(std::memory_order_seq_cst))
+    Adapter::kick_peer(peer_->shm());
+}
+
+bool HwConn::harvest_acks_locked() {
+  const uint64_t placed = link_->side[1 - side_].placed.load(std::memory_order_acquire);
+  if (placed == acked_seen_) return false;
+  if (placed - acked_seen_ > await_ack_.size()) {  // acknowledges what we never sent
+    if (!failing_) {
+      ECA_QP_LOG(Warn, qp_.qpn, "peer acknowledged %llu messages, %zu were outstanding",
+                 (unsigned long long)(placed - acked_seen_), await_ack_.size());
+      send_terminate_locked(IBV_WC_REM_OP_ERR);
+      fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
+    }
+    acked_seen_ = placed;  // report it once
+    return false;
+  }
+  while (acked_seen_ != placed) {
+    SendWqe *w = await_ack_.front();
+    await_ack_.pop_front();
+    acked_seen_++;
+    qp_.sq_done(w, IBV_WC_SUCCESS);
+  }
+  return true;
+}
+
+bool HwConn::acks_pending() const {
+  return link_ && link_->side[1 - side_].placed.load(std::memory_order_relaxed) != acked_seen_;
+}
+
 bool HwConn::rx_locked() {
-  bool did = false;
+  bool did = harvest_acks_locked();
   uint64_t head = in_->head.load(std::memory_order_relaxed);
   while (!failing_) {
     const uint64_t tail = in_->tail.load(std::memory_order_acquire);
@@ -640,8 +666,8 @@ bool HwConn::handle_frame_locked(const Frame &f) {
         have_rqe_ = false;
         __be32 imm;
         std::memcpy(&imm, &f.imm, sizeof imm);
+        ack_placed_locked();
         qp_.rq_done_imm(rqe_, imm, solicited);
-        acks_owed_++;
         return true;
       }
       // Validate the frame before touching memory.
@@ -695,6 +721,7 @@ bool HwConn::handle_frame_locked(const Frame &f) {
           }
           if (!p) {
             auto &buf = fetched.emplace_back(g.len);
+            stats_.adapter_path_copies++;
             if (!cross_memory_read(peer_->pid(), g.addr, buf.data(), g.len)) {
               ECA_QP_LOG(Warn, qp_.qpn, "Send frame names memory the peer cannot provide");
               send_terminate_locked(IBV_WC_REM_OP_ERR);
@@ -726,19 +753,8 @@ bool HwConn::handle_frame_locked(const Frame &f) {
         }
       }
       have_rqe_ = false;
+      ack_placed_locked();  // every Send is acknowledged once placed, before it is visible
       qp_.rq_done(rqe_, IBV_WC_SUCCESS, f.len, solicited, inv);
-      acks_owed_++;  // every Send is acknowledged once placed
-      return true;
-    }
-    case FrameType::Ack: {
-      if (await_ack_.empty()) {
-        send_terminate_locked(IBV_WC_REM_OP_ERR);
-        fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
-        return true;
-      }
-      SendWqe *w = await_ack_.front();
-      await_ack_.pop_front();
-      qp_.sq_done(w, peer_status(f.status));
       return true;
     }
     case FrameType::Terminate:
@@ -772,6 +788,12 @@ void HwConn::fail(LlpEnd why, ibv_wc_status st) {
 void HwConn::do_fail(LlpEnd why, ibv_wc_status st) {
   if (ended_) return;
   ended_ = true;
+  {
+    // Sends the peer placed before it went away completed successfully: their count is
+    // published before the peer's Disconnect, Terminate or exit.
+    std::lock_guard lk(mu_);
+    if (link_ && ready_) harvest_acks_locked();
+  }
   if (st != IBV_WC_WR_FLUSH_ERR && st != IBV_WC_SUCCESS) qp_.sq_fail_oldest(st);
   {
     std::lock_guard lk(mu_);
@@ -790,6 +812,10 @@ void HwConn::close(bool graceful) {
   if (closed_.exchange(true)) return;
   {
     std::lock_guard lk(mu_);
+    if (stats_.ops)
+      ECA_QP_LOG(Info, qp_.qpn, "modeled adapter: %llu operations, %llu bytes, %llu adapter-path copies",
+                 (unsigned long long)stats_.ops, (unsigned long long)stats_.bytes,
+                 (unsigned long long)stats_.adapter_path_copies);
     if (ready_ && link_) {
       if (graceful)
         if (Frame *f = ring_slot_locked()) {

@@ -64,6 +64,9 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   bool rx_locked();
   bool exec_wqe_locked(SendWqe *w);  // false: must wait (ring full / not yet due)
   bool handle_frame_locked(const Frame &f);  // false: must wait (no receive posted)
+  void ack_placed_locked();     // publishes one more placed message to the peer
+  bool harvest_acks_locked();   // completes our Sends the peer has placed; true if any
+  bool acks_pending() const;    // a hint, read without mu_
   bool remote_copy(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t need, bool write,
                    std::span<const Seg> local);
   uint8_t *peer_region(uint32_t idx, uint32_t gen, uint64_t off, uint64_t len);
@@ -106,8 +109,9 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   };
   std::deque<Inflight> inflight_;
   uint64_t pending_due_ = 0;  // due time of the work request being executed
-  std::deque<SendWqe *> await_ack_;  // Sends placed by the peer when acknowledged
-  uint32_t acks_owed_ = 0;           // Sends we placed whose Ack is not yet framed
+  std::deque<SendWqe *> await_ack_;  // Sends and Immediate Data the peer has not yet placed
+  uint64_t acked_seen_ = 0;          // the peer's `placed` count already completed here
+  uint64_t placed_ = 0;              // our `placed` count (the peer's messages we placed)
   bool have_rqe_ = false;
   RecvWqe rqe_;
   uint64_t rqe_deadline_ns_ = 0;

@@ -18,7 +18,7 @@ namespace eca::hw {
 
 inline constexpr uint64_t kAdapterMagic = 0x4543414877416470ull;  // "ECAHwAdp"
 inline constexpr uint64_t kLinkMagic = 0x454341487754696eull;     // "ECAHwLin"
-inline constexpr uint32_t kLayoutVersion = 3;
+inline constexpr uint32_t kLayoutVersion = 4;
 
 inline constexpr uint32_t kMaxStags = 1u << 16;
 inline constexpr uint32_t kMaxRegions = 1u << 12;
@@ -59,7 +59,7 @@ static_assert(offsetof(AdapterShm, regions) % 64 == 0);
 enum class FrameType : uint32_t {
   Send = 1,        // untagged message for a receive WQE (inline payload or region references)
   Immediate = 2,   // RFC 7306 Immediate Data (after an RDMA Write with immediate)
-  Ack = 3,         // a Send was placed (or failed: status)
+  // 3 was a per-Send Ack frame; acknowledgements are now LinkSide::placed.
   Terminate = 4,   // the sender's side hit an error; the stream is dead
   Disconnect = 5,  // orderly close
 };
@@ -108,7 +108,13 @@ struct alignas(64) LinkSide {
   std::atomic<uint32_t> pd;
   std::atomic<uint32_t> want_intr;   // consumer asks to be woken (a CQ is armed)
   std::atomic<uint32_t> closed;      // this side closed or failed the link
-  uint8_t pad_[44];
+  uint32_t pad0_;
+  // Acknowledgement: Send and Immediate Data messages of the peer that this side has placed
+  // (a running count, release-stored BEFORE the receive completion becomes visible). The
+  // peer completes its oldest unacknowledged Sends up to this count; it never needs a ring
+  // slot, so placing never waits for room and close() can owe nothing.
+  std::atomic<uint64_t> placed;
+  uint8_t pad_[32];
 };
 static_assert(sizeof(LinkSide) == 64);
 
