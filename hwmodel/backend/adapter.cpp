@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <set>
 #include <string>
 
 #include "hwmodel/backend/hw_conn.hpp"
@@ -41,7 +42,14 @@ struct LocalRegion {
   uint64_t base;
   uint64_t len;
   uint32_t refs;  // registered MRs whose interior lies here; retired at zero
+  uint32_t remote_write = 0;  // of those, MRs granting REMOTE_WRITE
+  uint32_t remote_read = 0;   // ... and REMOTE_READ
+  std::set<uint32_t> named_for;  // peers a Send frame named this region to
 };
+
+// The access each live MR was registered with, by key (the STag entry's copy is cleared by
+// invalidation; the region's grant counts follow registration).
+std::map<uint32_t, int> g_mr_access;
 
 void privatize_in_child();
 
@@ -84,37 +92,51 @@ bool cross_memory_write(uint32_t pid, uint64_t remote, const void *local, uint64
 
 PeerAdapter::~PeerAdapter() {
   for (auto &[idx, m] : regions_) ::munmap(m.ptr, m.len);
-  ::munmap(const_cast<AdapterShm *>(shm_), len_);
+  ::munmap(const_cast<AdapterShm *>(shm_), sizeof(AdapterShm));
+  ::munmap(bell_, kBellBytes);
 }
 
-uint8_t *PeerAdapter::region_ptr(uint32_t idx, uint32_t gen, uint64_t off, uint64_t len) {
+uint8_t *PeerAdapter::region_ptr(uint32_t idx, uint32_t gen, uint64_t off, uint64_t len,
+                                 bool write) {
   if (idx >= kMaxRegions) return nullptr;
   {
     std::shared_lock lk(mu_);
     auto it = regions_.find(idx);
-    if (it != regions_.end() && it->second.gen == gen) {
+    if (it != regions_.end() && it->second.gen == gen && (it->second.writable || !write)) {
       if (off > it->second.len || len > it->second.len - off) return nullptr;
       return it->second.ptr + off;
     }
   }
-  // First use (or the region was replaced): map it. A control-path cost paid once.
+  // First use (or the region was replaced, or more access is needed): ask the owner. A
+  // control-path cost paid once per region.
   const RegionEntry &r = shm_->regions[idx];
   const uint32_t cur = r.gen.load(std::memory_order_acquire);
-  if (cur == 0 || cur != gen) return nullptr;
-  const int fd = r.fd;
   const uint64_t rlen = r.length;
-  if (off > rlen || len > rlen - off) return nullptr;
-  char path[64];
-  std::snprintf(path, sizeof(path), "/proc/%u/fd/%d", pid_, fd);
-  int f = ::open(path, O_RDWR | O_CLOEXEC);
-  if (f < 0) return nullptr;
-  void *p = ::mmap(nullptr, rlen, PROT_READ | PROT_WRITE, MAP_SHARED, f, 0);
-  ::close(f);
+  if (cur == 0 || cur != gen || off > rlen || len > rlen - off) return nullptr;
+  ctl::Request rq{};
+  rq.magic = ctl::kCtlMagic;
+  rq.kind = (uint32_t)ctl::Kind::Region;
+  rq.idx = idx;
+  rq.gen = gen;
+  ctl::Reply rp{};
+  std::vector<int> fds;
+  pid_t who = 0;
+  if (int rc = ctl::call(path_, rq, &rp, &fds, &who)) {
+    ECA_LOG(Info, "hwmodel: process %u refused region %u: %s", pid_, idx, strerror(rc));
+    return nullptr;
+  }
+  const int f = fds[0];
+  const bool writable = (::fcntl(f, F_GETFL) & O_ACCMODE) == O_RDWR;
+  void *p = MAP_FAILED;
+  if ((uint32_t)who == pid_ && fds.size() == 1 && rp.size[0] == rlen &&
+      ctl::check_memfd(f, rlen) == 0 && (writable || !write))
+    p = ::mmap(nullptr, rlen, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, f, 0);
+  for (int x : fds) ::close(x);
   if (p == MAP_FAILED) return nullptr;
   std::unique_lock lk(mu_);
   auto &slot = regions_[idx];
   if (slot.ptr) ::munmap(slot.ptr, slot.len);
-  slot = {gen, static_cast<uint8_t *>(p), rlen};
+  slot = {gen, writable, static_cast<uint8_t *>(p), rlen};
   return slot.ptr + off;
 }
 
@@ -126,23 +148,30 @@ Adapter &Adapter::instance() {
 
 Adapter::Adapter() {
   pid_ = (uint32_t)getpid();
-  shm_fd_ = ::memfd_create("eca-hw-adapter", MFD_CLOEXEC);
-  if (shm_fd_ < 0 || ::ftruncate(shm_fd_, sizeof(AdapterShm)) != 0) {
+  shm_fd_ = ctl::sealed_memfd("eca-hw-adapter", sizeof(AdapterShm));
+  bell_fd_ = ctl::sealed_memfd("eca-hw-bell", kBellBytes);
+  void *p = shm_fd_ < 0 ? MAP_FAILED
+                        : ::mmap(nullptr, sizeof(AdapterShm), PROT_READ | PROT_WRITE, MAP_SHARED,
+                                 shm_fd_, 0);
+  void *b = bell_fd_ < 0 ? MAP_FAILED
+                         : ::mmap(nullptr, kBellBytes, PROT_READ | PROT_WRITE, MAP_SHARED, bell_fd_, 0);
+  if (p == MAP_FAILED || b == MAP_FAILED) {
     ECA_LOG(Error, "hwmodel: adapter memory: %s", strerror(errno));
     return;
   }
-  ::fchmod(shm_fd_, 0600);
-  void *p = ::mmap(nullptr, sizeof(AdapterShm), PROT_READ | PROT_WRITE, MAP_SHARED, shm_fd_, 0);
-  if (p == MAP_FAILED) {
-    ECA_LOG(Error, "hwmodel: adapter memory: %s", strerror(errno));
+  if (int rc = ctl_.start([this](const ctl::Request &rq, const ctl::Server::Caller &who,
+                                 std::vector<int> *fds) { return serve(rq, who, fds); })) {
+    ECA_LOG(Error, "hwmodel: adapter control socket: %s", strerror(rc));
     return;
   }
+  bell_ = static_cast<Bell *>(b);
   shm_ = static_cast<AdapterShm *>(p);  // a fresh memfd is zero-filled: all entries free
   shm_->magic = kAdapterMagic;
   shm_->version = kLayoutVersion;
   shm_->pid = pid_;
-  // Peers (same user) read and write the unshared edge bytes of our MRs with
-  // process_vm_readv/writev; with Yama's ptrace_scope=1 that needs our consent.
+  // Peers (same user, identity proven on the control socket) read and write the unshared
+  // bytes of our MRs with process_vm_readv/writev; with Yama's ptrace_scope=1 that needs our
+  // consent.
   ::prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
   // A fork() child gets private copies of the pages we re-backed (see privatize_in_child).
   ::pthread_atfork(nullptr, nullptr, privatize_in_child);
@@ -428,7 +457,10 @@ int Adapter::register_mr(uint32_t key, uint32_t pd, int access, uint64_t iova, v
   if (fast) {
     ridx = covering->second.idx;
     covering->second.refs++;
+    covering->second.remote_write += (access & IBV_ACCESS_REMOTE_WRITE) ? 1 : 0;
+    covering->second.remote_read += (access & IBV_ACCESS_REMOTE_READ) ? 1 : 0;
   }
+  g_mr_access[key] = access;
   StagEntry &se = shm_->stags[sidx];
   se.key.store(0, std::memory_order_release);
   se.pd = pd;
@@ -448,10 +480,17 @@ void Adapter::unregister_mr(uint32_t key) {
   StagEntry &se = shm_->stags[sidx];
   uint32_t expect = key;
   if (!se.key.compare_exchange_strong(expect, 0, std::memory_order_acq_rel)) return;
+  int access = 0;
+  if (auto a = g_mr_access.find(key); a != g_mr_access.end()) {
+    access = a->second;
+    g_mr_access.erase(a);
+  }
   // The region dies with its last MR (the application may free the memory now). Its pages
   // stay mapped to the memfd: the application still owns them and may keep using them.
   for (auto it = g_regions.begin(); it != g_regions.end(); ++it) {
     if (it->second.idx != se.region) continue;
+    it->second.remote_write -= (access & IBV_ACCESS_REMOTE_WRITE) ? 1 : 0;
+    it->second.remote_read -= (access & IBV_ACCESS_REMOTE_READ) ? 1 : 0;
     if (--it->second.refs == 0) {
       shm_->regions[it->second.idx].gen.store(0, std::memory_order_release);
       auto [old, inserted] = g_retired.emplace(it->second.base, it->second);
@@ -480,43 +519,163 @@ void Adapter::invalidate_mr(uint32_t key) {
 }
 
 bool Adapter::local_region(const void *addr, uint64_t len, uint32_t *idx, uint32_t *gen,
-                           uint64_t *off) {
+                           uint64_t *off, uint32_t reader) {
   std::lock_guard lk(mu_);
   const uint64_t a = (uint64_t)addr;
   auto it = g_regions.upper_bound(a);
   if (it == g_regions.begin()) return false;
   --it;
-  const LocalRegion &r = it->second;
+  LocalRegion &r = it->second;
   if (a < r.base || len > r.len || a - r.base > r.len - len) return false;
+  it->second.named_for.insert(reader);
   *idx = r.idx;
   *gen = r.gen;
   *off = a - r.base;
   return true;
 }
 
-std::shared_ptr<PeerAdapter> Adapter::peer(uint32_t pid, int fd) {
-  std::lock_guard lk(peers_mu_);
-  if (auto it = peers_.find(pid); it != peers_.end())
-    if (auto p = it->second.lock()) return p;
+// ---------------------------------------------------------------------------------------------
+// Identity and descriptors (the control channel's server side runs on its own thread).
+
+namespace {
+std::string nonce_key(const uint8_t (&n)[ctl::kNonceBytes]) {
+  return std::string(reinterpret_cast<const char *>(n), ctl::kNonceBytes);
+}
+
+// A descriptor of our memfd `fd` that grants only `mode` (O_RDONLY or O_RDWR): reopened
+// through our own /proc/self/fd, so a read-only one can never be mapped writable.
+int reopen(int fd, int mode) {
   char path[64];
-  std::snprintf(path, sizeof(path), "/proc/%u/fd/%d", pid, fd);
-  int f = ::open(path, O_RDWR | O_CLOEXEC);
-  if (f < 0) {
-    ECA_LOG(Warn, "hwmodel: cannot open the adapter of process %u: %s", pid, strerror(errno));
+  std::snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  return ::open(path, mode | O_CLOEXEC);
+}
+}  // namespace
+
+void Adapter::expect_hello(const uint8_t (&nonce)[ctl::kNonceBytes], int link_fd,
+                           std::function<void(uint32_t)> proven) {
+  std::lock_guard lk(hello_mu_);
+  pending_[nonce_key(nonce)] = Pending{link_fd, std::move(proven)};
+}
+
+void Adapter::forget(const uint8_t (&nonce)[ctl::kNonceBytes], uint32_t peer_pid) {
+  std::lock_guard lk(hello_mu_);
+  pending_.erase(nonce_key(nonce));
+  if (peer_pid)
+    if (auto it = proven_.find(peer_pid); it != proven_.end()) proven_.erase(it);
+}
+
+ctl::Reply Adapter::serve(const ctl::Request &rq, const ctl::Server::Caller &who,
+                          std::vector<int> *fds) {
+  ctl::Reply rp{};
+  switch (static_cast<ctl::Kind>(rq.kind)) {
+    case ctl::Kind::Hello: {
+      Pending p;
+      {
+        std::lock_guard lk(hello_mu_);
+        auto it = pending_.find(nonce_key(rq.nonce));
+        if (it == pending_.end()) {
+          rp.status = EACCES;  // not a nonce we sent: not the process at the other end
+          return rp;
+        }
+        p = std::move(it->second);
+        pending_.erase(it);  // one use
+        proven_.insert((uint32_t)who.pid);
+      }
+      fds->push_back(reopen(shm_fd_, O_RDONLY));
+      rp.size[0] = sizeof(AdapterShm);
+      fds->push_back(reopen(bell_fd_, O_RDWR));
+      rp.size[1] = kBellBytes;
+      if (p.link_fd >= 0) {
+        fds->push_back(::fcntl(p.link_fd, F_DUPFD_CLOEXEC, 0));
+        rp.size[2] = sizeof(LinkShm);
+      }
+      for (int f : *fds)
+        if (f < 0) rp.status = EMFILE;
+      if (!rp.status && p.proven) p.proven((uint32_t)who.pid);
+      return rp;
+    }
+    case ctl::Kind::Region: {
+      std::lock_guard lk(mu_);
+      {
+        std::lock_guard hk(hello_mu_);
+        if (!proven_.count((uint32_t)who.pid)) {
+          rp.status = EACCES;
+          return rp;
+        }
+      }
+      auto it = std::find_if(g_regions.begin(), g_regions.end(),
+                             [&](const auto &kv) { return kv.second.idx == rq.idx; });
+      if (it == g_regions.end() || it->second.gen != rq.gen) {
+        rp.status = ESTALE;
+        return rp;
+      }
+      const LocalRegion &r = it->second;
+      int mode = -1;
+      if (r.remote_write)
+        mode = O_RDWR;
+      else if (r.remote_read || r.named_for.count((uint32_t)who.pid))
+        mode = O_RDONLY;
+      if (mode < 0) {
+        rp.status = EACCES;
+        return rp;
+      }
+      int f = reopen(r.fd, mode);
+      if (f < 0) {
+        rp.status = errno;
+        return rp;
+      }
+      fds->push_back(f);
+      rp.size[0] = r.len;
+      return rp;
+    }
+  }
+  rp.status = EINVAL;
+  return rp;
+}
+
+std::shared_ptr<PeerAdapter> Adapter::connect_peer(const std::string &path,
+                                                   const uint8_t (&nonce)[ctl::kNonceBytes],
+                                                   int *link_fd) {
+  *link_fd = -1;
+  ctl::Request rq{};
+  rq.magic = ctl::kCtlMagic;
+  rq.kind = (uint32_t)ctl::Kind::Hello;
+  std::memcpy(rq.nonce, nonce, sizeof rq.nonce);
+  ctl::Reply rp{};
+  std::vector<int> fds;
+  pid_t pid = 0;
+  if (int rc = ctl::call(path, rq, &rp, &fds, &pid)) {
+    ECA_LOG(Warn, "hwmodel: the peer adapter at %s did not answer: %s", path.c_str(), strerror(rc));
     return nullptr;
   }
-  void *p = ::mmap(nullptr, sizeof(AdapterShm), PROT_READ | PROT_WRITE, MAP_SHARED, f, 0);
-  ::close(f);
-  if (p == MAP_FAILED) return nullptr;
-  auto *shm = static_cast<AdapterShm *>(p);
-  if (shm->magic != kAdapterMagic || shm->version != kLayoutVersion || shm->pid != pid) {
-    ::munmap(p, sizeof(AdapterShm));
-    ECA_LOG(Warn, "hwmodel: process %u offered no valid adapter memory", pid);
+  auto fail = [&](const char *why) -> std::shared_ptr<PeerAdapter> {
+    ECA_LOG(Warn, "hwmodel: process %d offered no valid adapter: %s", (int)pid, why);
+    for (int f : fds) ::close(f);
     return nullptr;
+  };
+  if (fds.size() < 2 || rp.size[0] != sizeof(AdapterShm) || rp.size[1] != kBellBytes ||
+      ctl::check_memfd(fds[0], sizeof(AdapterShm)) || ctl::check_memfd(fds[1], kBellBytes))
+    return fail("unsealed or wrongly sized memory");
+  if (fds.size() == 3 && (rp.size[2] != sizeof(LinkShm) || ctl::check_memfd(fds[2], sizeof(LinkShm))))
+    return fail("unsealed or wrongly sized link");
+  void *t = ::mmap(nullptr, sizeof(AdapterShm), PROT_READ, MAP_SHARED, fds[0], 0);
+  if (t == MAP_FAILED) return fail("adapter table");
+  void *b = ::mmap(nullptr, kBellBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
+  if (b == MAP_FAILED) {
+    ::munmap(t, sizeof(AdapterShm));
+    return fail("doorbell");
   }
-  auto pa = std::make_shared<PeerAdapter>(pid, shm, sizeof(AdapterShm));
-  peers_[pid] = pa;
-  return pa;
+  auto *shm = static_cast<const AdapterShm *>(t);
+  if (shm->magic != kAdapterMagic || shm->version != kLayoutVersion) {
+    ::munmap(t, sizeof(AdapterShm));
+    ::munmap(b, kBellBytes);
+    return fail("layout");
+  }
+  ::close(fds[0]);
+  ::close(fds[1]);
+  if (fds.size() == 3) *link_fd = fds[2];
+  // One PeerAdapter per connection: its mappings go with the connection.
+  return std::make_shared<PeerAdapter>((uint32_t)pid, path, shm, static_cast<Bell *>(b));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -541,14 +700,13 @@ void Adapter::detach(HwConn *c) {
 }
 
 void Adapter::kick() {
-  if (!shm_) return;
-  shm_->doorbell.fetch_add(1, std::memory_order_acq_rel);
-  if (shm_->sleeping.load(std::memory_order_acquire))
-    futex(&shm_->doorbell, FUTEX_WAKE, 1, nullptr);
+  if (!bell_) return;
+  bell_->doorbell.fetch_add(1, std::memory_order_acq_rel);
+  if (bell_->sleeping.load(std::memory_order_acquire))
+    futex(&bell_->doorbell, FUTEX_WAKE, 1, nullptr);
 }
 
-void Adapter::kick_peer(const AdapterShm *peer) {
-  auto *p = const_cast<AdapterShm *>(peer);
+void Adapter::kick_peer(Bell *p) {
   p->doorbell.fetch_add(1, std::memory_order_acq_rel);
   if (p->sleeping.load(std::memory_order_acquire)) futex(&p->doorbell, FUTEX_WAKE, 1, nullptr);
 }
@@ -556,7 +714,7 @@ void Adapter::kick_peer(const AdapterShm *peer) {
 void Adapter::firmware_loop() {
   pthread_setname_np(pthread_self(), "eca-hw-fw");
   for (;;) {
-    uint32_t seen = shm_->doorbell.load(std::memory_order_acquire);
+    uint32_t seen = bell_->doorbell.load(std::memory_order_acquire);
     std::vector<std::shared_ptr<HwConn>> live;
     {
       std::lock_guard lk(conns_mu_);
@@ -572,10 +730,10 @@ void Adapter::firmware_loop() {
     if (did) continue;
     // Idle: sleep until kicked; wake periodically while something waits on a deadline.
     timespec ts{0, timed ? 1000000L : 20000000L};
-    shm_->sleeping.store(1, std::memory_order_release);
-    if (shm_->doorbell.load(std::memory_order_acquire) == seen)
-      futex(&shm_->doorbell, FUTEX_WAIT, seen, &ts);
-    shm_->sleeping.store(0, std::memory_order_release);
+    bell_->sleeping.store(1, std::memory_order_release);
+    if (bell_->doorbell.load(std::memory_order_acquire) == seen)
+      futex(&bell_->doorbell, FUTEX_WAIT, seen, &ts);
+    bell_->sleeping.store(0, std::memory_order_release);
   }
 }
 

@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <random>
 
 #include "provider/core/config.hpp"
 #include "provider/core/log.hpp"
@@ -110,59 +111,61 @@ void HwConn::start() {
       self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
       return;
     }
-    if (self->initiator_)
-      self->handshake_creator();
-    else
-      self->handshake_joiner();
+    self->handshake();
   });
 }
 
-bool HwConn::map_link(uint32_t pid, int fd) {
-  char path[64];
-  std::snprintf(path, sizeof(path), "/proc/%u/fd/%d", pid, fd);
-  int f = ::open(path, O_RDWR | O_CLOEXEC);
-  if (f < 0) return false;
-  void *p = ::mmap(nullptr, sizeof(LinkShm), PROT_READ | PROT_WRITE, MAP_SHARED, f, 0);
-  ::close(f);
-  if (p == MAP_FAILED) return false;
-  link_ = static_cast<LinkShm *>(p);
-  return link_->magic == kLinkMagic && link_->version == kLayoutVersion;
-}
-
 namespace {
+// What each side sends over the set-up TCP connection. Nothing in it is trusted: the path is
+// only where to present the nonce, and the peer's adapter proves itself there.
 struct HelloBuf {
   uint64_t magic;
-  uint32_t pid;
-  int32_t adapter_fd;
-  int32_t link_fd;
   uint32_t qpn;
   uint32_t pd;
-  uint32_t ok;
+  uint8_t nonce[ctl::kNonceBytes];
+  char path[104];  // NUL-terminated control socket path
 };
-static_assert(sizeof(HelloBuf) == 32);
+static_assert(sizeof(HelloBuf) == 136);
 }  // namespace
 
-void HwConn::handshake_creator() {
-  link_fd_ = ::memfd_create("eca-hw-link", MFD_CLOEXEC);
-  if (link_fd_ < 0 || ::fchmod(link_fd_, 0600) != 0 ||
-      ::ftruncate(link_fd_, sizeof(LinkShm)) != 0) {
-    fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
-    return;
+// Both sides: send our hello (the link's creator, the initiator, makes the link memory
+// first), read the peer's, then present the peer's nonce at its control socket: that returns
+// the peer's adapter table and doorbell, and the joiner also gets the link memory there.
+void HwConn::handshake() {
+  Adapter &ad = Adapter::instance();
+  int link_offer = -1;
+  if (initiator_) {
+    link_fd_ = ctl::sealed_memfd("eca-hw-link", sizeof(LinkShm));
+    void *p = link_fd_ < 0 ? MAP_FAILED
+                           : ::mmap(nullptr, sizeof(LinkShm), PROT_READ | PROT_WRITE, MAP_SHARED,
+                                    link_fd_, 0);
+    if (p == MAP_FAILED) {
+      fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+      return;
+    }
+    link_ = static_cast<LinkShm *>(p);
+    link_->magic = kLinkMagic;
+    link_->version = kLayoutVersion;
+    link_->side[0].pid.store(ad.pid());
+    link_->side[0].qpn.store(qp_.qpn);
+    link_->side[0].pd.store(qp_.pd->ibpd.handle);
+    link_offer = link_fd_;
   }
-  void *p = ::mmap(nullptr, sizeof(LinkShm), PROT_READ | PROT_WRITE, MAP_SHARED, link_fd_, 0);
-  if (p == MAP_FAILED) {
-    fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
-    return;
+  std::random_device rd;
+  for (size_t i = 0; i < sizeof nonce_; i += 4) {
+    const uint32_t r = rd();
+    std::memcpy(nonce_ + i, &r, 4);
   }
-  link_ = static_cast<LinkShm *>(p);
-  link_->magic = kLinkMagic;
-  link_->version = kLayoutVersion;
-  link_->side[0].pid.store(Adapter::instance().pid());
-  link_->side[0].qpn.store(qp_.qpn);
-  link_->side[0].pd.store(qp_.pd->ibpd.handle);
-  auto out = std::make_shared<HelloBuf>(HelloBuf{kLinkMagic, Adapter::instance().pid(),
-                                                 Adapter::instance().shm_fd(), link_fd_,
-                                                 qp_.qpn, qp_.pd->ibpd.handle, 1});
+  std::weak_ptr<HwConn> weak = weak_from_this();
+  ad.expect_hello(nonce_, link_offer, [weak](uint32_t pid) {
+    if (auto s = weak.lock()) s->asker_pid_.store(pid);
+  });
+  auto out = std::make_shared<HelloBuf>();
+  out->magic = kLinkMagic;
+  out->qpn = qp_.qpn;
+  out->pd = qp_.pd->ibpd.handle;
+  std::memcpy(out->nonce, nonce_, sizeof nonce_);
+  std::snprintf(out->path, sizeof out->path, "%s", ad.ctl_path().c_str());
   auto in = std::make_shared<HelloBuf>();
   auto self = shared_from_this();
   boost::asio::async_write(
@@ -176,43 +179,31 @@ void HwConn::handshake_creator() {
             [self, in](const boost::system::error_code &ec2, size_t) {
               std::lock_guard cb2(self->cb_mu_);
               if (self->closed_) return;
-              if (ec2 || in->magic != kLinkMagic || !in->ok)
+              if (ec2 || in->magic != kLinkMagic ||
+                  ::memchr(in->path, 0, sizeof in->path) == nullptr)
                 return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
-              self->peer_ = Adapter::instance().peer(in->pid, in->adapter_fd);
-              if (!self->peer_) return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
               self->peer_pd_ = in->pd;
+              int link_fd = -1;
+              self->peer_ = Adapter::instance().connect_peer(in->path, in->nonce, &link_fd);
+              if (!self->peer_) return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+              if (self->initiator_) {
+                if (link_fd >= 0) ::close(link_fd);  // we made the link; keep ours
+              } else {
+                void *p = link_fd < 0 ? MAP_FAILED
+                                      : ::mmap(nullptr, sizeof(LinkShm), PROT_READ | PROT_WRITE,
+                                               MAP_SHARED, link_fd, 0);
+                if (link_fd >= 0) ::close(link_fd);
+                if (p == MAP_FAILED) return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+                self->link_ = static_cast<LinkShm *>(p);
+                if (self->link_->magic != kLinkMagic || self->link_->version != kLayoutVersion)
+                  return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+                LinkSide &me = self->link_->side[1];
+                me.pid.store(Adapter::instance().pid());
+                me.qpn.store(self->qp_.qpn);
+                me.pd.store(self->qp_.pd->ibpd.handle);
+              }
               self->become_ready();
             });
-      });
-}
-
-void HwConn::handshake_joiner() {
-  auto in = std::make_shared<HelloBuf>();
-  auto self = shared_from_this();
-  boost::asio::async_read(
-      sock_, boost::asio::buffer(in.get(), sizeof(HelloBuf)),
-      [self, in](const boost::system::error_code &ec, size_t) {
-        std::lock_guard cb(self->cb_mu_);
-        if (self->closed_) return;
-        if (ec || in->magic != kLinkMagic || !self->map_link(in->pid, in->link_fd))
-          return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
-        self->peer_ = Adapter::instance().peer(in->pid, in->adapter_fd);
-        if (!self->peer_) return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
-        self->peer_pd_ = in->pd;
-        LinkSide &me = self->link_->side[1];
-        me.pid.store(Adapter::instance().pid());
-        me.qpn.store(self->qp_.qpn);
-        me.pd.store(self->qp_.pd->ibpd.handle);
-        auto out = std::make_shared<HelloBuf>(
-            HelloBuf{kLinkMagic, Adapter::instance().pid(), Adapter::instance().shm_fd(), -1,
-                     self->qp_.qpn, self->qp_.pd->ibpd.handle, 1});
-        boost::asio::async_write(self->sock_, boost::asio::buffer(out.get(), sizeof(HelloBuf)),
-                                 [self, out](const boost::system::error_code &ec2, size_t) {
-                                   std::lock_guard cb2(self->cb_mu_);
-                                   if (self->closed_) return;
-                                   if (ec2) return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
-                                   self->become_ready();
-                                 });
       });
 }
 
@@ -345,7 +336,7 @@ void HwConn::ring_publish_locked() {
   out_->tail.store(++out_tail_, std::memory_order_seq_cst);
   // Ring the peer's doorbell only when it asked to be woken (interrupt mode).
   if (link_->side[1 - side_].want_intr.load(std::memory_order_seq_cst))
-    Adapter::kick_peer(peer_->shm());
+    Adapter::kick_peer(peer_->bell());
 }
 
 void HwConn::send_terminate_locked(ibv_wc_status peer_st) {
@@ -389,14 +380,15 @@ bool HwConn::tx_locked() {
 // the access against the peer adapter's published STag table first (the peer NIC's check).
 // The MR's interior pages are shared memory (plain copies); its partial edge pages are
 // reached with cross-memory reads/writes. A WRITE's last bytes are placed last.
-uint8_t *HwConn::peer_region(uint32_t idx, uint32_t gen, uint64_t off, uint64_t len) {
+uint8_t *HwConn::peer_region(uint32_t idx, uint32_t gen, uint64_t off, uint64_t len,
+                             bool write) {
   RegionCache &c = last_region_;
-  if (c.idx != idx || c.gen != gen) {
+  if (c.idx != idx || c.gen != gen || (write && !c.writable)) {
     // Map (or find) the whole region once; later accesses to it are pointer arithmetic.
     const uint64_t rlen = peer_->shm()->regions[idx].length;
-    uint8_t *p = peer_->region_ptr(idx, gen, 0, rlen);
+    uint8_t *p = peer_->region_ptr(idx, gen, 0, rlen, write);
     if (!p) return nullptr;
-    c = {idx, gen, p, rlen};
+    c = {idx, gen, p, rlen, write};
   }
   if (off > c.len || len > c.len - off) return nullptr;
   return c.base + off;
@@ -434,7 +426,7 @@ bool HwConn::remote_copy(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t ne
   const uint64_t m_from = std::clamp(rb, host, h_end), m_to = std::clamp(re, host, h_end);
   if (gen && m_from < m_to) {
     if (host < m_from) pieces[np++] = {0, m_from - host, nullptr};
-    uint8_t *p = peer_region(region, gen, m_from - rb, m_to - m_from);
+    uint8_t *p = peer_region(region, gen, m_from - rb, m_to - m_from, write);
     if (!p) return false;
     pieces[np++] = {m_from - host, m_to - host, p};
     if (m_to < h_end) pieces[np++] = {m_to - host, len, nullptr};
@@ -573,7 +565,8 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
     }
     uint32_t idx = kMaxRegions, gen = 0;
     uint64_t off = 0;
-    if (!Adapter::instance().local_region(s.p, s.n, &idx, &gen, &off)) idx = kMaxRegions;
+    if (!Adapter::instance().local_region(s.p, s.n, &idx, &gen, &off, peer_->pid()))
+      idx = kMaxRegions;
     f->sge[n] = {idx, (uint32_t)s.n, (uint64_t)(uintptr_t)s.p};
     f->region_gen[n] = gen;
     n++;
@@ -593,7 +586,7 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
 void HwConn::ack_placed_locked() {
   link_->side[side_].placed.store(++placed_, std::memory_order_seq_cst);
   if (link_->side[1 - side_].want_intr.load(std::memory_order_seq_cst))
-    Adapter::kick_peer(peer_->shm());
+    Adapter::kick_peer(peer_->bell());
 }
 
 bool HwConn::harvest_acks_locked() {
@@ -717,7 +710,7 @@ bool HwConn::handle_frame_locked(const Frame &f) {
             const RegionEntry &r = peer_->shm()->regions[g.region];
             const uint64_t base = r.base;
             if (g.addr >= base)
-              p = peer_->region_ptr(g.region, f.region_gen[i], g.addr - base, g.len);
+              p = peer_->region_ptr(g.region, f.region_gen[i], g.addr - base, g.len, false);
           }
           if (!p) {
             auto &buf = fetched.emplace_back(g.len);
@@ -827,6 +820,7 @@ void HwConn::close(bool graceful) {
     }
   }
   Adapter::instance().detach(this);
+  Adapter::instance().forget(nonce_, asker_pid_.exchange(0));
   auto self = shared_from_this();
   auto finish = [self] {
     boost::system::error_code ec;

@@ -18,7 +18,7 @@ namespace eca::hw {
 
 inline constexpr uint64_t kAdapterMagic = 0x4543414877416470ull;  // "ECAHwAdp"
 inline constexpr uint64_t kLinkMagic = 0x454341487754696eull;     // "ECAHwLin"
-inline constexpr uint32_t kLayoutVersion = 4;
+inline constexpr uint32_t kLayoutVersion = 5;
 
 inline constexpr uint32_t kMaxStags = 1u << 16;
 inline constexpr uint32_t kMaxRegions = 1u << 12;
@@ -37,23 +37,31 @@ static_assert(sizeof(StagEntry) == 64);
 
 struct alignas(64) RegionEntry {
   std::atomic<uint32_t> gen;  // 0 = unused; bumped when the slot is reused
-  int32_t fd;                 // memfd in the owner process (peers open /proc/<pid>/fd/<fd>)
+  int32_t fd;                 // the owner's own memfd number (peers ask for the region by index)
   uint64_t base;              // owner's virtual address of the mapping
   uint64_t length;
   uint8_t pad_[40];
 };
 static_assert(sizeof(RegionEntry) == 64);
 
+// Peers map this read-only: they validate and translate with it, never change it.
 struct AdapterShm {
   uint64_t magic;
   uint32_t version;
   uint32_t pid;
-  alignas(64) std::atomic<uint32_t> doorbell;  // futex word: bumped to wake the adapter
-  std::atomic<uint32_t> sleeping;              // the adapter thread waits on doorbell
   alignas(64) RegionEntry regions[kMaxRegions];
   StagEntry stags[kMaxStags];
 };
 static_assert(offsetof(AdapterShm, regions) % 64 == 0);
+
+// The adapter's doorbell (its own memfd, the one object peers may write besides links and
+// regions granted for REMOTE_WRITE).
+struct alignas(64) Bell {
+  std::atomic<uint32_t> doorbell;  // futex word: bumped to wake the adapter
+  std::atomic<uint32_t> sleeping;  // the adapter thread waits on doorbell
+};
+inline constexpr uint64_t kBellBytes = 4096;
+static_assert(sizeof(Bell) <= kBellBytes);
 
 // ---- frames on the link rings
 enum class FrameType : uint32_t {
