@@ -70,18 +70,22 @@ void scatter(const uint8_t *src, uint64_t total, std::span<const Seg> dst) {
   }
 }
 
-// Only statuses that make sense for a peer to report are taken from a frame.
-ibv_wc_status peer_status(uint32_t s) {
-  switch (s) {
-    case IBV_WC_SUCCESS:
-    case IBV_WC_REM_ACCESS_ERR:
-    case IBV_WC_REM_INV_REQ_ERR:
-    case IBV_WC_REM_OP_ERR:
-    case IBV_WC_WR_FLUSH_ERR:
-      return static_cast<ibv_wc_status>(s);
-    default:
-      return IBV_WC_REM_OP_ERR;
-  }
+// What a peer's Terminate means for our oldest outstanding work request (the rest flush).
+// Anything else a peer writes there is a protocol error.
+constexpr struct {
+  WireError why;
+  ibv_wc_status st;
+} kTerminateStatus[] = {
+    {WireError::Ended, IBV_WC_WR_FLUSH_ERR},
+    {WireError::Access, IBV_WC_REM_ACCESS_ERR},
+    {WireError::InvalidRequest, IBV_WC_REM_INV_REQ_ERR},
+    {WireError::Protocol, IBV_WC_REM_OP_ERR},
+};
+
+ibv_wc_status terminate_status(uint32_t why) {
+  for (const auto &e : kTerminateStatus)
+    if ((uint32_t)e.why == why) return e.st;
+  return IBV_WC_REM_OP_ERR;
 }
 
 }  // namespace
@@ -339,10 +343,10 @@ void HwConn::ring_publish_locked() {
     Adapter::kick_peer(peer_->bell());
 }
 
-void HwConn::send_terminate_locked(ibv_wc_status peer_st) {
+void HwConn::send_terminate_locked(WireError why) {
   if (Frame *f = ring_slot_locked()) {
     f->type = (uint32_t)FrameType::Terminate;
-    f->status = (uint32_t)peer_st;
+    f->status = (uint32_t)why;
     f->model_ps = now_ps();
     ring_publish_locked();
   }
@@ -473,7 +477,7 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
   if (is_read && qp_.ord == 0) {  // the peer accepts no READs (IRD 0)
     ECA_QP_LOG(Warn, qp_.qpn, "RDMA READ posted on a connection with ORD 0");
     qp_.sq_done(w, IBV_WC_LOC_QP_OP_ERR);
-    send_terminate_locked(IBV_WC_WR_FLUSH_ERR);
+    send_terminate_locked(WireError::Ended);
     fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
     return true;
   }
@@ -494,7 +498,7 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
                    &host) != AccessError::None) {
         ECA_QP_LOG(Info, qp_.qpn, "local protection error (lkey 0x%x)", s.lkey);
         qp_.sq_done(w, IBV_WC_LOC_PROT_ERR);
-        send_terminate_locked(IBV_WC_WR_FLUSH_ERR);
+        send_terminate_locked(WireError::Ended);
         fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
         return true;
       }
@@ -516,7 +520,7 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
         ECA_QP_LOG(Info, qp_.qpn, "remote access error (rkey 0x%x addr 0x%llx len %llu)",
                    w->rkey, (unsigned long long)w->remote_addr, (unsigned long long)len);
         qp_.sq_done(w, IBV_WC_REM_ACCESS_ERR);
-        send_terminate_locked(IBV_WC_WR_FLUSH_ERR);
+        send_terminate_locked(WireError::Ended);
         fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
         return true;
       }
@@ -559,7 +563,7 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
   for (const Seg &s : local) {
     if (n == kFrameSges) {
       qp_.sq_done(w, IBV_WC_LOC_PROT_ERR);
-      send_terminate_locked(IBV_WC_WR_FLUSH_ERR);
+      send_terminate_locked(WireError::Ended);
       fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
       return true;
     }
@@ -596,7 +600,7 @@ bool HwConn::harvest_acks_locked() {
     if (!failing_) {
       ECA_QP_LOG(Warn, qp_.qpn, "peer acknowledged %llu messages, %zu were outstanding",
                  (unsigned long long)(placed - acked_seen_), await_ack_.size());
-      send_terminate_locked(IBV_WC_REM_OP_ERR);
+      send_terminate_locked(WireError::Protocol);
       fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
     }
     acked_seen_ = placed;  // report it once
@@ -622,7 +626,7 @@ bool HwConn::rx_locked() {
     const uint64_t tail = in_->tail.load(std::memory_order_acquire);
     if (head == tail) break;
     if (tail - head > kRingSlots) {  // a peer that corrupts the ring indices
-      send_terminate_locked(IBV_WC_REM_OP_ERR);
+      send_terminate_locked(WireError::Protocol);
       fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
       break;
     }
@@ -648,7 +652,7 @@ bool HwConn::handle_frame_locked(const Frame &f) {
           if (now < rqe_deadline_ns_) return false;
           ECA_QP_LOG(Info, qp_.qpn, "Send arrived with no receive posted");
           rqe_deadline_ns_ = 0;
-          send_terminate_locked(IBV_WC_REM_INV_REQ_ERR);
+          send_terminate_locked(WireError::InvalidRequest);
           fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
           return true;
         }
@@ -678,7 +682,7 @@ bool HwConn::handle_frame_locked(const Frame &f) {
             AccessError::None) {
           qp_.rq_done(rqe_, IBV_WC_LOC_PROT_ERR, 0, false, 0);
           have_rqe_ = false;
-          send_terminate_locked(IBV_WC_REM_OP_ERR);
+          send_terminate_locked(WireError::Protocol);
           fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
           return true;
         }
@@ -687,14 +691,14 @@ bool HwConn::handle_frame_locked(const Frame &f) {
       }
       if (!ok) {
         ECA_QP_LOG(Warn, qp_.qpn, "malformed Send frame from the peer");
-        send_terminate_locked(IBV_WC_REM_OP_ERR);
+        send_terminate_locked(WireError::Protocol);
         fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
         return true;
       }
       if (f.len > cap) {
         qp_.rq_done(rqe_, IBV_WC_LOC_LEN_ERR, 0, false, 0);
         have_rqe_ = false;
-        send_terminate_locked(IBV_WC_REM_INV_REQ_ERR);
+        send_terminate_locked(WireError::InvalidRequest);
         fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
         return true;
       }
@@ -717,7 +721,7 @@ bool HwConn::handle_frame_locked(const Frame &f) {
             stats_.adapter_path_copies++;
             if (!cross_memory_read(peer_->pid(), g.addr, buf.data(), g.len)) {
               ECA_QP_LOG(Warn, qp_.qpn, "Send frame names memory the peer cannot provide");
-              send_terminate_locked(IBV_WC_REM_OP_ERR);
+              send_terminate_locked(WireError::Protocol);
               fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
               return true;
             }
@@ -740,7 +744,7 @@ bool HwConn::handle_frame_locked(const Frame &f) {
         if (!mr_invalidate(inv, qp_.pd)) {
           qp_.rq_done(rqe_, IBV_WC_REM_INV_REQ_ERR, f.len, false, 0);
           have_rqe_ = false;
-          send_terminate_locked(IBV_WC_REM_OP_ERR);
+          send_terminate_locked(WireError::Protocol);
           fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
           return true;
         }
@@ -752,15 +756,14 @@ bool HwConn::handle_frame_locked(const Frame &f) {
     }
     case FrameType::Terminate:
       ECA_QP_LOG(Info, qp_.qpn, "peer adapter terminated the connection (status %u)", f.status);
-      fail(LlpEnd::TerminateRecvd, peer_status(f.status) == IBV_WC_WR_FLUSH_ERR
-                                       ? IBV_WC_WR_FLUSH_ERR : peer_status(f.status));
+      fail(LlpEnd::TerminateRecvd, terminate_status(f.status));
       return true;
     case FrameType::Disconnect:
       fail(LlpEnd::PeerClosed, IBV_WC_WR_FLUSH_ERR);
       return true;
   }
   ECA_QP_LOG(Warn, qp_.qpn, "unknown frame type %u from the peer", f.type);
-  send_terminate_locked(IBV_WC_REM_OP_ERR);
+  send_terminate_locked(WireError::Protocol);
   fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
   return true;
 }

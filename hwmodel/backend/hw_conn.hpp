@@ -71,7 +71,7 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   uint8_t *peer_region(uint32_t idx, uint32_t gen, uint64_t off, uint64_t len, bool write);
   Frame *ring_slot_locked();         // free slot in the outgoing ring, or null
   void ring_publish_locked();
-  void send_terminate_locked(ibv_wc_status peer_status);
+  void send_terminate_locked(WireError why);
   void fail(LlpEnd why, ibv_wc_status st);  // defers to the progress thread
   void do_fail(LlpEnd why, ibv_wc_status st);
   uint64_t now_ps() const;

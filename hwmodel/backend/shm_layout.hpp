@@ -71,6 +71,14 @@ enum class FrameType : uint32_t {
   Terminate = 4,   // the sender's side hit an error; the stream is dead
   Disconnect = 5,  // orderly close
 };
+// Why a side ended the link (Terminate frames): the adapter's own vocabulary, translated to
+// verbs completion statuses only at the verbs boundary (hw_conn.cpp, kTerminateStatus).
+enum class WireError : uint32_t {
+  Ended = 1,           // the sender ended the link for its own reasons (its WR failed locally)
+  Access = 2,          // a tagged access failed the owner's checks (STag, PD, rights, bounds)
+  InvalidRequest = 3,  // no receive posted, message too long, invalidation refused
+  Protocol = 4,        // a malformed or unexpected frame, a corrupt ring or count
+};
 inline constexpr uint32_t kFrameSendSolicited = 1u << 0;
 inline constexpr uint32_t kFrameSendInvalidate = 1u << 1;
 
@@ -90,7 +98,7 @@ struct alignas(64) Frame {
   uint32_t len;        // payload bytes of the message
   uint32_t nsge;       // 0: payload inline
   uint32_t imm;        // immediate data (network order), or STag to invalidate
-  uint32_t status;     // Ack/Terminate: ibv_wc_status to report
+  uint32_t status;     // Terminate: a WireError
   uint32_t region_gen[kFrameSges];  // generations of the referenced regions
   uint64_t model_ps;   // modeled time at which the frame is visible to the receiver
   FrameSge sge[kFrameSges];
