@@ -49,15 +49,7 @@ int connect_parent(int in_fd, Client &c, std::vector<uint8_t> *pdata, uint8_t *r
       !wait_cm_event(c.ch, RDMA_CM_EVENT_ADDR_RESOLVED) || rdma_resolve_route(c.id, 2000) ||
       !wait_cm_event(c.ch, RDMA_CM_EVENT_ROUTE_RESOLVED))
     return 12;
-  c.pd = ibv_alloc_pd(c.id->verbs);
-  c.cq = ibv_create_cq(c.id->verbs, 64, nullptr, nullptr, 0);
-  if (!c.pd || !c.cq) return 13;
-  ibv_qp_init_attr qa{};
-  qa.send_cq = qa.recv_cq = c.cq;
-  qa.qp_type = IBV_QPT_RC;
-  qa.cap.max_send_wr = qa.cap.max_recv_wr = 16;
-  qa.cap.max_send_sge = qa.cap.max_recv_sge = 1;
-  if (rdma_create_qp(c.id, c.pd, &qa)) return 14;
+  if (!make_rc_qp(c.id, 16, &c.pd, &c.cq)) return 13;
   if (recv_buf) {
     *recv_mr = ibv_reg_mr(c.pd, recv_buf, recv_len, IBV_ACCESS_LOCAL_WRITE);
     if (!*recv_mr || post_recv(c.id->qp, {sge(*recv_mr, recv_buf, (uint32_t)recv_len)}, 1))
@@ -144,18 +136,7 @@ class AppMemory : public ::testing::TestWithParam<std::string> {
     if (GetParam() != process_backend())
       GTEST_SKIP() << "this process runs backend '" << process_backend() << "'";
   }
-  void TearDown() override {
-    if (id_) rdma_destroy_qp(id_);
-    if (mr_) ibv_dereg_mr(mr_);
-    if (cq_) ibv_destroy_cq(cq_);
-    if (pd_) ibv_dealloc_pd(pd_);
-    if (ch_) {
-      while (rdma_cm_event *ev = next_cm_event(ch_, 0)) rdma_ack_cm_event(ev);
-      if (id_) rdma_destroy_id(id_);
-      if (lid_) rdma_destroy_id(lid_);
-      rdma_destroy_event_channel(ch_);
-    }
-  }
+  void TearDown() override { teardown_passive(ch_, lid_, id_, pd_, cq_, mr_); }
 
   // Listens, tells the child the port, accepts its connection with `mem` registered
   // (`access`) and offered for `ops`.
@@ -171,15 +152,7 @@ class AppMemory : public ::testing::TestWithParam<std::string> {
     ASSERT_TRUE(write_full(child.to_child, &port, sizeof port));
     ASSERT_TRUE(wait_cm_event(ch_, RDMA_CM_EVENT_CONNECT_REQUEST, kTimeoutMs, &id_))
         << "child did not connect: " << child.describe();
-    pd_ = ibv_alloc_pd(id_->verbs);
-    cq_ = ibv_create_cq(id_->verbs, 64, nullptr, nullptr, 0);
-    ASSERT_TRUE(pd_ && cq_);
-    ibv_qp_init_attr qa{};
-    qa.send_cq = qa.recv_cq = cq_;
-    qa.qp_type = IBV_QPT_RC;
-    qa.cap.max_send_wr = qa.cap.max_recv_wr = 16;
-    qa.cap.max_send_sge = qa.cap.max_recv_sge = 1;
-    ASSERT_EQ(0, rdma_create_qp(id_, pd_, &qa));
+    ASSERT_TRUE(make_rc_qp(id_, 16, &pd_, &cq_));
     if (mem) {
       mr_ = ibv_reg_mr(pd_, mem, len, access);
       ASSERT_NE(mr_, nullptr) << "ibv_reg_mr: " << strerror(errno);
@@ -243,7 +216,6 @@ TEST_P(AppMemory, SendCompletesWhenReceiverExitsAtOnce) {
                                          << wc_status_name(wc.status);
     EXPECT_TRUE(child.exited_ok()) << child.describe();
     TearDown();
-    ch_ = nullptr, lid_ = id_ = nullptr, pd_ = nullptr, cq_ = nullptr, mr_ = nullptr;
   }
 }
 

@@ -145,19 +145,7 @@ class HwTrust : public ::testing::TestWithParam<std::string> {
   }
   void TearDown() override {
     if (fd_ >= 0) ::close(fd_);
-    if (id_) {
-      while (rdma_cm_event *ev = next_cm_event(ch_, 0)) rdma_ack_cm_event(ev);
-      rdma_destroy_qp(id_);
-    }
-    if (mr_) ibv_dereg_mr(mr_);
-    if (cq_) ibv_destroy_cq(cq_);
-    if (pd_) ibv_dealloc_pd(pd_);
-    if (ch_) {
-      while (rdma_cm_event *ev = next_cm_event(ch_, 0)) rdma_ack_cm_event(ev);
-      if (id_) rdma_destroy_id(id_);
-      if (lid_) rdma_destroy_id(lid_);
-      rdma_destroy_event_channel(ch_);
-    }
+    teardown_passive(ch_, lid_, id_, pd_, cq_, mr_);
   }
 
   // Raw TCP connect and MPA request; the library accepts with a QP and an MR granting
@@ -176,15 +164,7 @@ class HwTrust : public ::testing::TestWithParam<std::string> {
     req[23] = 16;
     ASSERT_TRUE(io_exact(fd_, req.data(), req.size(), true));
     ASSERT_TRUE(wait_cm_event(ch_, RDMA_CM_EVENT_CONNECT_REQUEST, kTimeoutMs, &id_));
-    pd_ = ibv_alloc_pd(id_->verbs);
-    cq_ = ibv_create_cq(id_->verbs, 16, nullptr, nullptr, 0);
-    ASSERT_TRUE(pd_ && cq_);
-    ibv_qp_init_attr qa{};
-    qa.send_cq = qa.recv_cq = cq_;
-    qa.qp_type = IBV_QPT_RC;
-    qa.cap.max_send_wr = qa.cap.max_recv_wr = 4;
-    qa.cap.max_send_sge = qa.cap.max_recv_sge = 1;
-    ASSERT_EQ(0, rdma_create_qp(id_, pd_, &qa));
+    ASSERT_TRUE(make_rc_qp(id_, 4, &pd_, &cq_));
     buf_.assign(64 * 1024, 0x11);
     mr_ = ibv_reg_mr(pd_, buf_.data(), buf_.size(),
                      IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ);
