@@ -1,12 +1,14 @@
 // The modeled adapter of one process: the memory it can reach, the STag table it publishes,
 // the peers' memory it has mapped, and its firmware thread.
 //
-// Registering memory re-backs the registered pages with a memfd (contents copied, then the
-// memfd mapped MAP_FIXED|MAP_SHARED at the same address), so that the adapters of peer
-// processes can place and fetch data in it directly: the modeled DMA. The STag table and the
-// region table live in this process's AdapterShm, which peers map read-only-by-convention to
-// validate and translate remote accesses. Peers open our memfds through /proc/<pid>/fd/<n>,
-// which the kernel allows only to processes of the same user (memfds are 0600).
+// Registering private anonymous memory re-backs its pages with a sealed memfd, race-free (see
+// register_mr), so that the adapters of peer processes can place and fetch data in it
+// directly: the modeled DMA. Other memory stays as mapped and is reached through the kernel
+// (process_vm_readv/writev). The STag table and the region table live in this process's
+// AdapterShm, which peers map read-only to validate and translate remote accesses.
+// Descriptors pass only over the control channel (ctl.hpp): a Unix-domain socket with
+// SO_PEERCRED, a nonce from the TCP set-up, and SCM_RIGHTS; the adapter that owns memory
+// decides what access each peer's descriptor grants.
 #pragma once
 
 #include <cstdint>
@@ -14,10 +16,13 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <shared_mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
+#include "hwmodel/backend/ctl.hpp"
 #include "hwmodel/backend/shm_layout.hpp"
 
 namespace eca::hw {
@@ -25,23 +30,28 @@ namespace eca::hw {
 // A peer process's adapter as seen from here.
 class PeerAdapter {
  public:
-  PeerAdapter(uint32_t pid, const AdapterShm *shm, size_t len) : pid_(pid), shm_(shm), len_(len) {}
+  PeerAdapter(uint32_t pid, std::string path, const AdapterShm *shm, Bell *bell)
+      : pid_(pid), path_(std::move(path)), shm_(shm), bell_(bell) {}
   ~PeerAdapter();
-  uint32_t pid() const { return pid_; }
+  uint32_t pid() const { return pid_; }  // proven (SO_PEERCRED), never taken from a peer's word
   const AdapterShm *shm() const { return shm_; }
-  // Host pointer in OUR address space for [off, off+len) of the peer's region `idx`, mapping
-  // the region on first use. Null if the region is unknown, stale or too short.
-  uint8_t *region_ptr(uint32_t idx, uint32_t gen, uint64_t off, uint64_t len);
+  Bell *bell() const { return bell_; }
+  // Host pointer in OUR address space for [off, off+len) of the peer's region `idx`, asking the
+  // peer for the region on first use (and again when `write` needs more than it granted).
+  // Null if the region is unknown, stale, too short or not granted for that access.
+  uint8_t *region_ptr(uint32_t idx, uint32_t gen, uint64_t off, uint64_t len, bool write);
 
  private:
   struct Mapping {
     uint32_t gen;
+    bool writable;
     uint8_t *ptr;
     uint64_t len;
   };
   uint32_t pid_;
+  std::string path_;  // the peer's control socket
   const AdapterShm *shm_;
-  size_t len_;
+  Bell *bell_;
   std::shared_mutex mu_;
   std::map<uint32_t, Mapping> regions_;
 };
@@ -57,8 +67,8 @@ class Adapter {
   static Adapter &instance();
 
   AdapterShm *shm() { return shm_; }
-  int shm_fd() const { return shm_fd_; }
   uint32_t pid() const { return pid_; }
+  const std::string &ctl_path() const { return ctl_.path(); }
 
   // Memory registration: share the pages of [addr, addr+len) and publish the STag.
   int register_mr(uint32_t key, uint32_t pd, int access, uint64_t iova, void *addr,
@@ -66,12 +76,22 @@ class Adapter {
   void unregister_mr(uint32_t key);
   void invalidate_mr(uint32_t key);
   // Our own region lookup, for Send frames that reference our source buffers: the region
-  // wholly containing [addr, addr+len), if any.
+  // wholly containing [addr, addr+len), if any. `reader` (the peer the frame goes to) may
+  // then ask for that region read-only.
   bool local_region(const void *addr, uint64_t len, uint32_t *idx, uint32_t *gen,
-                    uint64_t *off);
+                    uint64_t *off, uint32_t reader);
 
-  // Peers (by pid and the fd number of their AdapterShm memfd).
-  std::shared_ptr<PeerAdapter> peer(uint32_t pid, int fd);
+  // Set-up of one connection. expect_hello: a peer that presents `nonce` on our control
+  // socket gets our adapter table, our doorbell and (link_fd >= 0) the link memory; the pid
+  // it proves goes to `proven`. connect_peer: presents the peer's nonce at the peer's socket;
+  // returns the peer adapter (pid proven) and the link fd it handed over, if any (*link_fd,
+  // else -1). forget: the connection ends (its nonce and its peer's grant go).
+  void expect_hello(const uint8_t (&nonce)[ctl::kNonceBytes], int link_fd,
+                    std::function<void(uint32_t)> proven);
+  std::shared_ptr<PeerAdapter> connect_peer(const std::string &path,
+                                            const uint8_t (&nonce)[ctl::kNonceBytes],
+                                            int *link_fd);
+  void forget(const uint8_t (&nonce)[ctl::kNonceBytes], uint32_t peer_pid);
 
   // Connections served by the firmware thread.
   void attach(const std::shared_ptr<HwConn> &c);
@@ -79,19 +99,28 @@ class Adapter {
   // Wakes the firmware thread (from any thread; a syscall only if it sleeps).
   void kick();
   // Wakes a peer's firmware thread through its doorbell word.
-  static void kick_peer(const AdapterShm *peer);
+  static void kick_peer(Bell *peer);
 
  private:
   Adapter();
   void firmware_loop();
+  ctl::Reply serve(const ctl::Request &rq, const ctl::Server::Caller &who, std::vector<int> *fds);
 
   AdapterShm *shm_ = nullptr;
   int shm_fd_ = -1;
+  Bell *bell_ = nullptr;
+  int bell_fd_ = -1;
+  ctl::Server ctl_;
+  struct Pending {
+    int link_fd;  // ours; dup'ed into the reply
+    std::function<void(uint32_t)> proven;
+  };
+  std::mutex hello_mu_;  // pending_ and proven_
+  std::map<std::string, Pending> pending_;  // by nonce
+  std::multiset<uint32_t> proven_;          // pids with a live proven connection
   uint32_t pid_ = 0;
   std::mutex mu_;  // regions and STags (control path)
   uint32_t next_gen_ = 1;
-  std::mutex peers_mu_;
-  std::map<uint32_t, std::weak_ptr<PeerAdapter>> peers_;
   std::mutex conns_mu_;
   std::vector<std::weak_ptr<HwConn>> conns_;
   std::thread fw_;

@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <random>
 
 #include "provider/core/config.hpp"
 #include "provider/core/log.hpp"
@@ -69,18 +70,22 @@ void scatter(const uint8_t *src, uint64_t total, std::span<const Seg> dst) {
   }
 }
 
-// Only statuses that make sense for a peer to report are taken from a frame.
-ibv_wc_status peer_status(uint32_t s) {
-  switch (s) {
-    case IBV_WC_SUCCESS:
-    case IBV_WC_REM_ACCESS_ERR:
-    case IBV_WC_REM_INV_REQ_ERR:
-    case IBV_WC_REM_OP_ERR:
-    case IBV_WC_WR_FLUSH_ERR:
-      return static_cast<ibv_wc_status>(s);
-    default:
-      return IBV_WC_REM_OP_ERR;
-  }
+// What a peer's Terminate means for our oldest outstanding work request (the rest flush).
+// Anything else a peer writes there is a protocol error.
+constexpr struct {
+  WireError why;
+  ibv_wc_status st;
+} kTerminateStatus[] = {
+    {WireError::Ended, IBV_WC_WR_FLUSH_ERR},
+    {WireError::Access, IBV_WC_REM_ACCESS_ERR},
+    {WireError::InvalidRequest, IBV_WC_REM_INV_REQ_ERR},
+    {WireError::Protocol, IBV_WC_REM_OP_ERR},
+};
+
+ibv_wc_status terminate_status(uint32_t why) {
+  for (const auto &e : kTerminateStatus)
+    if ((uint32_t)e.why == why) return e.st;
+  return IBV_WC_REM_OP_ERR;
 }
 
 }  // namespace
@@ -110,59 +115,61 @@ void HwConn::start() {
       self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
       return;
     }
-    if (self->initiator_)
-      self->handshake_creator();
-    else
-      self->handshake_joiner();
+    self->handshake();
   });
 }
 
-bool HwConn::map_link(uint32_t pid, int fd) {
-  char path[64];
-  std::snprintf(path, sizeof(path), "/proc/%u/fd/%d", pid, fd);
-  int f = ::open(path, O_RDWR | O_CLOEXEC);
-  if (f < 0) return false;
-  void *p = ::mmap(nullptr, sizeof(LinkShm), PROT_READ | PROT_WRITE, MAP_SHARED, f, 0);
-  ::close(f);
-  if (p == MAP_FAILED) return false;
-  link_ = static_cast<LinkShm *>(p);
-  return link_->magic == kLinkMagic && link_->version == kLayoutVersion;
-}
-
 namespace {
+// What each side sends over the set-up TCP connection. Nothing in it is trusted: the path is
+// only where to present the nonce, and the peer's adapter proves itself there.
 struct HelloBuf {
   uint64_t magic;
-  uint32_t pid;
-  int32_t adapter_fd;
-  int32_t link_fd;
   uint32_t qpn;
   uint32_t pd;
-  uint32_t ok;
+  uint8_t nonce[ctl::kNonceBytes];
+  char path[104];  // NUL-terminated control socket path
 };
-static_assert(sizeof(HelloBuf) == 32);
+static_assert(sizeof(HelloBuf) == 136);
 }  // namespace
 
-void HwConn::handshake_creator() {
-  link_fd_ = ::memfd_create("eca-hw-link", MFD_CLOEXEC);
-  if (link_fd_ < 0 || ::fchmod(link_fd_, 0600) != 0 ||
-      ::ftruncate(link_fd_, sizeof(LinkShm)) != 0) {
-    fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
-    return;
+// Both sides: send our hello (the link's creator, the initiator, makes the link memory
+// first), read the peer's, then present the peer's nonce at its control socket: that returns
+// the peer's adapter table and doorbell, and the joiner also gets the link memory there.
+void HwConn::handshake() {
+  Adapter &ad = Adapter::instance();
+  int link_offer = -1;
+  if (initiator_) {
+    link_fd_ = ctl::sealed_memfd("eca-hw-link", sizeof(LinkShm));
+    void *p = link_fd_ < 0 ? MAP_FAILED
+                           : ::mmap(nullptr, sizeof(LinkShm), PROT_READ | PROT_WRITE, MAP_SHARED,
+                                    link_fd_, 0);
+    if (p == MAP_FAILED) {
+      fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+      return;
+    }
+    link_ = static_cast<LinkShm *>(p);
+    link_->magic = kLinkMagic;
+    link_->version = kLayoutVersion;
+    link_->side[0].pid.store(ad.pid());
+    link_->side[0].qpn.store(qp_.qpn);
+    link_->side[0].pd.store(qp_.pd->ibpd.handle);
+    link_offer = link_fd_;
   }
-  void *p = ::mmap(nullptr, sizeof(LinkShm), PROT_READ | PROT_WRITE, MAP_SHARED, link_fd_, 0);
-  if (p == MAP_FAILED) {
-    fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
-    return;
+  std::random_device rd;
+  for (size_t i = 0; i < sizeof nonce_; i += 4) {
+    const uint32_t r = rd();
+    std::memcpy(nonce_ + i, &r, 4);
   }
-  link_ = static_cast<LinkShm *>(p);
-  link_->magic = kLinkMagic;
-  link_->version = kLayoutVersion;
-  link_->side[0].pid.store(Adapter::instance().pid());
-  link_->side[0].qpn.store(qp_.qpn);
-  link_->side[0].pd.store(qp_.pd->ibpd.handle);
-  auto out = std::make_shared<HelloBuf>(HelloBuf{kLinkMagic, Adapter::instance().pid(),
-                                                 Adapter::instance().shm_fd(), link_fd_,
-                                                 qp_.qpn, qp_.pd->ibpd.handle, 1});
+  std::weak_ptr<HwConn> weak = weak_from_this();
+  ad.expect_hello(nonce_, link_offer, [weak](uint32_t pid) {
+    if (auto s = weak.lock()) s->asker_pid_.store(pid);
+  });
+  auto out = std::make_shared<HelloBuf>();
+  out->magic = kLinkMagic;
+  out->qpn = qp_.qpn;
+  out->pd = qp_.pd->ibpd.handle;
+  std::memcpy(out->nonce, nonce_, sizeof nonce_);
+  std::snprintf(out->path, sizeof out->path, "%s", ad.ctl_path().c_str());
   auto in = std::make_shared<HelloBuf>();
   auto self = shared_from_this();
   boost::asio::async_write(
@@ -176,43 +183,31 @@ void HwConn::handshake_creator() {
             [self, in](const boost::system::error_code &ec2, size_t) {
               std::lock_guard cb2(self->cb_mu_);
               if (self->closed_) return;
-              if (ec2 || in->magic != kLinkMagic || !in->ok)
+              if (ec2 || in->magic != kLinkMagic ||
+                  ::memchr(in->path, 0, sizeof in->path) == nullptr)
                 return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
-              self->peer_ = Adapter::instance().peer(in->pid, in->adapter_fd);
-              if (!self->peer_) return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
               self->peer_pd_ = in->pd;
+              int link_fd = -1;
+              self->peer_ = Adapter::instance().connect_peer(in->path, in->nonce, &link_fd);
+              if (!self->peer_) return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+              if (self->initiator_) {
+                if (link_fd >= 0) ::close(link_fd);  // we made the link; keep ours
+              } else {
+                void *p = link_fd < 0 ? MAP_FAILED
+                                      : ::mmap(nullptr, sizeof(LinkShm), PROT_READ | PROT_WRITE,
+                                               MAP_SHARED, link_fd, 0);
+                if (link_fd >= 0) ::close(link_fd);
+                if (p == MAP_FAILED) return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+                self->link_ = static_cast<LinkShm *>(p);
+                if (self->link_->magic != kLinkMagic || self->link_->version != kLayoutVersion)
+                  return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+                LinkSide &me = self->link_->side[1];
+                me.pid.store(Adapter::instance().pid());
+                me.qpn.store(self->qp_.qpn);
+                me.pd.store(self->qp_.pd->ibpd.handle);
+              }
               self->become_ready();
             });
-      });
-}
-
-void HwConn::handshake_joiner() {
-  auto in = std::make_shared<HelloBuf>();
-  auto self = shared_from_this();
-  boost::asio::async_read(
-      sock_, boost::asio::buffer(in.get(), sizeof(HelloBuf)),
-      [self, in](const boost::system::error_code &ec, size_t) {
-        std::lock_guard cb(self->cb_mu_);
-        if (self->closed_) return;
-        if (ec || in->magic != kLinkMagic || !self->map_link(in->pid, in->link_fd))
-          return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
-        self->peer_ = Adapter::instance().peer(in->pid, in->adapter_fd);
-        if (!self->peer_) return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
-        self->peer_pd_ = in->pd;
-        LinkSide &me = self->link_->side[1];
-        me.pid.store(Adapter::instance().pid());
-        me.qpn.store(self->qp_.qpn);
-        me.pd.store(self->qp_.pd->ibpd.handle);
-        auto out = std::make_shared<HelloBuf>(
-            HelloBuf{kLinkMagic, Adapter::instance().pid(), Adapter::instance().shm_fd(), -1,
-                     self->qp_.qpn, self->qp_.pd->ibpd.handle, 1});
-        boost::asio::async_write(self->sock_, boost::asio::buffer(out.get(), sizeof(HelloBuf)),
-                                 [self, out](const boost::system::error_code &ec2, size_t) {
-                                   std::lock_guard cb2(self->cb_mu_);
-                                   if (self->closed_) return;
-                                   if (ec2) return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
-                                   self->become_ready();
-                                 });
       });
 }
 
@@ -286,7 +281,7 @@ void HwConn::cq_armed() {
   if (!ready_.load(std::memory_order_acquire) || closed_ || !link_) return;
   link_->side[side_].want_intr.store(1, std::memory_order_seq_cst);
   if (in_->tail.load(std::memory_order_seq_cst) != in_->head.load(std::memory_order_relaxed) ||
-      !inflight_.empty() || acks_owed_)
+      !inflight_.empty() || acks_pending())
     doorbell();
 }
 
@@ -295,7 +290,7 @@ void HwConn::poll_progress() {
   app_visits_.fetch_add(1, std::memory_order_relaxed);
   // Cheap test first: anything arrived, or anything waiting to go out?
   if (in_->tail.load(std::memory_order_acquire) == in_->head.load(std::memory_order_relaxed) &&
-      inflight_.empty() && !acks_owed_ && !work_pending_.load(std::memory_order_relaxed))
+      inflight_.empty() && !acks_pending() && !work_pending_.load(std::memory_order_relaxed))
     return;
   doorbell();
 }
@@ -318,7 +313,7 @@ HwConn::FwResult HwConn::firmware_poll() {
   // Interrupt mode: ask the peer to wake our firmware when one of our CQs is armed.
   const bool armed = qp_.scq->is_armed() || qp_.rcq->is_armed();
   link_->side[side_].want_intr.store(armed ? 1 : 0, std::memory_order_release);
-  return {did, !inflight_.empty() || rqe_deadline_ns_ != 0 || acks_owed_ != 0};
+  return {did, !inflight_.empty() || rqe_deadline_ns_ != 0};
 }
 
 bool HwConn::work_locked() {
@@ -345,13 +340,13 @@ void HwConn::ring_publish_locked() {
   out_->tail.store(++out_tail_, std::memory_order_seq_cst);
   // Ring the peer's doorbell only when it asked to be woken (interrupt mode).
   if (link_->side[1 - side_].want_intr.load(std::memory_order_seq_cst))
-    Adapter::kick_peer(peer_->shm());
+    Adapter::kick_peer(peer_->bell());
 }
 
-void HwConn::send_terminate_locked(ibv_wc_status peer_st) {
+void HwConn::send_terminate_locked(WireError why) {
   if (Frame *f = ring_slot_locked()) {
     f->type = (uint32_t)FrameType::Terminate;
-    f->status = (uint32_t)peer_st;
+    f->status = (uint32_t)why;
     f->model_ps = now_ps();
     ring_publish_locked();
   }
@@ -360,16 +355,6 @@ void HwConn::send_terminate_locked(ibv_wc_status peer_st) {
 
 bool HwConn::tx_locked() {
   bool did = false;
-  while (acks_owed_) {  // acknowledgements of Sends we placed
-    Frame *f = ring_slot_locked();
-    if (!f) return did;
-    f->type = (uint32_t)FrameType::Ack;
-    f->status = IBV_WC_SUCCESS;
-    f->model_ps = now_ps();
-    ring_publish_locked();
-    acks_owed_--;
-    did = true;
-  }
   // Take what was posted; in paced mode each message enters the modeled pipeline now: it
   // starts when the path is free and completes one message latency later.
   while (!failing_ && inflight_.size() < kMaxInflight) {
@@ -399,14 +384,15 @@ bool HwConn::tx_locked() {
 // the access against the peer adapter's published STag table first (the peer NIC's check).
 // The MR's interior pages are shared memory (plain copies); its partial edge pages are
 // reached with cross-memory reads/writes. A WRITE's last bytes are placed last.
-uint8_t *HwConn::peer_region(uint32_t idx, uint32_t gen, uint64_t off, uint64_t len) {
+uint8_t *HwConn::peer_region(uint32_t idx, uint32_t gen, uint64_t off, uint64_t len,
+                             bool write) {
   RegionCache &c = last_region_;
-  if (c.idx != idx || c.gen != gen) {
+  if (c.idx != idx || c.gen != gen || (write && !c.writable)) {
     // Map (or find) the whole region once; later accesses to it are pointer arithmetic.
     const uint64_t rlen = peer_->shm()->regions[idx].length;
-    uint8_t *p = peer_->region_ptr(idx, gen, 0, rlen);
+    uint8_t *p = peer_->region_ptr(idx, gen, 0, rlen, write);
     if (!p) return nullptr;
-    c = {idx, gen, p, rlen};
+    c = {idx, gen, p, rlen, write};
   }
   if (off > c.len || len > c.len - off) return nullptr;
   return c.base + off;
@@ -444,7 +430,7 @@ bool HwConn::remote_copy(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t ne
   const uint64_t m_from = std::clamp(rb, host, h_end), m_to = std::clamp(re, host, h_end);
   if (gen && m_from < m_to) {
     if (host < m_from) pieces[np++] = {0, m_from - host, nullptr};
-    uint8_t *p = peer_region(region, gen, m_from - rb, m_to - m_from);
+    uint8_t *p = peer_region(region, gen, m_from - rb, m_to - m_from, write);
     if (!p) return false;
     pieces[np++] = {m_from - host, m_to - host, p};
     if (m_to < h_end) pieces[np++] = {m_to - host, len, nullptr};
@@ -467,6 +453,7 @@ bool HwConn::remote_copy(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t ne
       }
     } else {
       tmp.resize(n);
+      stats_.adapter_path_copies++;
       if (write) {
         copy_range(local, pc.from, pc.to, tmp.data());
         if (!cross_memory_write(peer_->pid(), host + pc.from, tmp.data(), n)) return false;
@@ -490,7 +477,7 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
   if (is_read && qp_.ord == 0) {  // the peer accepts no READs (IRD 0)
     ECA_QP_LOG(Warn, qp_.qpn, "RDMA READ posted on a connection with ORD 0");
     qp_.sq_done(w, IBV_WC_LOC_QP_OP_ERR);
-    send_terminate_locked(IBV_WC_WR_FLUSH_ERR);
+    send_terminate_locked(WireError::Ended);
     fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
     return true;
   }
@@ -511,7 +498,7 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
                    &host) != AccessError::None) {
         ECA_QP_LOG(Info, qp_.qpn, "local protection error (lkey 0x%x)", s.lkey);
         qp_.sq_done(w, IBV_WC_LOC_PROT_ERR);
-        send_terminate_locked(IBV_WC_WR_FLUSH_ERR);
+        send_terminate_locked(WireError::Ended);
         fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
         return true;
       }
@@ -533,7 +520,7 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
         ECA_QP_LOG(Info, qp_.qpn, "remote access error (rkey 0x%x addr 0x%llx len %llu)",
                    w->rkey, (unsigned long long)w->remote_addr, (unsigned long long)len);
         qp_.sq_done(w, IBV_WC_REM_ACCESS_ERR);
-        send_terminate_locked(IBV_WC_WR_FLUSH_ERR);
+        send_terminate_locked(WireError::Ended);
         fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
         return true;
       }
@@ -576,13 +563,14 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
   for (const Seg &s : local) {
     if (n == kFrameSges) {
       qp_.sq_done(w, IBV_WC_LOC_PROT_ERR);
-      send_terminate_locked(IBV_WC_WR_FLUSH_ERR);
+      send_terminate_locked(WireError::Ended);
       fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
       return true;
     }
     uint32_t idx = kMaxRegions, gen = 0;
     uint64_t off = 0;
-    if (!Adapter::instance().local_region(s.p, s.n, &idx, &gen, &off)) idx = kMaxRegions;
+    if (!Adapter::instance().local_region(s.p, s.n, &idx, &gen, &off, peer_->pid()))
+      idx = kMaxRegions;
     f->sge[n] = {idx, (uint32_t)s.n, (uint64_t)(uintptr_t)s.p};
     f->region_gen[n] = gen;
     n++;
@@ -596,14 +584,49 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
 // ---------------------------------------------------------------------------------------------
 // Receive
 
+// Acknowledgement (mu_ held). Publishing the count before the receive completion is made
+// visible means: once our application can see the message, the peer's adapter can see that
+// it was placed, whatever we do next (close, disconnect, exit).
+void HwConn::ack_placed_locked() {
+  link_->side[side_].placed.store(++placed_, std::memory_order_seq_cst);
+  if (link_->side[1 - side_].want_intr.load(std::memory_order_seq_cst))
+    Adapter::kick_peer(peer_->bell());
+}
+
+bool HwConn::harvest_acks_locked() {
+  const uint64_t placed = link_->side[1 - side_].placed.load(std::memory_order_acquire);
+  if (placed == acked_seen_) return false;
+  if (placed - acked_seen_ > await_ack_.size()) {  // acknowledges what we never sent
+    if (!failing_) {
+      ECA_QP_LOG(Warn, qp_.qpn, "peer acknowledged %llu messages, %zu were outstanding",
+                 (unsigned long long)(placed - acked_seen_), await_ack_.size());
+      send_terminate_locked(WireError::Protocol);
+      fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
+    }
+    acked_seen_ = placed;  // report it once
+    return false;
+  }
+  while (acked_seen_ != placed) {
+    SendWqe *w = await_ack_.front();
+    await_ack_.pop_front();
+    acked_seen_++;
+    qp_.sq_done(w, IBV_WC_SUCCESS);
+  }
+  return true;
+}
+
+bool HwConn::acks_pending() const {
+  return link_ && link_->side[1 - side_].placed.load(std::memory_order_relaxed) != acked_seen_;
+}
+
 bool HwConn::rx_locked() {
-  bool did = false;
+  bool did = harvest_acks_locked();
   uint64_t head = in_->head.load(std::memory_order_relaxed);
   while (!failing_) {
     const uint64_t tail = in_->tail.load(std::memory_order_acquire);
     if (head == tail) break;
     if (tail - head > kRingSlots) {  // a peer that corrupts the ring indices
-      send_terminate_locked(IBV_WC_REM_OP_ERR);
+      send_terminate_locked(WireError::Protocol);
       fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
       break;
     }
@@ -629,7 +652,7 @@ bool HwConn::handle_frame_locked(const Frame &f) {
           if (now < rqe_deadline_ns_) return false;
           ECA_QP_LOG(Info, qp_.qpn, "Send arrived with no receive posted");
           rqe_deadline_ns_ = 0;
-          send_terminate_locked(IBV_WC_REM_INV_REQ_ERR);
+          send_terminate_locked(WireError::InvalidRequest);
           fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
           return true;
         }
@@ -640,8 +663,8 @@ bool HwConn::handle_frame_locked(const Frame &f) {
         have_rqe_ = false;
         __be32 imm;
         std::memcpy(&imm, &f.imm, sizeof imm);
+        ack_placed_locked();
         qp_.rq_done_imm(rqe_, imm, solicited);
-        acks_owed_++;
         return true;
       }
       // Validate the frame before touching memory.
@@ -659,7 +682,7 @@ bool HwConn::handle_frame_locked(const Frame &f) {
             AccessError::None) {
           qp_.rq_done(rqe_, IBV_WC_LOC_PROT_ERR, 0, false, 0);
           have_rqe_ = false;
-          send_terminate_locked(IBV_WC_REM_OP_ERR);
+          send_terminate_locked(WireError::Protocol);
           fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
           return true;
         }
@@ -668,14 +691,14 @@ bool HwConn::handle_frame_locked(const Frame &f) {
       }
       if (!ok) {
         ECA_QP_LOG(Warn, qp_.qpn, "malformed Send frame from the peer");
-        send_terminate_locked(IBV_WC_REM_OP_ERR);
+        send_terminate_locked(WireError::Protocol);
         fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
         return true;
       }
       if (f.len > cap) {
         qp_.rq_done(rqe_, IBV_WC_LOC_LEN_ERR, 0, false, 0);
         have_rqe_ = false;
-        send_terminate_locked(IBV_WC_REM_INV_REQ_ERR);
+        send_terminate_locked(WireError::InvalidRequest);
         fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
         return true;
       }
@@ -691,13 +714,14 @@ bool HwConn::handle_frame_locked(const Frame &f) {
             const RegionEntry &r = peer_->shm()->regions[g.region];
             const uint64_t base = r.base;
             if (g.addr >= base)
-              p = peer_->region_ptr(g.region, f.region_gen[i], g.addr - base, g.len);
+              p = peer_->region_ptr(g.region, f.region_gen[i], g.addr - base, g.len, false);
           }
           if (!p) {
             auto &buf = fetched.emplace_back(g.len);
+            stats_.adapter_path_copies++;
             if (!cross_memory_read(peer_->pid(), g.addr, buf.data(), g.len)) {
               ECA_QP_LOG(Warn, qp_.qpn, "Send frame names memory the peer cannot provide");
-              send_terminate_locked(IBV_WC_REM_OP_ERR);
+              send_terminate_locked(WireError::Protocol);
               fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
               return true;
             }
@@ -720,38 +744,26 @@ bool HwConn::handle_frame_locked(const Frame &f) {
         if (!mr_invalidate(inv, qp_.pd)) {
           qp_.rq_done(rqe_, IBV_WC_REM_INV_REQ_ERR, f.len, false, 0);
           have_rqe_ = false;
-          send_terminate_locked(IBV_WC_REM_OP_ERR);
+          send_terminate_locked(WireError::Protocol);
           fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
           return true;
         }
       }
       have_rqe_ = false;
+      ack_placed_locked();  // every Send is acknowledged once placed, before it is visible
       qp_.rq_done(rqe_, IBV_WC_SUCCESS, f.len, solicited, inv);
-      acks_owed_++;  // every Send is acknowledged once placed
-      return true;
-    }
-    case FrameType::Ack: {
-      if (await_ack_.empty()) {
-        send_terminate_locked(IBV_WC_REM_OP_ERR);
-        fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
-        return true;
-      }
-      SendWqe *w = await_ack_.front();
-      await_ack_.pop_front();
-      qp_.sq_done(w, peer_status(f.status));
       return true;
     }
     case FrameType::Terminate:
       ECA_QP_LOG(Info, qp_.qpn, "peer adapter terminated the connection (status %u)", f.status);
-      fail(LlpEnd::TerminateRecvd, peer_status(f.status) == IBV_WC_WR_FLUSH_ERR
-                                       ? IBV_WC_WR_FLUSH_ERR : peer_status(f.status));
+      fail(LlpEnd::TerminateRecvd, terminate_status(f.status));
       return true;
     case FrameType::Disconnect:
       fail(LlpEnd::PeerClosed, IBV_WC_WR_FLUSH_ERR);
       return true;
   }
   ECA_QP_LOG(Warn, qp_.qpn, "unknown frame type %u from the peer", f.type);
-  send_terminate_locked(IBV_WC_REM_OP_ERR);
+  send_terminate_locked(WireError::Protocol);
   fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
   return true;
 }
@@ -772,6 +784,12 @@ void HwConn::fail(LlpEnd why, ibv_wc_status st) {
 void HwConn::do_fail(LlpEnd why, ibv_wc_status st) {
   if (ended_) return;
   ended_ = true;
+  {
+    // Sends the peer placed before it went away completed successfully: their count is
+    // published before the peer's Disconnect, Terminate or exit.
+    std::lock_guard lk(mu_);
+    if (link_ && ready_) harvest_acks_locked();
+  }
   if (st != IBV_WC_WR_FLUSH_ERR && st != IBV_WC_SUCCESS) qp_.sq_fail_oldest(st);
   {
     std::lock_guard lk(mu_);
@@ -790,6 +808,10 @@ void HwConn::close(bool graceful) {
   if (closed_.exchange(true)) return;
   {
     std::lock_guard lk(mu_);
+    if (stats_.ops)
+      ECA_QP_LOG(Info, qp_.qpn, "modeled adapter: %llu operations, %llu bytes, %llu adapter-path copies",
+                 (unsigned long long)stats_.ops, (unsigned long long)stats_.bytes,
+                 (unsigned long long)stats_.adapter_path_copies);
     if (ready_ && link_) {
       if (graceful)
         if (Frame *f = ring_slot_locked()) {
@@ -801,6 +823,7 @@ void HwConn::close(bool graceful) {
     }
   }
   Adapter::instance().detach(this);
+  Adapter::instance().forget(nonce_, asker_pid_.exchange(0));
   auto self = shared_from_this();
   auto finish = [self] {
     boost::system::error_code ec;

@@ -53,23 +53,25 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   const Stats &stats() const { return stats_; }
 
  private:
-  void handshake_creator();
-  void handshake_joiner();
+  void handshake();
+  void on_peer_hello();
   void become_ready();
   void watch_socket();
-  bool map_link(uint32_t pid, int fd);
 
   bool work_locked();   // mu_ held: transmit then receive; true if anything moved
   bool tx_locked();
   bool rx_locked();
   bool exec_wqe_locked(SendWqe *w);  // false: must wait (ring full / not yet due)
   bool handle_frame_locked(const Frame &f);  // false: must wait (no receive posted)
+  void ack_placed_locked();     // publishes one more placed message to the peer
+  bool harvest_acks_locked();   // completes our Sends the peer has placed; true if any
+  bool acks_pending() const;    // a hint, read without mu_
   bool remote_copy(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t need, bool write,
                    std::span<const Seg> local);
-  uint8_t *peer_region(uint32_t idx, uint32_t gen, uint64_t off, uint64_t len);
+  uint8_t *peer_region(uint32_t idx, uint32_t gen, uint64_t off, uint64_t len, bool write);
   Frame *ring_slot_locked();         // free slot in the outgoing ring, or null
   void ring_publish_locked();
-  void send_terminate_locked(ibv_wc_status peer_status);
+  void send_terminate_locked(WireError why);
   void fail(LlpEnd why, ibv_wc_status st);  // defers to the progress thread
   void do_fail(LlpEnd why, ibv_wc_status st);
   uint64_t now_ps() const;
@@ -92,6 +94,8 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   int side_ = 0;
   LinkShm *link_ = nullptr;
   int link_fd_ = -1;
+  uint8_t nonce_[ctl::kNonceBytes] = {};     // ours, sent over TCP; proves the peer on our socket
+  std::atomic<uint32_t> asker_pid_{0};       // the peer as proven on our control socket
   std::shared_ptr<PeerAdapter> peer_;
   uint32_t peer_pd_ = 0;
   Ring *out_ = nullptr;
@@ -106,8 +110,9 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   };
   std::deque<Inflight> inflight_;
   uint64_t pending_due_ = 0;  // due time of the work request being executed
-  std::deque<SendWqe *> await_ack_;  // Sends placed by the peer when acknowledged
-  uint32_t acks_owed_ = 0;           // Sends we placed whose Ack is not yet framed
+  std::deque<SendWqe *> await_ack_;  // Sends and Immediate Data the peer has not yet placed
+  uint64_t acked_seen_ = 0;          // the peer's `placed` count already completed here
+  uint64_t placed_ = 0;              // our `placed` count (the peer's messages we placed)
   bool have_rqe_ = false;
   RecvWqe rqe_;
   uint64_t rqe_deadline_ns_ = 0;
@@ -116,6 +121,7 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
     uint32_t idx = UINT32_MAX, gen = 0;
     uint8_t *base = nullptr;
     uint64_t len = 0;
+    bool writable = false;
   } last_region_;
   Timing timing_;
   uint64_t start_ns_ = 0;

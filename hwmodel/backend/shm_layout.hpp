@@ -18,7 +18,7 @@ namespace eca::hw {
 
 inline constexpr uint64_t kAdapterMagic = 0x4543414877416470ull;  // "ECAHwAdp"
 inline constexpr uint64_t kLinkMagic = 0x454341487754696eull;     // "ECAHwLin"
-inline constexpr uint32_t kLayoutVersion = 3;
+inline constexpr uint32_t kLayoutVersion = 5;
 
 inline constexpr uint32_t kMaxStags = 1u << 16;
 inline constexpr uint32_t kMaxRegions = 1u << 12;
@@ -37,31 +37,47 @@ static_assert(sizeof(StagEntry) == 64);
 
 struct alignas(64) RegionEntry {
   std::atomic<uint32_t> gen;  // 0 = unused; bumped when the slot is reused
-  int32_t fd;                 // memfd in the owner process (peers open /proc/<pid>/fd/<fd>)
+  int32_t fd;                 // the owner's own memfd number (peers ask for the region by index)
   uint64_t base;              // owner's virtual address of the mapping
   uint64_t length;
   uint8_t pad_[40];
 };
 static_assert(sizeof(RegionEntry) == 64);
 
+// Peers map this read-only: they validate and translate with it, never change it.
 struct AdapterShm {
   uint64_t magic;
   uint32_t version;
   uint32_t pid;
-  alignas(64) std::atomic<uint32_t> doorbell;  // futex word: bumped to wake the adapter
-  std::atomic<uint32_t> sleeping;              // the adapter thread waits on doorbell
   alignas(64) RegionEntry regions[kMaxRegions];
   StagEntry stags[kMaxStags];
 };
 static_assert(offsetof(AdapterShm, regions) % 64 == 0);
 
+// The adapter's doorbell (its own memfd, the one object peers may write besides links and
+// regions granted for REMOTE_WRITE).
+struct alignas(64) Bell {
+  std::atomic<uint32_t> doorbell;  // futex word: bumped to wake the adapter
+  std::atomic<uint32_t> sleeping;  // the adapter thread waits on doorbell
+};
+inline constexpr uint64_t kBellBytes = 4096;
+static_assert(sizeof(Bell) <= kBellBytes);
+
 // ---- frames on the link rings
 enum class FrameType : uint32_t {
   Send = 1,        // untagged message for a receive WQE (inline payload or region references)
   Immediate = 2,   // RFC 7306 Immediate Data (after an RDMA Write with immediate)
-  Ack = 3,         // a Send was placed (or failed: status)
+  // 3 was a per-Send Ack frame; acknowledgements are now LinkSide::placed.
   Terminate = 4,   // the sender's side hit an error; the stream is dead
   Disconnect = 5,  // orderly close
+};
+// Why a side ended the link (Terminate frames): the adapter's own vocabulary, translated to
+// verbs completion statuses only at the verbs boundary (hw_conn.cpp, kTerminateStatus).
+enum class WireError : uint32_t {
+  Ended = 1,           // the sender ended the link for its own reasons (its WR failed locally)
+  Access = 2,          // a tagged access failed the owner's checks (STag, PD, rights, bounds)
+  InvalidRequest = 3,  // no receive posted, message too long, invalidation refused
+  Protocol = 4,        // a malformed or unexpected frame, a corrupt ring or count
 };
 inline constexpr uint32_t kFrameSendSolicited = 1u << 0;
 inline constexpr uint32_t kFrameSendInvalidate = 1u << 1;
@@ -82,7 +98,7 @@ struct alignas(64) Frame {
   uint32_t len;        // payload bytes of the message
   uint32_t nsge;       // 0: payload inline
   uint32_t imm;        // immediate data (network order), or STag to invalidate
-  uint32_t status;     // Ack/Terminate: ibv_wc_status to report
+  uint32_t status;     // Terminate: a WireError
   uint32_t region_gen[kFrameSges];  // generations of the referenced regions
   uint64_t model_ps;   // modeled time at which the frame is visible to the receiver
   FrameSge sge[kFrameSges];
@@ -108,7 +124,13 @@ struct alignas(64) LinkSide {
   std::atomic<uint32_t> pd;
   std::atomic<uint32_t> want_intr;   // consumer asks to be woken (a CQ is armed)
   std::atomic<uint32_t> closed;      // this side closed or failed the link
-  uint8_t pad_[44];
+  uint32_t pad0_;
+  // Acknowledgement: Send and Immediate Data messages of the peer that this side has placed
+  // (a running count, release-stored BEFORE the receive completion becomes visible). The
+  // peer completes its oldest unacknowledged Sends up to this count; it never needs a ring
+  // slot, so placing never waits for room and close() can owe nothing.
+  std::atomic<uint64_t> placed;
+  uint8_t pad_[32];
 };
 static_assert(sizeof(LinkSide) == 64);
 

@@ -17,6 +17,9 @@ struct Stats {  // guarded by the connection's data-path lock
   uint64_t ops = 0;
   uint64_t bytes = 0;
   uint64_t modeled_ps = 0;  // sum of modeled message times
+  // Transfers that took the adapter path (process_vm_readv/writev: memory that is not
+  // private anonymous, or an MR's partial edge pages): the adapter's own system calls.
+  uint64_t adapter_path_copies = 0;
 };
 
 class Timing {

@@ -193,6 +193,38 @@ inline bool wait_qp_state(ibv_qp *qp, ibv_qp_state st, int timeout_ms = kTimeout
   }
 }
 
+// A PD, one CQ for both queues and an RC QP of `depth` WRs (one SGE) on `id`.
+inline bool make_rc_qp(rdma_cm_id *id, uint32_t depth, ibv_pd **pd, ibv_cq **cq) {
+  *pd = ibv_alloc_pd(id->verbs);
+  *cq = ibv_create_cq(id->verbs, (int)(4 * depth), nullptr, nullptr, 0);
+  if (!*pd || !*cq) return false;
+  ibv_qp_init_attr qa{};
+  qa.send_cq = qa.recv_cq = *cq;
+  qa.qp_type = IBV_QPT_RC;
+  qa.cap.max_send_wr = qa.cap.max_recv_wr = depth;
+  qa.cap.max_send_sge = qa.cap.max_recv_sge = 1;
+  return rdma_create_qp(id, *pd, &qa) == 0;
+}
+
+// Tears down a passive side (listener `lid`, accepted `id` with its QP, PD, CQ, one MR) in
+// order; every handle may be null and is null afterwards.
+inline void teardown_passive(rdma_event_channel *&ch, rdma_cm_id *&lid, rdma_cm_id *&id,
+                             ibv_pd *&pd, ibv_cq *&cq, ibv_mr *&mr) {
+  if (ch)
+    while (rdma_cm_event *ev = next_cm_event(ch, 0)) rdma_ack_cm_event(ev);
+  if (id) rdma_destroy_qp(id);
+  if (mr) ibv_dereg_mr(mr);
+  if (cq) ibv_destroy_cq(cq);
+  if (pd) ibv_dealloc_pd(pd);
+  if (ch) {
+    while (rdma_cm_event *ev = next_cm_event(ch, 0)) rdma_ack_cm_event(ev);
+    if (id) rdma_destroy_id(id);
+    if (lid) rdma_destroy_id(lid);
+    rdma_destroy_event_channel(ch);
+  }
+  ch = nullptr, lid = id = nullptr, pd = nullptr, cq = nullptr, mr = nullptr;
+}
+
 // ---- async events
 struct AsyncEv {
   ibv_event_type type;

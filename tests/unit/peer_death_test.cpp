@@ -7,10 +7,7 @@
 // "peer role" (selected by the environment, run from a static initializer before gtest's
 // main). So the child is a fresh process even if earlier tests of this process started the
 // library's progress thread, which does not survive fork().
-#include "tests/unit/fixture.hpp"
-
-#include <signal.h>
-#include <sys/wait.h>
+#include "tests/unit/child_process.hpp"
 
 using namespace ecatest;
 
@@ -27,19 +24,6 @@ struct PeerInfo {
 
 // ---------------------------------------------------------------------------------------------
 // Child side (plain code, no gtest): exit codes tell the parent what went wrong.
-
-bool read_full(int fd, void *p, size_t n, int timeout_ms) {
-  auto *b = static_cast<uint8_t *>(p);
-  auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (n) {
-    if (!fd_readable(fd, ms_left(deadline))) return false;
-    ssize_t r = ::read(fd, b, n);
-    if (r <= 0) return false;
-    b += r;
-    n -= (size_t)r;
-  }
-  return true;
-}
 
 // Active side: connects to the parent and WRITEs into the parent's MR forever.
 int child_writer(int in_fd, int out_fd) {
@@ -139,95 +123,10 @@ int child_server(int /*in_fd*/, int out_fd) {
   return 40;
 }
 
-const int kChildRole = [] {
-  const char *role = std::getenv("ECA_PEER_DEATH_ROLE");
-  if (!role) return 0;
-  int in_fd = std::atoi(std::getenv("ECA_PEER_DEATH_IN") ? std::getenv("ECA_PEER_DEATH_IN") : "-1");
-  int out_fd =
-      std::atoi(std::getenv("ECA_PEER_DEATH_OUT") ? std::getenv("ECA_PEER_DEATH_OUT") : "-1");
-  int rc = std::string(role) == "writer" ? child_writer(in_fd, out_fd)
-                                         : child_server(in_fd, out_fd);
-  ::_exit(rc);
-}();
+const int kChildRole = run_child_role({{"writer", child_writer}, {"server", child_server}});
 
 // ---------------------------------------------------------------------------------------------
 // Parent side
-
-struct Child {
-  pid_t pid = -1;
-  int to_child = -1;    // parent writes
-  int from_child = -1;  // parent reads
-  int status = 0;
-  bool reaped = false;
-
-  // fork() + exec of this binary in `role`. Everything exec needs is prepared before fork.
-  bool start(const char *role) {
-    int p2c[2], c2p[2];
-    if (::pipe(p2c) || ::pipe(c2p)) return false;
-    std::vector<std::string> envs;
-    for (char **e = environ; *e; e++) {
-      std::string s = *e;
-      if (s.rfind("ECA_PEER_DEATH_", 0) == 0 || s.rfind("GTEST_", 0) == 0) continue;
-      envs.push_back(s);
-    }
-    envs.push_back(std::string("ECA_PEER_DEATH_ROLE=") + role);
-    envs.push_back("ECA_PEER_DEATH_IN=" + std::to_string(p2c[0]));
-    envs.push_back("ECA_PEER_DEATH_OUT=" + std::to_string(c2p[1]));
-    std::vector<char *> envp;
-    for (auto &s : envs) envp.push_back(s.data());
-    envp.push_back(nullptr);
-    char exe[] = "/proc/self/exe";
-    char arg0[] = "peer_death_child";
-    char *argv[] = {arg0, nullptr};
-    pid = ::fork();
-    if (pid < 0) return false;
-    if (pid == 0) {
-      ::close(p2c[1]);
-      ::close(c2p[0]);
-      ::execve(exe, argv, envp.data());
-      ::_exit(127);
-    }
-    ::close(p2c[0]);
-    ::close(c2p[1]);
-    to_child = p2c[1];
-    from_child = c2p[0];
-    return true;
-  }
-  bool wait_byte(char expect, int timeout_ms) {
-    char c = 0;
-    return read_full(from_child, &c, 1, timeout_ms) && c == expect;
-  }
-  void kill9() {
-    if (pid > 0 && !reaped) ::kill(pid, SIGKILL);
-  }
-  // Reaps the child (bounded); true when it is gone.
-  bool reap(int timeout_ms = 5000) {
-    if (pid <= 0 || reaped) return true;
-    auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
-    for (;;) {
-      pid_t r = ::waitpid(pid, &status, WNOHANG);
-      if (r == pid) {
-        reaped = true;
-        return true;
-      }
-      if (Clock::now() >= deadline) return false;
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-  }
-  std::string describe() {
-    if (!reaped) reap(100);
-    if (!reaped) return "still running";
-    if (WIFEXITED(status)) return "exited with code " + std::to_string(WEXITSTATUS(status));
-    if (WIFSIGNALED(status)) return "killed by signal " + std::to_string(WTERMSIG(status));
-    return "?";
-  }
-  ~Child() {
-    kill9();
-    reap(5000);
-    if (to_child >= 0) ::close(to_child);
-    if (from_child >= 0) ::close(from_child);
-  }
-};
 
 class PeerDeath : public ::testing::TestWithParam<std::string> {
  protected:

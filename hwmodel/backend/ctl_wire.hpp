@@ -1,0 +1,45 @@
+// Wire format of the adapters' control channel: a Unix-domain stream socket at a filesystem
+// path (path sockets reach across network namespaces; abstract ones do not), one request and
+// one reply per connection. The reply carries file descriptors with SCM_RIGHTS. The server
+// learns who asks from SO_PEERCRED, the client learns who answers the same way; neither
+// trusts a pid or fd number written by the other.
+//
+//   Hello   (nonce)     the nonce the server's adapter sent over the connection's TCP set-up
+//                       socket: proves the asker is the process at the other end of that TCP
+//                       connection. Reply: the server's adapter table (read-only fd), its
+//                       doorbell (read-write fd) and, from the link's creator, the link memory.
+//   Region  (idx, gen)  asks for one shared region. Only a process that completed a Hello
+//                       may ask; the reply fd is read-write only if an MR of the region grants
+//                       REMOTE_WRITE, read-only if one grants REMOTE_READ or the region was
+//                       named in a Send to the asker, refused otherwise.
+#pragma once
+
+#include <cstdint>
+
+namespace eca::hw::ctl {
+
+inline constexpr uint64_t kCtlMagic = 0x4543414877436c31ull;  // "ECAHwCl1"
+inline constexpr uint32_t kMaxFds = 3;
+inline constexpr uint32_t kNonceBytes = 16;
+
+enum class Kind : uint32_t { Hello = 1, Region = 2 };
+
+struct Request {
+  uint64_t magic;
+  uint32_t kind;
+  uint32_t idx;  // Region: region index
+  uint32_t gen;  // Region: generation the asker saw in the table
+  uint32_t pad_;
+  uint8_t nonce[kNonceBytes];  // Hello
+};
+static_assert(sizeof(Request) == 40);
+
+struct Reply {
+  uint64_t magic;
+  uint32_t status;  // 0 or a positive errno
+  uint32_t nfds;
+  uint64_t size[kMaxFds];  // exact size of each memfd (checked with fstat before mmap)
+};
+static_assert(sizeof(Reply) == 40);
+
+}  // namespace eca::hw::ctl
