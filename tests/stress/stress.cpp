@@ -463,6 +463,8 @@ Conn *Target::conn_of(rdma_cm_id *id) {
 
 void Target::cm_loop() {
   while (!stop_) {
+    // Drained connections go back to the pool.
+    for (auto &c : conns_) recycle(*c);
     rdma_cm_event *ev = get_event(ch_, 20);
     if (!ev) continue;
     rdma_cm_event e = *ev;
@@ -476,6 +478,10 @@ void Target::cm_loop() {
         std::unique_lock g(c->mu);
         if (c->state == CState::Free && !stop_posting_) {
           c->state = CState::Connecting;
+          c->id = e.id;
+          c->peer = info;
+          c->token = next_token_++;
+          c->credits = kRecvDepth;
           free_c = c.get();
           break;
         }
@@ -486,10 +492,6 @@ void Target::cm_loop() {
         continue;
       }
       Conn &c = *free_c;
-      c.id = e.id;
-      c.peer = info;
-      c.token = next_token_++;
-      c.credits = kRecvDepth;
       for (uint32_t r = 0; r < kRecvDepth; r++) post_recv(c, c.slots + size_t(kSlot) * r);
       rdma_conn_param cp{};
       cp.qp_num = c.qp->qp_num;
@@ -524,8 +526,6 @@ void Target::cm_loop() {
         ibv_modify_qp(c->qp, &at, IBV_QP_STATE);  // flushes everything still queued
       }
     }
-    // Drained connections go back to the pool.
-    for (auto &c : conns_) recycle(*c);
   }
 }
 
@@ -829,8 +829,7 @@ int Target::run() {
   auto deadline = Clock::now() + 20s;
   for (;;) {
     bool all_free = true;
-    for (auto &c : conns_) {
-      recycle(*c);
+    for (auto &c : conns_) {  // the CM thread recycles them (it alone destroys ids)
       std::shared_lock g(c->mu);
       all_free &= c->state == CState::Free;
     }
