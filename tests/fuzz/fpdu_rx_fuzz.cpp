@@ -40,14 +40,8 @@
 #include "provider/core/objects.hpp"
 #include "transport/llp.hpp"
 #include "transport/progress.hpp"
+#include "tests/fuzz/fuzz_util.hpp"
 
-#define FUZZ_CHECK(c)                                                                 \
-  do {                                                                                \
-    if (!(c)) {                                                                       \
-      std::fprintf(stderr, "fuzz check failed: %s (%s:%d)\n", #c, __FILE__, __LINE__); \
-      std::abort();                                                                   \
-    }                                                                                 \
-  } while (0)
 
 namespace {
 
@@ -155,9 +149,7 @@ std::vector<uint8_t> substitute_keys(const uint8_t *p, size_t n, const Harness &
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int *, char ***) {
-  setenv("ECA_BACKEND", "software", 1);
-  setenv("ECA_LOG", "error", 0);
-  setenv("ECA_RECV_WAIT_MS", "0", 1);  // a SEND without a receive fails at once
+  fuzz::set_backend_env("software");
   setenv("ECA_RX_BATCH", "256", 1);    // headers straddle staging reads: resumption is exercised
   return 0;
 }
@@ -250,7 +242,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
   std::vector<uint8_t> sink(65536);
   int completions = 0;
-  static const bool verbose = std::getenv("FUZZ_VERBOSE") != nullptr;  // FUZZ_VERBOSE=1: list completions
   ibv_wc wc[32];
   for (;;) {
     if (off == stream.size() && !shut) {
@@ -260,11 +251,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int n = ibv_poll_cq(h.cq, 32, wc);
     FUZZ_CHECK(n >= 0);
     completions += n;
-    if (verbose)
-      for (int i = 0; i < n; i++)
-        std::fprintf(stderr, "wc: wr_id %llu status %s opcode %d len %u\n",
-                     (unsigned long long)wc[i].wr_id, ibv_wc_status_str(wc[i].status),
-                     int(wc[i].opcode), wc[i].byte_len);
+    fuzz::print_completions(wc, n);
     if (shut && q->state.load() != IBV_QPS_RTS) break;
     FUZZ_CHECK(std::chrono::steady_clock::now() < deadline);  // the stream ended: QP must react
     pollfd pf{sv[1], short(POLLIN | (shut ? 0 : POLLOUT)), 0};

@@ -42,14 +42,8 @@
 #include "hwmodel/backend/hw_conn.hpp"
 #include "hwmodel/backend/shm_layout.hpp"
 #include "provider/core/objects.hpp"
+#include "tests/fuzz/fuzz_util.hpp"
 
-#define FUZZ_CHECK(c)                                                                 \
-  do {                                                                                \
-    if (!(c)) {                                                                       \
-      std::fprintf(stderr, "fuzz check failed: %s (%s:%d)\n", #c, __FILE__, __LINE__); \
-      std::abort();                                                                   \
-    }                                                                                 \
-  } while (0)
 
 namespace eca::hw {
 
@@ -246,13 +240,9 @@ struct Pair {
 
   void drain() {
     ibv_wc wc[16];
-    static const bool verbose = std::getenv("FUZZ_VERBOSE") != nullptr;  // list completions
     for (int n; (n = ibv_poll_cq(cq_a, 16, wc)) > 0;) {
       completions += n;
-      for (int i = 0; verbose && i < n; i++)
-        std::fprintf(stderr, "wc: wr_id %llu status %s opcode %d len %u\n",
-                     (unsigned long long)wc[i].wr_id, ibv_wc_status_str(wc[i].status),
-                     int(wc[i].opcode), wc[i].byte_len);
+      fuzz::print_completions(wc, n);
     }
     while (ibv_poll_cq(cq_b, 16, wc) > 0) {
     }
@@ -283,9 +273,7 @@ Pair g_pair;
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int *, char ***) {
-  setenv("ECA_BACKEND", "hwmodel", 1);
-  setenv("ECA_LOG", "error", 0);
-  setenv("ECA_RECV_WAIT_MS", "0", 1);  // a Send without a receive fails at once
+  fuzz::set_backend_env("hwmodel");
   return 0;
 }
 

@@ -32,6 +32,7 @@
 #include "provider/core/config.hpp"
 #include "transport/mpa_cm.hpp"
 #include "transport/wire/mpa.hpp"
+#include "tests/fuzz/fuzz_util.hpp"
 
 namespace mpa = eca::wire::mpa;
 using eca::transport::MpaOutcome;
@@ -39,13 +40,6 @@ using eca::transport::MpaParams;
 using eca::transport::MpaSession;
 using eca::transport::MpaStatus;
 
-#define FUZZ_CHECK(c)                                                     \
-  do {                                                                    \
-    if (!(c)) {                                                           \
-      std::fprintf(stderr, "fuzz check failed: %s (%s:%d)\n", #c, __FILE__, __LINE__); \
-      std::abort();                                                       \
-    }                                                                     \
-  } while (0)
 
 namespace {
 
