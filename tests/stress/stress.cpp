@@ -60,6 +60,7 @@ using namespace std::chrono_literals;
 constexpr uint32_t kMagic = 0xeca57e55;
 constexpr uint32_t kMaxMsg = 65536;      // largest SEND payload (several FPDUs)
 constexpr uint32_t kRecvDepth = 16;      // receives per QP on each side = SEND credits
+constexpr uint32_t kSendDepth = 64;      // the target's send queue depth per QP
 constexpr uint64_t kPatternLen = 1 << 20;  // peer's read-only pattern region
 constexpr uint64_t kScratchLen = 1 << 20;  // peer's remote-write scratch region
 
@@ -400,7 +401,9 @@ void Target::setup() {
   }
   if (!ctx_) die("no loopback device");
   pd_ = ibv_alloc_pd(ctx_);
-  cq_ = ibv_create_cq(ctx_, nqps_ * (4 * kRecvDepth + 8) + 64, nullptr, nullptr, 0);
+  // Room for every work request that can be outstanding at once (a CQ overflow loses
+  // completions: that would be this program's fault).
+  cq_ = ibv_create_cq(ctx_, nqps_ * (kSendDepth + kRecvDepth) + 64, nullptr, nullptr, 0);
   const size_t per = size_t(kSlot) * kRecvDepth * 3;
   mem_ = static_cast<uint8_t *>(map_pages(per * nqps_));
   mr_ = ibv_reg_mr(pd_, mem_, per * nqps_, IBV_ACCESS_LOCAL_WRITE);
@@ -414,7 +417,7 @@ void Target::setup() {
     ibv_qp_init_attr ia{};
     ia.send_cq = ia.recv_cq = cq_;
     ia.qp_type = IBV_QPT_RC;
-    ia.cap.max_send_wr = 64;
+    ia.cap.max_send_wr = kSendDepth;
     ia.cap.max_recv_wr = kRecvDepth;
     ia.cap.max_send_sge = ia.cap.max_recv_sge = 1;
     c->qp = ibv_create_qp(pd_, &ia);
@@ -708,7 +711,8 @@ void Target::complete(const ibv_wc &wc) {
       } else {
         std::vector<uint8_t> want(h.len);
         fill_payload(want.data(), h.len, h.seq);
-        if (h.crc != crc32(want.data(), h.len) || std::memcmp(want.data(), r->buf + kHdr, h.len))
+        if (h.crc != crc32(want.data(), h.len) ||
+            (h.len && std::memcmp(want.data(), r->buf + kHdr, h.len) != 0))
           failf("QP %u: echoed SEND seq %llx corrupted (%u bytes)", c.qp->qp_num,
                 (unsigned long long)h.seq, h.len);
         st_.echoes++;
