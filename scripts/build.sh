@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Configures (Ninja, RelWithDebInfo) and builds into build/ at the repository root.
-# Extra arguments are passed to the configure step, e.g. -DECA_SANITIZE=ON.
+# Extra arguments are passed to the configure step, e.g. -DECA_SANITIZE=address,undefined
+# (sanitizer builds go to their own tree: scripts/sanitize-test.sh).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"

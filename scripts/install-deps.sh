@@ -9,6 +9,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev googletest libbenchmark-dev libcli11-dev
   perftest rdmacm-utils ibverbs-utils qperf tshark libfabric-bin openmpi-bin python3-pyverbs
   iproute2 strace procps python3 coreutils gawk grep sed findutils binutils
+  clang-14 libclang-rt-14-dev
 )
 
 missing=()

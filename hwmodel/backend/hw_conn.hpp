@@ -32,6 +32,8 @@
 namespace eca::hw {
 
 class HwConn : public std::enable_shared_from_this<HwConn> {
+  friend struct HwConnProbe;  // test-only access: tests/fuzz/hw_frame_fuzz.cpp
+
  public:
   struct Seg {  // a piece of memory in our address space
     uint8_t *p;
@@ -130,6 +132,8 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
 };
 
 class HwEngine final : public QpEngine {
+  friend struct HwConnProbe;  // test-only access: tests/fuzz/hw_frame_fuzz.cpp
+
  public:
   explicit HwEngine(std::shared_ptr<HwConn> c) : c_(std::move(c)) {}
   ~HwEngine() override { c_->close(false); }
