@@ -72,9 +72,10 @@ void free_devices(ibv_context **list);
 // so librdmacm.so.1 registers the allocator at load time; without it id->pd stays NULL.
 void set_pd_allocator(ibv_pd *(*alloc)(ibv_context *));
 
-// ---- rdma_getaddrinfo: returns 0 or an EAI_* code (errno set too)
+// ---- rdma_getaddrinfo: returns 0 or a positive errno; when name resolution itself fails,
+// returns 0 with *gai set to getaddrinfo()'s EAI_* code (and *res untouched).
 int getaddrinfo(const char *node, const char *service, const rdma_addrinfo *hints,
-                rdma_addrinfo **res);
+                rdma_addrinfo **res, int *gai);
 void freeaddrinfo(rdma_addrinfo *res);
 
 }  // namespace eca::cm
