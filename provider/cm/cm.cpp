@@ -1415,7 +1415,17 @@ void qp_release(rdma_cm_id *cid) {
   Qp *q = Qp::from(cid->qp);
   run([&] {
     set_hook(q, nullptr);
-    if (id->core->qp == q) id->core->qp = nullptr;
+    Core &c = *id->core;
+    if (c.qp == q) c.qp = nullptr;
+    // The connection ends with its QP; the id learns it now, before the QP goes away (the hook
+    // that would have told it is gone), and the peer sees the stream close.
+    if (c.owner && (c.st == St::Established || c.st == St::Disconnecting)) {
+      c.st = St::Disconnected;
+      if (!c.disc_delivered) {
+        c.disc_delivered = true;
+        push_simple(c, RDMA_CM_EVENT_DISCONNECTED, 0);
+      }
+    }
     return 0;
   });
 }

@@ -762,6 +762,42 @@ TEST(RdmaCm, EstablishAndDisconnectBothSides) {
   EXPECT_EQ(0, rdma_destroy_id(child));
 }
 
+TEST(RdmaCm, DestroyingTheQpOfAConnectionStillDeliversDisconnected) {
+  // The application destroys a connected QP before rdma_disconnect: the connection ends with
+  // it, and both ids still get their DISCONNECTED (none is lost), exactly once.
+  Listener l;
+  Client c(l.port);
+  make_qp(c.id);
+  rdma_conn_param cp{};
+  ASSERT_EQ(0, rdma_connect(c.id, &cp));
+  rdma_cm_event *ev = expect_event(l.ch, RDMA_CM_EVENT_CONNECT_REQUEST);
+  ASSERT_NE(ev, nullptr);
+  rdma_cm_id *child = ev->id;
+  rdma_ack_cm_event(ev);
+  make_qp(child);
+  ASSERT_EQ(0, rdma_accept(child, &cp));
+  ev = expect_event(l.ch, RDMA_CM_EVENT_ESTABLISHED);
+  if (ev) rdma_ack_cm_event(ev);
+  ev = expect_event(c.ch, RDMA_CM_EVENT_ESTABLISHED);
+  if (ev) rdma_ack_cm_event(ev);
+
+  rdma_destroy_qp(c.id);
+  ev = expect_event(c.ch, RDMA_CM_EVENT_DISCONNECTED);
+  ASSERT_NE(ev, nullptr);
+  EXPECT_EQ(ev->id, c.id);
+  rdma_ack_cm_event(ev);
+  ev = expect_event(l.ch, RDMA_CM_EVENT_DISCONNECTED);
+  ASSERT_NE(ev, nullptr);
+  EXPECT_EQ(ev->id, child);
+  rdma_ack_cm_event(ev);
+  EXPECT_EQ(0, rdma_disconnect(c.id));
+  EXPECT_EQ(0, rdma_disconnect(child));
+  EXPECT_EQ(nullptr, next_event(c.ch, 200));
+  EXPECT_EQ(nullptr, next_event(l.ch, 200));
+  rdma_destroy_qp(child);
+  EXPECT_EQ(0, rdma_destroy_id(child));
+}
+
 TEST(RdmaCm, PeerDestroyGivesDisconnected) {
   // The passive side goes away without rdma_disconnect: the active side still learns.
   Listener l;
