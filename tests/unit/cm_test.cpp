@@ -762,27 +762,31 @@ TEST(RdmaCm, EstablishAndDisconnectBothSides) {
   EXPECT_EQ(0, rdma_destroy_id(child));
 }
 
+// Connects c to l with a QP on each end; returns the accepted id, ESTABLISHED acked on both.
+rdma_cm_id *connect_pair(Listener &l, Client &c) {
+  make_qp(c.id);
+  rdma_conn_param cp{};
+  EXPECT_EQ(0, rdma_connect(c.id, &cp));
+  rdma_cm_event *ev = expect_event(l.ch, RDMA_CM_EVENT_CONNECT_REQUEST);
+  if (!ev) return nullptr;
+  rdma_cm_id *child = ev->id;
+  rdma_ack_cm_event(ev);
+  make_qp(child);
+  EXPECT_EQ(0, rdma_accept(child, nullptr));
+  if ((ev = expect_event(l.ch, RDMA_CM_EVENT_ESTABLISHED))) rdma_ack_cm_event(ev);
+  if ((ev = expect_event(c.ch, RDMA_CM_EVENT_ESTABLISHED))) rdma_ack_cm_event(ev);
+  return child;
+}
+
 TEST(RdmaCm, DestroyingTheQpOfAConnectionStillDeliversDisconnected) {
   // The application destroys a connected QP before rdma_disconnect: the connection ends with
   // it, and both ids still get their DISCONNECTED (none is lost), exactly once.
   Listener l;
   Client c(l.port);
-  make_qp(c.id);
-  rdma_conn_param cp{};
-  ASSERT_EQ(0, rdma_connect(c.id, &cp));
-  rdma_cm_event *ev = expect_event(l.ch, RDMA_CM_EVENT_CONNECT_REQUEST);
-  ASSERT_NE(ev, nullptr);
-  rdma_cm_id *child = ev->id;
-  rdma_ack_cm_event(ev);
-  make_qp(child);
-  ASSERT_EQ(0, rdma_accept(child, &cp));
-  ev = expect_event(l.ch, RDMA_CM_EVENT_ESTABLISHED);
-  if (ev) rdma_ack_cm_event(ev);
-  ev = expect_event(c.ch, RDMA_CM_EVENT_ESTABLISHED);
-  if (ev) rdma_ack_cm_event(ev);
-
+  rdma_cm_id *child = connect_pair(l, c);
+  ASSERT_NE(child, nullptr);
   rdma_destroy_qp(c.id);
-  ev = expect_event(c.ch, RDMA_CM_EVENT_DISCONNECTED);
+  rdma_cm_event *ev = expect_event(c.ch, RDMA_CM_EVENT_DISCONNECTED);
   ASSERT_NE(ev, nullptr);
   EXPECT_EQ(ev->id, c.id);
   rdma_ack_cm_event(ev);
@@ -802,20 +806,11 @@ TEST(RdmaCm, PeerDestroyGivesDisconnected) {
   // The passive side goes away without rdma_disconnect: the active side still learns.
   Listener l;
   Client c(l.port);
-  make_qp(c.id);
-  rdma_conn_param cp{};
-  ASSERT_EQ(0, rdma_connect(c.id, &cp));
-  rdma_cm_event *ev = expect_event(l.ch, RDMA_CM_EVENT_CONNECT_REQUEST);
-  ASSERT_NE(ev, nullptr);
-  rdma_cm_id *child = ev->id;
-  rdma_ack_cm_event(ev);
-  make_qp(child);
-  ASSERT_EQ(0, rdma_accept(child, nullptr));
-  if ((ev = expect_event(l.ch, RDMA_CM_EVENT_ESTABLISHED))) rdma_ack_cm_event(ev);
-  if ((ev = expect_event(c.ch, RDMA_CM_EVENT_ESTABLISHED))) rdma_ack_cm_event(ev);
+  rdma_cm_id *child = connect_pair(l, c);
+  ASSERT_NE(child, nullptr);
   rdma_destroy_qp(child);  // QP first, then the id: either order must be safe
   EXPECT_EQ(0, rdma_destroy_id(child));
-  ev = expect_event(c.ch, RDMA_CM_EVENT_DISCONNECTED);
+  rdma_cm_event *ev = expect_event(c.ch, RDMA_CM_EVENT_DISCONNECTED);
   if (ev) rdma_ack_cm_event(ev);
 }
 
