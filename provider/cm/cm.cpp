@@ -1316,6 +1316,17 @@ int disconnect(rdma_cm_id *cid) {
     Core &c = *id->core;
     switch (c.st) {
       case St::Established:
+        if (!c.qp) {
+          // The QP (and with it the stream) is already gone: rdma_disconnect completes at
+          // once. As with the kernel, destroying the QP itself raises no event.
+          c.st = St::Disconnected;
+          if (!c.disc_delivered) {
+            c.disc_delivered = true;
+            push_simple(c, RDMA_CM_EVENT_DISCONNECTED, 0);
+            queued_now = true;
+          }
+          return 0;
+        }
         c.st = St::Disconnecting;
         qp = c.qp;
         return 0;
@@ -1415,17 +1426,7 @@ void qp_release(rdma_cm_id *cid) {
   Qp *q = Qp::from(cid->qp);
   run([&] {
     set_hook(q, nullptr);
-    Core &c = *id->core;
-    if (c.qp == q) c.qp = nullptr;
-    // The connection ends with its QP; the id learns it now, before the QP goes away (the hook
-    // that would have told it is gone), and the peer sees the stream close.
-    if (c.owner && (c.st == St::Established || c.st == St::Disconnecting)) {
-      c.st = St::Disconnected;
-      if (!c.disc_delivered) {
-        c.disc_delivered = true;
-        push_simple(c, RDMA_CM_EVENT_DISCONNECTED, 0);
-      }
-    }
+    if (id->core->qp == q) id->core->qp = nullptr;
     return 0;
   });
 }

@@ -59,7 +59,7 @@ const char *event_str(rdma_cm_event_type t);
 
 // ---- rdma_create_qp / rdma_destroy_qp support (the QP itself is made by the caller)
 // Must be called before id->qp is destroyed: stops the connection from calling into it. A
-// connected id gets its DISCONNECTED then (the connection ends with the QP).
+// connected id gets its DISCONNECTED from rdma_disconnect afterwards (or from the peer).
 void qp_release(rdma_cm_id *id);
 // rdma_create_ep state kept on the id.
 void set_ep_qp_init_attr(rdma_cm_id *id, const ibv_qp_init_attr *attr);
