@@ -85,7 +85,8 @@ pingpong() {
   timeout 120 ip netns exec "$ns_b" "$run" fi_pingpong -p "$1" -e msg -P "$port" -I "$pp_iters" -S 64 \
     "$ip_a" >"$out" 2>&1 || { echo "fi_pingpong -p $1 failed:" >&2; tail -5 "$out" >&2; }
   wait "$spid" 2>/dev/null || true
-  awk '$1 == "64" && $2 ~ /^[0-9]+$/ {print $7}' "$out"
+  # fi_pingpong abbreviates counts (2k); the row is size, count, =acked, bytes, time, MB/s, usec/xfer.
+  awk '$1 == "64" && NF >= 8 && $7 ~ /^[0-9.]+$/ {print $7}' "$out"
 }
 
 configs=("verbs software" "verbs hwmodel" "tcp software" "ob1 software")
