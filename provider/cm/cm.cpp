@@ -465,16 +465,20 @@ bool has_queued(Id *id) {
 // ---------------------------------------------------------------------------------------------
 // Connection plumbing (progress thread)
 
+// The connection is down: the id's DISCONNECTED is queued, exactly once. Returns whether it
+// was queued now.
+bool mark_disconnected(Core &c) {
+  c.st = St::Disconnected;
+  if (c.disc_delivered) return false;
+  c.disc_delivered = true;
+  push_simple(c, RDMA_CM_EVENT_DISCONNECTED, 0);
+  return true;
+}
+
 void llp_ended(Core &c, LlpEnd why) {
   if (!c.owner) return;
   ECA_LOG(Debug, "rdma_cm: connection ended (reason %d) in state %s", int(why), st_name(c.st));
-  if (c.st == St::Established || c.st == St::Disconnecting) {
-    c.st = St::Disconnected;
-    if (!c.disc_delivered) {
-      c.disc_delivered = true;
-      push_simple(c, RDMA_CM_EVENT_DISCONNECTED, 0);
-    }
-  }
+  if (c.st == St::Established || c.st == St::Disconnecting) mark_disconnected(c);
 }
 
 // Qp::on_llp_end is guarded by Qp::engine_mu (provider/core/qp.cpp takes it to fire the hook).
@@ -1319,12 +1323,7 @@ int disconnect(rdma_cm_id *cid) {
         if (!c.qp) {
           // The QP (and with it the stream) is already gone: rdma_disconnect completes at
           // once. As with the kernel, destroying the QP itself raises no event.
-          c.st = St::Disconnected;
-          if (!c.disc_delivered) {
-            c.disc_delivered = true;
-            push_simple(c, RDMA_CM_EVENT_DISCONNECTED, 0);
-            queued_now = true;
-          }
+          queued_now = mark_disconnected(c);
           return 0;
         }
         c.st = St::Disconnecting;
@@ -1334,12 +1333,7 @@ int disconnect(rdma_cm_id *cid) {
         boost::system::error_code ig;
         if (c.llp) c.llp->sock.close(ig);
         c.llp.reset();
-        c.st = St::Disconnected;
-        if (!c.disc_delivered) {
-          c.disc_delivered = true;
-          push_simple(c, RDMA_CM_EVENT_DISCONNECTED, 0);
-          queued_now = true;
-        }
+        queued_now = mark_disconnected(c);
         return 0;
       }
       case St::Disconnecting:
@@ -1356,12 +1350,7 @@ int disconnect(rdma_cm_id *cid) {
     qp->disconnect();  // graceful: flush, close; the peer sees its LLP end
     run([&] {
       Core &c = *id->core;
-      if (c.owner && c.st != St::Disconnected) c.st = St::Disconnected;
-      if (c.owner && !c.disc_delivered) {
-        c.disc_delivered = true;
-        push_simple(c, RDMA_CM_EVENT_DISCONNECTED, 0);
-        queued_now = true;
-      }
+      if (c.owner) queued_now = mark_disconnected(c);
       return 0;
     });
   }
