@@ -294,6 +294,23 @@ void set_dst(Id *id, const sockaddr_in &s) {
   std::memcpy(&id->id.route.addr.dst_sin, &s, sizeof s);
 }
 
+bool is_loopback(in_addr_t a) { return (ntohl(a) >> 24) == 127; }
+
+// The device rdma_cm gives a local address (network order). Loopback addresses are served by
+// the first non-loopback device, and by the loopback device only when it is the only one: the
+// kernel binds a loopback connection to the first device with an active port, and libfabric's
+// verbs provider ignores devices of loopback interfaces for connected endpoints, so a look-up
+// of "localhost" must lead to a device it offers. Every device carries any TCP connection.
+Device *serving_device(in_addr_t a) {
+  if (!is_loopback(a)) return device_for_ipv4(a);
+  Device *lo = nullptr;
+  for (Device *d : devices()) {
+    if (!d->loopback) return d;
+    if (!lo) lo = d;
+  }
+  return lo;
+}
+
 // The source address the routing table picks for `dst` (network order).
 int route_source(in_addr_t dst, in_addr_t *src) {
   int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -556,16 +573,20 @@ bool has_queued(Id *id) {
 // ---------------------------------------------------------------------------------------------
 // Connection plumbing (progress thread)
 
+// The connection is down: the id's DISCONNECTED is queued, exactly once. Returns whether it
+// was queued now.
+bool mark_disconnected(Core &c) {
+  c.st = St::Disconnected;
+  if (c.disc_delivered) return false;
+  c.disc_delivered = true;
+  push_simple(c, RDMA_CM_EVENT_DISCONNECTED, 0);
+  return true;
+}
+
 void llp_ended(Core &c, LlpEnd why) {
   if (!c.owner) return;
   ECA_LOG(Debug, "rdma_cm: connection ended (reason %d) in state %s", int(why), st_name(c.st));
-  if (c.st == St::Established || c.st == St::Disconnecting) {
-    c.st = St::Disconnected;
-    if (!c.disc_delivered) {
-      c.disc_delivered = true;
-      push_simple(c, RDMA_CM_EVENT_DISCONNECTED, 0);
-    }
-  }
+  if (c.st == St::Established || c.st == St::Disconnecting) mark_disconnected(c);
 }
 
 // Qp::on_llp_end is guarded by Qp::engine_mu (provider/core/qp.cpp takes it to fire the hook).
@@ -650,7 +671,7 @@ void on_initiator_done(const std::shared_ptr<Core> &cp, MpaOutcome o) {
 }
 
 void connect_attempt(const std::shared_ptr<Core> &cp, const sockaddr_in &dst, MpaParams p,
-                     std::chrono::steady_clock::time_point first);
+                     std::chrono::steady_clock::time_point first, unsigned attempt);
 
 void start_connect(const std::shared_ptr<Core> &cp, const sockaddr_in &dst, MpaParams p) {
   Core &c = *cp;
@@ -676,19 +697,25 @@ void start_connect(const std::shared_ptr<Core> &cp, const sockaddr_in &dst, MpaP
     boost::system::error_code ignored;
     cp->sock->close(ignored);
   });
-  connect_attempt(cp, dst, std::move(p), std::chrono::steady_clock::now());
+  connect_attempt(cp, dst, std::move(p), std::chrono::steady_clock::now(), 0);
 }
 
 // A refused connection is retried for a short while: some programs (qperf's server) tell the
 // client their port between rdma_bind_addr() and rdma_listen(), so a SYN can arrive while the
-// port is bound but not yet listening. The retry window stays inside the connect timeout.
+// port is bound but not yet listening. No fixed delay: the first retry is immediate, then the
+// pause doubles from 1 ms, so a listener that appears within the window is found about as
+// soon again as it took to appear. The retry window stays inside the connect timeout.
 constexpr auto kRefusedRetryWindow = std::chrono::milliseconds(500);
-constexpr auto kRefusedRetryDelay = std::chrono::milliseconds(10);
+
+std::chrono::milliseconds refused_backoff(unsigned attempt) {
+  return attempt == 0 ? std::chrono::milliseconds(0)
+                      : std::chrono::milliseconds(1u << std::min(attempt - 1, 8u));
+}
 
 void connect_attempt(const std::shared_ptr<Core> &cp, const sockaddr_in &dst, MpaParams p,
-                     std::chrono::steady_clock::time_point first) {
+                     std::chrono::steady_clock::time_point first, unsigned attempt) {
   Core &c = *cp;
-  c.sock->async_connect(to_ep(dst), [cp, dst, p = std::move(p), first](
+  c.sock->async_connect(to_ep(dst), [cp, dst, p = std::move(p), first, attempt](
                                         const boost::system::error_code &e) mutable {
     Core &c = *cp;
     if (!c.owner || c.st != St::Connecting || !c.sock) return;
@@ -709,11 +736,12 @@ void connect_attempt(const std::shared_ptr<Core> &cp, const sockaddr_in &dst, Mp
         int tos = c.tos;
         ::setsockopt(c.sock->native_handle(), IPPROTO_IP, IP_TOS, &tos, sizeof tos);
       }
-      auto t = std::make_shared<asio::steady_timer>(io(), kRefusedRetryDelay);
-      t->async_wait([cp, dst, p = std::move(p), first, t](const boost::system::error_code &) mutable {
+      auto t = std::make_shared<asio::steady_timer>(io(), refused_backoff(attempt));
+      t->async_wait([cp, dst, p = std::move(p), first, attempt,
+                     t](const boost::system::error_code &) mutable {
         Core &c2 = *cp;
         if (!c2.owner || c2.st != St::Connecting || !c2.sock || c2.timed_out) return;
-        connect_attempt(cp, dst, std::move(p), first);
+        connect_attempt(cp, dst, std::move(p), first, attempt + 1);
       });
       return;
     }
@@ -783,7 +811,7 @@ void new_request(const std::shared_ptr<Core> &L, const std::shared_ptr<MpaSessio
   sockaddr_in ls = from_ep(le), rs = from_ep(re);
   set_src(cid, ls);
   set_dst(cid, rs);
-  Device *d = device_for_ipv4(ls.sin_addr.s_addr);
+  Device *d = serving_device(ls.sin_addr.s_addr);
   if (!d)
     ECA_LOG(Warn, "rdma_cm: no device for local address %s", inet_ntoa(ls.sin_addr));
   set_device(cid, dev_entry(d));
@@ -1153,8 +1181,10 @@ int bind_addr(rdma_cm_id *cid, const sockaddr *addr) {
   if (!id) return EINVAL;
   sockaddr_in sin;
   if (int r = to_sin(addr, &sin)) return r;
+  // As the kernel (cma_any_addr): the wildcard and loopback addresses bind no device; a
+  // connection made or accepted on the id later takes one.
   DevEntry *de = nullptr;
-  if (sin.sin_addr.s_addr != INADDR_ANY) {
+  if (sin.sin_addr.s_addr != INADDR_ANY && !is_loopback(sin.sin_addr.s_addr)) {
     Device *d = device_for_ipv4(sin.sin_addr.s_addr);
     if (!d) return EADDRNOTAVAIL;
     de = dev_entry(d);
@@ -1194,7 +1224,7 @@ int resolve_addr(rdma_cm_id *cid, const sockaddr *src, const sockaddr *dst, int 
     aerr = route_source(dsin.sin_addr.s_addr, &srcip);
   DevEntry *de = nullptr;
   if (!aerr) {
-    Device *d = device_for_ipv4(srcip);
+    Device *d = serving_device(srcip);
     de = d ? dev_entry(d) : nullptr;
     if (!de) aerr = have_src ? EADDRNOTAVAIL : ENODEV;
   }
@@ -1416,6 +1446,12 @@ int disconnect(rdma_cm_id *cid) {
     Core &c = *id->core;
     switch (c.st) {
       case St::Established:
+        if (!c.qp) {
+          // The QP (and with it the stream) is already gone: rdma_disconnect completes at
+          // once. As with the kernel, destroying the QP itself raises no event.
+          queued_now = mark_disconnected(c);
+          return 0;
+        }
         c.st = St::Disconnecting;
         qp = c.qp;
         return 0;
@@ -1423,12 +1459,7 @@ int disconnect(rdma_cm_id *cid) {
         boost::system::error_code ig;
         if (c.llp) c.llp->sock.close(ig);
         c.llp.reset();
-        c.st = St::Disconnected;
-        if (!c.disc_delivered) {
-          c.disc_delivered = true;
-          push_simple(c, RDMA_CM_EVENT_DISCONNECTED, 0);
-          queued_now = true;
-        }
+        queued_now = mark_disconnected(c);
         return 0;
       }
       case St::Disconnecting:
@@ -1445,12 +1476,7 @@ int disconnect(rdma_cm_id *cid) {
     qp->disconnect();  // graceful: flush, close; the peer sees its LLP end
     run([&] {
       Core &c = *id->core;
-      if (c.owner && c.st != St::Disconnected) c.st = St::Disconnected;
-      if (c.owner && !c.disc_delivered) {
-        c.disc_delivered = true;
-        push_simple(c, RDMA_CM_EVENT_DISCONNECTED, 0);
-        queued_now = true;
-      }
+      if (c.owner) queued_now = mark_disconnected(c);
       return 0;
     });
   }
@@ -1569,102 +1595,122 @@ void set_pd_allocator(ibv_pd *(*alloc)(ibv_context *)) {
 }
 
 // =============================================================================================
-// rdma_getaddrinfo
+// rdma_getaddrinfo (rdma-core 44, librdmacm/addrinfo.c, for the facts):
+//  - node or service given: getaddrinfo() with hints translated (RAI_PASSIVE -> AI_PASSIVE,
+//    RAI_NUMERICHOST -> AI_NUMERICHOST, family unless AF_IB, qp type -> socket type, port
+//    space -> protocol); the first result becomes ai_src_addr (passive) or ai_dst_addr; qp type
+//    and port space come from the hints or else from the result's socket type and protocol;
+//    ai_flags is RAI_PASSIVE or 0.
+//  - neither given: flags, family, qp type and port space are the hints'; ai_dst_addr is a
+//    copy of the hints' (libfabric's verbs provider builds its look-ups this way).
+//  - either way, a result without a source address takes the hints' ai_src_addr.
+//  - no node, no service and no hints: EINVAL.
+// Deviations, because the devices are IPv4 only: with no family required, the first IPv4
+// result is preferred over an earlier IPv6 one; AF_IB addresses (RAI_FAMILY + AF_IB +
+// RAI_NUMERICHOST) are refused with EAI_FAMILY. Route resolution through ibacm does not exist.
 
 namespace {
-sockaddr *dup_addr(const void *a, socklen_t len) {
-  auto *p = static_cast<sockaddr *>(std::calloc(1, sizeof(sockaddr_storage)));
-  if (p) std::memcpy(p, a, std::min<size_t>(len, sizeof(sockaddr_storage)));
-  return p;
+int copy_addr(sockaddr **dst, socklen_t *dst_len, const void *src, socklen_t len) {
+  *dst = static_cast<sockaddr *>(std::calloc(1, std::max<size_t>(len, sizeof(sockaddr_storage))));
+  if (!*dst) return ENOMEM;
+  std::memcpy(*dst, src, len);
+  *dst_len = len;
+  return 0;
+}
+
+// The getaddrinfo() hints for rdma_addrinfo hints (ucma_convert_to_ai's rules).
+addrinfo to_ai_hints(const rdma_addrinfo &h) {
+  addrinfo a{};
+  if (h.ai_flags & RAI_PASSIVE) a.ai_flags |= AI_PASSIVE;
+  if (h.ai_flags & RAI_NUMERICHOST) a.ai_flags |= AI_NUMERICHOST;
+  if (h.ai_family != AF_IB) a.ai_family = h.ai_family;
+  switch (h.ai_qp_type) {
+    case IBV_QPT_RC: case IBV_QPT_UC: case IBV_QPT_XRC_SEND: case IBV_QPT_XRC_RECV:
+      a.ai_socktype = SOCK_STREAM;
+      break;
+    case IBV_QPT_UD:
+      a.ai_socktype = SOCK_DGRAM;
+      break;
+    default:
+      break;
+  }
+  switch (h.ai_port_space) {
+    case RDMA_PS_TCP: a.ai_protocol = IPPROTO_TCP; break;
+    case RDMA_PS_UDP: case RDMA_PS_IPOIB: a.ai_protocol = IPPROTO_UDP; break;
+    case RDMA_PS_IB:
+      if (a.ai_socktype == SOCK_STREAM) a.ai_protocol = IPPROTO_TCP;
+      if (a.ai_socktype == SOCK_DGRAM) a.ai_protocol = IPPROTO_UDP;
+      break;
+    default: break;
+  }
+  return a;
+}
+
+// Name resolution proper: fills rai from the first usable getaddrinfo() result.
+int resolve_name(const char *node, const char *service, const rdma_addrinfo *hints,
+                 rdma_addrinfo *rai, int *gai) {
+  addrinfo ah{}, *ai = nullptr;
+  if (hints) ah = to_ai_hints(*hints);
+  *gai = ::getaddrinfo(node, service, hints ? &ah : nullptr, &ai);
+  if (*gai) return 0;
+  const addrinfo *pick = ai;
+  if (ah.ai_family == AF_UNSPEC)
+    for (const addrinfo *a = ai; a; a = a->ai_next)
+      if (a->ai_family == AF_INET) {
+        pick = a;
+        break;
+      }
+  const rdma_addrinfo none{};
+  const rdma_addrinfo &h = hints ? *hints : none;
+  rai->ai_qp_type = h.ai_qp_type;
+  if (!rai->ai_qp_type) {
+    if (pick->ai_socktype == SOCK_STREAM) rai->ai_qp_type = IBV_QPT_RC;
+    if (pick->ai_socktype == SOCK_DGRAM) rai->ai_qp_type = IBV_QPT_UD;
+  }
+  rai->ai_port_space = h.ai_port_space;
+  if (!rai->ai_port_space) {
+    if (pick->ai_protocol == IPPROTO_TCP) rai->ai_port_space = RDMA_PS_TCP;
+    if (pick->ai_protocol == IPPROTO_UDP) rai->ai_port_space = RDMA_PS_UDP;
+  }
+  rai->ai_family = pick->ai_family;
+  int r = 0;
+  if ((h.ai_flags & RAI_FAMILY) && h.ai_family == AF_IB && (h.ai_flags & RAI_NUMERICHOST)) {
+    ECA_LOG(Info, "rdma_getaddrinfo: AF_IB addresses are InfiniBand's; iWARP devices use IP");
+    *gai = EAI_FAMILY;
+  } else if (ah.ai_flags & AI_PASSIVE) {
+    rai->ai_flags = RAI_PASSIVE;
+    r = copy_addr(&rai->ai_src_addr, &rai->ai_src_len, pick->ai_addr, pick->ai_addrlen);
+  } else {
+    r = copy_addr(&rai->ai_dst_addr, &rai->ai_dst_len, pick->ai_addr, pick->ai_addrlen);
+  }
+  ::freeaddrinfo(ai);
+  return r;
 }
 }  // namespace
 
 int getaddrinfo(const char *node, const char *service, const rdma_addrinfo *hints,
-                rdma_addrinfo **res) {
-  if (!res) {
-    errno = EINVAL;
-    return EAI_SYSTEM;
-  }
-  if (!node && !service) {
-    errno = ENOENT;
-    return EAI_NONAME;
-  }
-  addrinfo h{};
-  h.ai_family = AF_INET;
-  h.ai_socktype = SOCK_STREAM;
-  h.ai_protocol = IPPROTO_TCP;
-  int flags = hints ? hints->ai_flags : 0;
-  if (hints) {
-    if (hints->ai_family != AF_UNSPEC && hints->ai_family != AF_INET) {
-      errno = EAFNOSUPPORT;
-      return EAI_FAMILY;
-    }
-    if (hints->ai_port_space && hints->ai_port_space != RDMA_PS_TCP) {
-      errno = ENOSYS;
-      return EAI_SERVICE;
-    }
-    if (hints->ai_qp_type && hints->ai_qp_type != IBV_QPT_RC) {
-      errno = ENOSYS;
-      return EAI_SOCKTYPE;
-    }
-  }
-  if (flags & RAI_PASSIVE) h.ai_flags |= AI_PASSIVE;
-  if (flags & RAI_NUMERICHOST) h.ai_flags |= AI_NUMERICHOST;
-  addrinfo *ai = nullptr;
-  int r = ::getaddrinfo(node, service, &h, &ai);
-  if (r) {
-    if (r != EAI_SYSTEM) errno = ENOENT;
-    return r;
-  }
-  const addrinfo *pick = nullptr;
-  for (const addrinfo *a = ai; a; a = a->ai_next)
-    if (a->ai_family == AF_INET) {
-      pick = a;
-      break;
-    }
-  if (!pick) {
-    ::freeaddrinfo(ai);
-    errno = EAFNOSUPPORT;
-    return EAI_FAMILY;
-  }
+                rdma_addrinfo **res, int *gai) {
+  *gai = 0;
+  if (!res || (!node && !service && !hints)) return EINVAL;
+  if (devices().empty()) return ENODEV;  // as librdmacm without RDMA devices
   auto *rai = static_cast<rdma_addrinfo *>(std::calloc(1, sizeof(rdma_addrinfo)));
-  if (!rai) {
-    ::freeaddrinfo(ai);
-    errno = ENOMEM;
-    return EAI_MEMORY;
-  }
-  rai->ai_flags = flags;
-  rai->ai_family = AF_INET;
-  rai->ai_qp_type = IBV_QPT_RC;
-  rai->ai_port_space = RDMA_PS_TCP;
-  bool ok = true;
-  if (flags & RAI_PASSIVE) {
-    rai->ai_src_addr = dup_addr(pick->ai_addr, pick->ai_addrlen);
-    rai->ai_src_len = sizeof(sockaddr_in);
-    ok = rai->ai_src_addr;
+  if (!rai) return ENOMEM;
+  int r = 0;
+  if (node || service) {
+    r = resolve_name(node, service, hints, rai, gai);
   } else {
-    rai->ai_dst_addr = dup_addr(pick->ai_addr, pick->ai_addrlen);
-    rai->ai_dst_len = sizeof(sockaddr_in);
-    ok = rai->ai_dst_addr;
-    if (ok && hints && hints->ai_src_addr && hints->ai_src_len) {
-      rai->ai_src_addr = dup_addr(hints->ai_src_addr, hints->ai_src_len);
-      rai->ai_src_len = hints->ai_src_len;
-      ok = rai->ai_src_addr;
-    }
+    rai->ai_flags = hints->ai_flags;
+    rai->ai_family = hints->ai_family;
+    rai->ai_qp_type = hints->ai_qp_type;
+    rai->ai_port_space = hints->ai_port_space;
+    if (hints->ai_dst_len && hints->ai_dst_addr)
+      r = copy_addr(&rai->ai_dst_addr, &rai->ai_dst_len, hints->ai_dst_addr, hints->ai_dst_len);
   }
-  if (ok && hints && hints->ai_connect && hints->ai_connect_len) {
-    rai->ai_connect = std::malloc(hints->ai_connect_len);
-    ok = rai->ai_connect;
-    if (ok) {
-      std::memcpy(rai->ai_connect, hints->ai_connect, hints->ai_connect_len);
-      rai->ai_connect_len = hints->ai_connect_len;
-    }
-  }
-  ::freeaddrinfo(ai);
-  if (!ok) {
+  if (!r && !*gai && !rai->ai_src_len && hints && hints->ai_src_len && hints->ai_src_addr)
+    r = copy_addr(&rai->ai_src_addr, &rai->ai_src_len, hints->ai_src_addr, hints->ai_src_len);
+  if (r || *gai) {
     freeaddrinfo(rai);
-    errno = ENOMEM;
-    return EAI_MEMORY;
+    return r;
   }
   *res = rai;
   return 0;

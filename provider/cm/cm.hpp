@@ -61,7 +61,8 @@ int ack_cm_event(rdma_cm_event *ev);
 const char *event_str(rdma_cm_event_type t);
 
 // ---- rdma_create_qp / rdma_destroy_qp support (the QP itself is made by the caller)
-// Must be called before id->qp is destroyed: stops the connection from calling into it.
+// Must be called before id->qp is destroyed: stops the connection from calling into it. A
+// connected id gets its DISCONNECTED from rdma_disconnect afterwards (or from the peer).
 void qp_release(rdma_cm_id *id);
 // rdma_create_ep state kept on the id.
 void set_ep_qp_init_attr(rdma_cm_id *id, const ibv_qp_init_attr *attr);
@@ -75,9 +76,10 @@ void free_devices(ibv_context **list);
 // so librdmacm.so.1 registers the allocator at load time; without it id->pd stays NULL.
 void set_pd_allocator(ibv_pd *(*alloc)(ibv_context *));
 
-// ---- rdma_getaddrinfo: returns 0 or an EAI_* code (errno set too)
+// ---- rdma_getaddrinfo: returns 0 or a positive errno; when name resolution itself fails,
+// returns 0 with *gai set to getaddrinfo()'s EAI_* code (and *res untouched).
 int getaddrinfo(const char *node, const char *service, const rdma_addrinfo *hints,
-                rdma_addrinfo **res);
+                rdma_addrinfo **res, int *gai);
 void freeaddrinfo(rdma_addrinfo *res);
 
 }  // namespace eca::cm

@@ -7,6 +7,7 @@
 // with their own completion channels and stored in id->send_cq/recv_cq; rdma_destroy_qp frees
 // what rdma_create_qp made).
 #include <infiniband/verbs.h>
+#include <netdb.h>
 #include <rdma/rdma_cma.h>
 
 #include <cerrno>
@@ -352,8 +353,15 @@ void rdma_free_devices(ibv_context **list) { eca::cm::free_devices(list); }
 
 int rdma_getaddrinfo(const char *node, const char *service, const rdma_addrinfo *hints,
                      rdma_addrinfo **res) {
-  // Like rdma-core: 0, or the getaddrinfo() error code (gai_strerror() describes it).
-  return eca::cm::getaddrinfo(node, service, hints, res);
+  // Like rdma-core: 0; the getaddrinfo() error code (gai_strerror() describes it) when the
+  // name does not resolve; -1 with errno for anything else.
+  int gai = 0;
+  int r = eca::cm::getaddrinfo(node, service, hints, res, &gai);
+  if (gai) {
+    errno = gai == EAI_SYSTEM ? errno : ENOENT;
+    return gai;
+  }
+  return ret(r);
 }
 
 void rdma_freeaddrinfo(rdma_addrinfo *res) { eca::cm::freeaddrinfo(res); }
