@@ -34,13 +34,24 @@ std::chrono::milliseconds mpa_timeout() {
   return std::chrono::milliseconds(config().mpa_timeout_ms);
 }
 
-std::shared_ptr<MpaSession> MpaSession::create(tcp::socket sock,
-                                               std::chrono::milliseconds timeout) {
-  return std::shared_ptr<MpaSession>(new MpaSession(std::move(sock), timeout));
+MpaPolicy MpaPolicy::from_config() {
+  const Config &cfg = config();
+  MpaPolicy p;
+  p.rev = uint8_t(cfg.mpa_rev == 1 ? 1 : 2);
+  p.crc_request = cfg.mpa_crc;
+  p.crc_required = cfg.mpa_crc_required;
+  p.markers = cfg.mpa_markers;
+  return p;
 }
 
-MpaSession::MpaSession(tcp::socket sock, std::chrono::milliseconds timeout)
-    : sock_(std::move(sock)), timer_(sock_.get_executor()), timeout_(timeout) {
+std::shared_ptr<MpaSession> MpaSession::create(tcp::socket sock,
+                                               std::chrono::milliseconds timeout,
+                                               MpaPolicy policy) {
+  return std::shared_ptr<MpaSession>(new MpaSession(std::move(sock), timeout, policy));
+}
+
+MpaSession::MpaSession(tcp::socket sock, std::chrono::milliseconds timeout, MpaPolicy policy)
+    : sock_(std::move(sock)), timer_(sock_.get_executor()), timeout_(timeout), policy_(policy) {
   boost::system::error_code ec;
   sock_.set_option(tcp::no_delay(true), ec);
 }
@@ -133,12 +144,11 @@ void MpaSession::read_frame(mpa::Kind kind, std::function<void()> then) {
 void MpaSession::start_initiator(const MpaParams &ours, Done done) {
   initiator_ = true;
   done_ = std::move(done);
-  const Config &cfg = config();
   mpa::Frame req;
   req.kind = mpa::Kind::Request;
-  req.rev = uint8_t(cfg.mpa_rev == 1 ? 1 : 2);
-  req.crc = cfg.mpa_crc;
-  req.markers = cfg.mpa_markers;
+  req.rev = policy_.rev == 1 ? 1 : 2;
+  req.crc = policy_.crc_request || policy_.crc_required;
+  req.markers = policy_.markers;
   req.ird = std::min<uint16_t>(ours.ird, mpa::kIrdOrdMask);
   req.ord = std::min<uint16_t>(ours.ord, mpa::kIrdOrdMask);
   req.pdata = ours.pdata;
@@ -170,7 +180,15 @@ void MpaSession::start_initiator(const MpaParams &ours, Done done) {
         ECA_LOG(Warn, "MPA: reply revision %u above requested %u; closing", rep.rev, self->rev_);
         return self->fail(MpaStatus::ProtocolError, EPROTO);
       }
-      self->crc_ = self->crc_ || rep.crc;
+      // The Reply decides. A responder must honour a Request with C=1 (RFC 5044 7.1); one
+      // that answers C=0 anyway, or a Reply without CRC when we insist on it, ends here
+      // rather than leaving the two ends framing differently.
+      if (!rep.crc && (self->crc_ || self->policy_.crc_required)) {
+        ECA_LOG(Warn, "MPA: reply declines the CRC we %s; closing",
+                self->crc_ ? "requested" : "require");
+        return self->fail(MpaStatus::ProtocolError, ECONNREFUSED);
+      }
+      self->crc_ = rep.crc;
       if (rep.rev == 2 && self->rev_ == 2) {
         self->ord_ = std::min<uint16_t>(self->ord_, rep.ird);
       }
@@ -202,7 +220,7 @@ void MpaSession::start_responder(Done on_request) {
       return self->fail(MpaStatus::ProtocolError, EPROTO);
     }
     self->rev_ = req.rev;
-    self->crc_ = req.crc || config().mpa_crc;
+    self->crc_ = req.crc || self->policy_.crc_required;
     self->rtr_recv_ = Rtr::None;
     if (req.rev == 2 && req.p2p) {
       if (req.rtr_write)

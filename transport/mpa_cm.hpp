@@ -51,6 +51,19 @@ struct MpaParams {
 // Handshake timeout: ECA_MPA_TIMEOUT_MS (default 10000 ms, range 100 .. 600000).
 std::chrono::milliseconds mpa_timeout();
 
+// What this end asks for and insists on (RFC 5044 7.1, RFC 6581). CRC follows RFC 5044's rule:
+// it is used unless both ends agree to omit it. The initiator asks with C in the Request;
+// the responder's Reply carries the outcome (C=1 when the Request had C=1 or the responder
+// requires CRC), and both ends then use what the Reply says.
+struct MpaPolicy {
+  uint8_t rev = 2;             // revision we initiate with (ECA_MPA_REV)
+  bool crc_request = true;     // initiator: C=1 in the Request (ECA_MPA_CRC)
+  bool crc_required = false;   // both: insist on CRC (ECA_MPA_CRC_REQUIRED): a responder replies
+                               // C=1 whatever was asked; an initiator refuses a Reply with C=0
+  bool markers = false;        // request markers (negative tests only; never supported)
+  static MpaPolicy from_config();
+};
+
 class MpaSession : public std::enable_shared_from_this<MpaSession> {
  public:
   using tcp = boost::asio::ip::tcp;
@@ -58,10 +71,11 @@ class MpaSession : public std::enable_shared_from_this<MpaSession> {
 
   // `sock` must be connected and belong to the progress io_context.
   static std::shared_ptr<MpaSession> create(tcp::socket sock,
-                                            std::chrono::milliseconds timeout = mpa_timeout());
+                                            std::chrono::milliseconds timeout = mpa_timeout(),
+                                            MpaPolicy policy = MpaPolicy::from_config());
   ~MpaSession();
 
-  // ---- initiator: sends the request (rev/C/M from eca::config()), reads the reply.
+  // ---- initiator: sends the request (rev/C/M from the policy), reads the reply.
   // done(Ok) -> take_llp(); done(Rejected) -> peer().pdata holds the reject's private data.
   void start_initiator(const MpaParams &ours, Done done);
 
@@ -86,7 +100,7 @@ class MpaSession : public std::enable_shared_from_this<MpaSession> {
   tcp::socket &socket() { return sock_; }
 
  private:
-  MpaSession(tcp::socket sock, std::chrono::milliseconds timeout);
+  MpaSession(tcp::socket sock, std::chrono::milliseconds timeout, MpaPolicy policy);
   void arm_timer();
   void read_frame(wire::mpa::Kind kind, std::function<void()> then);
   void fail(MpaStatus st, int err);
@@ -97,6 +111,7 @@ class MpaSession : public std::enable_shared_from_this<MpaSession> {
   tcp::socket sock_;
   boost::asio::steady_timer timer_;
   std::chrono::milliseconds timeout_;
+  MpaPolicy policy_;
   Done done_;
   bool initiator_ = false;
   bool cancelled_ = false;

@@ -253,7 +253,6 @@ void IwarpConn::rx_place(const uint8_t *src, size_t n) {
   }
   if (rx_.payload_done == rx_.payload_len) {
     rx_.phase = RxState::Phase::Trailer;
-    if (rx_.trailer_len == 0) rx_segment_done();
   }
 }
 
@@ -294,7 +293,7 @@ bool IwarpConn::rx_header_complete() {
     rx_.opcode = static_cast<Opcode>(opc);
     rx_.last = (c0 & kDdpLast) != 0;
     rx_.payload_len = ulpdu + kMpaLenBytes - oi.hdr_len;
-    rx_.trailer_len = mpa_pad(ulpdu) + (crc_ ? kMpaCrcBytes : 0);
+    rx_.trailer_len = mpa_pad(ulpdu) + kMpaCrcBytes;  // the CRC field is always there
     rx_.hdr_need = oi.hdr_len;
     if (rx_.hdr_have < rx_.hdr_need) return true;  // read the rest of the header
   }
@@ -476,7 +475,7 @@ bool IwarpConn::rx_begin_payload() {
 
 // The trailer of a segment is complete: check the CRC, finish the segment.
 bool IwarpConn::rx_segment_done() {
-  if (crc_) {
+  if (crc_) {  // without negotiated CRC the field is present but not checked (RFC 5044)
     const size_t pad = rx_.trailer_len - kMpaCrcBytes;
     uint32_t c = rx_.crc;
     if (pad) c = crc32c_update(c, rx_.trailer.data(), pad);

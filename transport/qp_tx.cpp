@@ -386,15 +386,16 @@ bool IwarpConn::build_frame_locked() {
       msg_.seg_off = 0;
     }
   }
-  size_t tl = pad;
+  // Trailer: pad, then the MPA CRC field, which RFC 5044 keeps in every FPDU; it carries
+  // zero when CRC was not negotiated (and the receiver does not check it).
+  const size_t tl = pad + kMpaCrcBytes;
   std::memset(frame_.trailer.data(), 0, 8);
   if (crc_) {
     if (pad) crc = crc32c_update(crc, frame_.trailer.data(), pad);
     uint32_t le = htole32(crc32c_final(crc));
     std::memcpy(frame_.trailer.data() + pad, &le, 4);
-    tl += kMpaCrcBytes;
   }
-  if (tl) frame_.iov[n++] = {frame_.trailer.data(), tl};
+  frame_.iov[n++] = {frame_.trailer.data(), tl};
   frame_.iovcnt = n;
   frame_.total = oi.hdr_len + chunk + tl;
   frame_.sent = 0;

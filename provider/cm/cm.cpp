@@ -40,6 +40,7 @@
 #include <mutex>
 #include <optional>
 #include <set>
+#include <unordered_set>
 #include <vector>
 
 #include "provider/core/backend.hpp"
@@ -140,7 +141,38 @@ struct Id {
   std::optional<ibv_qp_init_attr> ep_attr;
   std::vector<uint8_t> connect_data;
   static Id *from(rdma_cm_id *i) { return reinterpret_cast<Id *>(i); }
+  // The Id behind `i` if the application holds it (created and not yet destroyed), else
+  // null. Every rdma_* call on an id goes through this, so a call on an id the application
+  // already destroyed gets EINVAL instead of touching freed memory; memory reused for a new
+  // id is that new id, as with rdma-core.
+  static Id *live(rdma_cm_id *i);
+  static Id *make();
+  static void free(Id *id);
 };
+
+std::mutex g_ids_mu;
+std::unordered_set<const rdma_cm_id *> g_ids;  // ids the application may hold (g_ids_mu)
+
+Id *Id::live(rdma_cm_id *i) {
+  if (!i) return nullptr;
+  std::lock_guard g(g_ids_mu);
+  return g_ids.count(i) ? from(i) : nullptr;
+}
+
+Id *Id::make() {
+  Id *id = new Id;
+  std::lock_guard g(g_ids_mu);
+  g_ids.insert(&id->id);
+  return id;
+}
+
+void Id::free(Id *id) {
+  {
+    std::lock_guard g(g_ids_mu);
+    g_ids.erase(&id->id);
+  }
+  delete id;
+}
 
 Channel *chan_of(rdma_event_channel *c) { return reinterpret_cast<Channel *>(c); }
 
@@ -646,11 +678,11 @@ void on_responder_done(const std::shared_ptr<Core> &cp, MpaOutcome o) {
 // A usable MPA request arrived on listener L: create the new id and tell the application.
 void new_request(const std::shared_ptr<Core> &L, const std::shared_ptr<MpaSession> &s) {
   Id *lid = L->owner;
-  auto *cid = new Id;
+  auto *cid = Id::make();
   if (lid->sync) {
     Channel *ch = nullptr;
     if (channel_new(&ch)) {
-      delete cid;
+      Id::free(cid);
       s->cancel();
       return;
     }
@@ -910,11 +942,11 @@ int create_id(rdma_event_channel *ch, rdma_cm_id **out, void *context, rdma_port
     }
     return EINVAL;
   }
-  auto *id = new Id;
+  auto *id = Id::make();
   if (!ch) {
     Channel *c = nullptr;
     if (int r = channel_new(&c)) {
-      delete id;
+      Id::free(id);
       return r;
     }
     id->chan = c;
@@ -932,11 +964,16 @@ int create_id(rdma_event_channel *ch, rdma_cm_id **out, void *context, rdma_port
   return 0;
 }
 
-bool is_sync(rdma_cm_id *cid) { return cid && Id::from(cid)->sync; }
+bool is_sync(rdma_cm_id *cid) {
+  Id *id = Id::live(cid);
+  return id && id->sync;
+}
+
+bool id_live(rdma_cm_id *cid) { return Id::live(cid) != nullptr; }
 
 int destroy_id(rdma_cm_id *cid) {
-  if (!cid) return EINVAL;
-  Id *id = Id::from(cid);
+  Id *id = Id::live(cid);
+  if (!id) return EINVAL;
   if (id->sync && id->id.event) {
     ack_cm_event(id->id.event);
     id->id.event = nullptr;
@@ -956,7 +993,7 @@ int destroy_id(rdma_cm_id *cid) {
   if (to_disconnect) to_disconnect->disconnect();
   for (Id *o : orphans) {
     if (o->sync) channel_free(o->chan);
-    delete o;
+    Id::free(o);
   }
   {
     std::unique_lock g(id->mu);
@@ -971,13 +1008,13 @@ int destroy_id(rdma_cm_id *cid) {
     }
   }
   if (id->sync) channel_free(id->chan);
-  delete id;
+  Id::free(id);
   return 0;
 }
 
 int migrate_id(rdma_cm_id *cid, rdma_event_channel *ch) {
-  if (!cid) return EINVAL;
-  Id *id = Id::from(cid);
+  Id *id = Id::live(cid);
+  if (!id) return EINVAL;
   if (id->sync && !ch) return EINVAL;
   Channel *nc = nullptr;
   bool new_sync = !ch;
@@ -1025,8 +1062,8 @@ int migrate_id(rdma_cm_id *cid, rdma_event_channel *ch) {
 }
 
 int bind_addr(rdma_cm_id *cid, const sockaddr *addr) {
-  if (!cid) return EINVAL;
-  Id *id = Id::from(cid);
+  Id *id = Id::live(cid);
+  if (!id) return EINVAL;
   sockaddr_in sin;
   if (int r = to_sin(addr, &sin)) return r;
   DevEntry *de = nullptr;
@@ -1049,8 +1086,8 @@ int bind_addr(rdma_cm_id *cid, const sockaddr *addr) {
 }
 
 int resolve_addr(rdma_cm_id *cid, const sockaddr *src, const sockaddr *dst, int /*timeout_ms*/) {
-  if (!cid) return EINVAL;
-  Id *id = Id::from(cid);
+  Id *id = Id::live(cid);
+  if (!id) return EINVAL;
   sockaddr_in dsin, ssin{};
   if (int r = to_sin(dst, &dsin)) return r;
   bool have_src = false;
@@ -1106,8 +1143,8 @@ int resolve_addr(rdma_cm_id *cid, const sockaddr *src, const sockaddr *dst, int 
 }
 
 int resolve_route(rdma_cm_id *cid, int /*timeout_ms*/) {
-  if (!cid) return EINVAL;
-  Id *id = Id::from(cid);
+  Id *id = Id::live(cid);
+  if (!id) return EINVAL;
   int r = run([&] {
     Core &c = *id->core;
     if (c.st != St::AddrResolved && c.st != St::RouteResolved) return EINVAL;
@@ -1120,8 +1157,8 @@ int resolve_route(rdma_cm_id *cid, int /*timeout_ms*/) {
 }
 
 int listen(rdma_cm_id *cid, int backlog) {
-  if (!cid) return EINVAL;
-  Id *id = Id::from(cid);
+  Id *id = Id::live(cid);
+  if (!id) return EINVAL;
   // Open every device's context now, so requests arriving on a wildcard listener find them.
   const sockaddr_in &b = id->id.route.addr.src_sin;
   if (b.sin_family != AF_INET || b.sin_addr.s_addr == INADDR_ANY)
@@ -1156,8 +1193,8 @@ int listen(rdma_cm_id *cid, int backlog) {
 }
 
 int get_request(rdma_cm_id *lcid, rdma_cm_id **out) {
-  if (!lcid || !out) return EINVAL;
-  Id *l = Id::from(lcid);
+  Id *l = Id::live(lcid);
+  if (!l || !out) return EINVAL;
   if (!l->sync) return EINVAL;
   if (l->id.event) {
     ack_cm_event(l->id.event);
@@ -1182,8 +1219,8 @@ int get_request(rdma_cm_id *lcid, rdma_cm_id **out) {
 }
 
 int connect(rdma_cm_id *cid, const rdma_conn_param *param) {
-  if (!cid) return EINVAL;
-  Id *id = Id::from(cid);
+  Id *id = Id::live(cid);
+  if (!id) return EINVAL;
   if (!param && !id->id.qp) return EINVAL;
   MpaParams p;
   p.pdata = id->connect_data;
@@ -1211,8 +1248,8 @@ int connect(rdma_cm_id *cid, const rdma_conn_param *param) {
 }
 
 int accept(rdma_cm_id *cid, const rdma_conn_param *param) {
-  if (!cid) return EINVAL;
-  Id *id = Id::from(cid);
+  Id *id = Id::live(cid);
+  if (!id) return EINVAL;
   Qp *qp = id->id.qp ? Qp::from(id->id.qp) : lookup_qp(id->id.verbs, param ? param->qp_num : 0);
   if (!qp) {
     ECA_LOG(Info, "rdma_accept: iWARP needs a QP (id->qp or conn_param->qp_num)");
@@ -1241,8 +1278,8 @@ int accept(rdma_cm_id *cid, const rdma_conn_param *param) {
 }
 
 int reject(rdma_cm_id *cid, const void *pdata, uint8_t len) {
-  if (!cid) return EINVAL;
-  Id *id = Id::from(cid);
+  Id *id = Id::live(cid);
+  if (!id) return EINVAL;
   std::vector<uint8_t> pd;
   if (pdata && len) pd.assign(static_cast<const uint8_t *>(pdata),
                               static_cast<const uint8_t *>(pdata) + len);
@@ -1257,8 +1294,8 @@ int reject(rdma_cm_id *cid, const void *pdata, uint8_t len) {
 }
 
 int establish(rdma_cm_id *cid) {
-  if (!cid) return EINVAL;
-  Id *id = Id::from(cid);
+  Id *id = Id::live(cid);
+  if (!id) return EINVAL;
   Qp *qp = id->id.qp ? Qp::from(id->id.qp) : nullptr;
   ibv_context *verbs = id->id.verbs;
   int r = run([&] {
@@ -1282,8 +1319,8 @@ int establish(rdma_cm_id *cid) {
 }
 
 int disconnect(rdma_cm_id *cid) {
-  if (!cid) return EINVAL;
-  Id *id = Id::from(cid);
+  Id *id = Id::live(cid);
+  if (!id) return EINVAL;
   Qp *qp = nullptr;
   bool queued_now = false;
   int r = run([&] {
@@ -1333,8 +1370,8 @@ int disconnect(rdma_cm_id *cid) {
 }
 
 int set_option(rdma_cm_id *cid, int level, int optname, const void *optval, size_t optlen) {
-  if (!cid) return EINVAL;
-  Id *id = Id::from(cid);
+  Id *id = Id::live(cid);
+  if (!id) return EINVAL;
   if (level != RDMA_OPTION_ID) return ENOSYS;
   if (!optval) return EINVAL;
   return run([&] {
@@ -1384,8 +1421,8 @@ int init_qp_attr(rdma_cm_id *cid, ibv_qp_attr *attr, int *mask) {
 }
 
 void qp_release(rdma_cm_id *cid) {
-  if (!cid || !cid->qp) return;
-  Id *id = Id::from(cid);
+  Id *id = Id::live(cid);
+  if (!id || !cid->qp) return;
   Qp *q = Qp::from(cid->qp);
   run([&] {
     set_hook(q, nullptr);

@@ -36,6 +36,9 @@ int create_id(rdma_event_channel *ch, rdma_cm_id **out, void *context, rdma_port
 int destroy_id(rdma_cm_id *id);
 int migrate_id(rdma_cm_id *id, rdma_event_channel *ch);
 bool is_sync(rdma_cm_id *id);
+// True while the application holds `id` (created, not yet destroyed). The rdma_* entry points
+// check it before touching the id, so a call on a destroyed id fails with EINVAL.
+bool id_live(rdma_cm_id *id);
 
 int bind_addr(rdma_cm_id *id, const sockaddr *addr);
 int resolve_addr(rdma_cm_id *id, const sockaddr *src, const sockaddr *dst, int timeout_ms);

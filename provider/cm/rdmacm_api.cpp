@@ -175,7 +175,7 @@ __be16 rdma_get_dst_port(rdma_cm_id *id) {
 // QPs and SRQs on ids
 
 int rdma_create_qp_ex(rdma_cm_id *id, ibv_qp_init_attr_ex *attr) {
-  if (!id || !attr) return fail(EINVAL);
+  if (!eca::cm::id_live(id) || !attr) return fail(EINVAL);
   if (id->qp) return fail(EINVAL);
   if (!id->verbs) return fail(EINVAL);  // no device yet: bind or resolve first
   if (!(attr->comp_mask & IBV_QP_INIT_ATTR_PD) || !attr->pd) {
@@ -231,7 +231,7 @@ int rdma_create_qp(rdma_cm_id *id, ibv_pd *pd, ibv_qp_init_attr *qp_init_attr) {
 }
 
 void rdma_destroy_qp(rdma_cm_id *id) {
-  if (!id) return;
+  if (!eca::cm::id_live(id)) return;
   if (id->qp) {
     eca::cm::qp_release(id);  // the connection stops calling into the QP first
     ibv_destroy_qp(id->qp);
@@ -241,7 +241,7 @@ void rdma_destroy_qp(rdma_cm_id *id) {
 }
 
 int rdma_create_srq_ex(rdma_cm_id *id, ibv_srq_init_attr_ex *attr) {
-  if (!id || !attr) return fail(EINVAL);
+  if (!eca::cm::id_live(id) || !attr) return fail(EINVAL);
   if (!(attr->comp_mask & IBV_SRQ_INIT_ATTR_TYPE)) return fail(EINVAL);
   if (attr->srq_type != IBV_SRQT_BASIC) return fail(EOPNOTSUPP);
   if (!id->verbs) return fail(EINVAL);
@@ -270,7 +270,7 @@ int rdma_create_srq(rdma_cm_id *id, ibv_pd *pd, ibv_srq_init_attr *attr) {
 }
 
 void rdma_destroy_srq(rdma_cm_id *id) {
-  if (!id) return;
+  if (!eca::cm::id_live(id)) return;
   if (id->srq) ibv_destroy_srq(id->srq);
   id->srq = nullptr;
   destroy_cqs(id);
@@ -321,7 +321,7 @@ err:
 }
 
 void rdma_destroy_ep(rdma_cm_id *id) {
-  if (!id) return;
+  if (!eca::cm::id_live(id)) return;
   if (id->qp) rdma_destroy_qp(id);
   if (id->srq) rdma_destroy_srq(id);
   eca::cm::set_ep_qp_init_attr(id, nullptr);

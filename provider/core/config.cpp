@@ -13,8 +13,12 @@ namespace {
 constexpr ConfigRow kRows[] = {
     {"ECA_BACKEND", "software", "-",
      "device kind this process uses: software (iWARP over TCP) or hwmodel (modeled adapter)"},
-    {"ECA_MPA_CRC", "1", "bool", "request MPA CRC32c on connections we initiate; a responder "
-                                 "always honours a peer that asks for it"},
+    {"ECA_MPA_CRC", "1", "bool", "request MPA CRC32c on connections we initiate (C=1 in the "
+                                 "MPA Request); the responder's Reply decides what is used"},
+    {"ECA_MPA_CRC_REQUIRED", "0", "bool",
+     "insist on MPA CRC32c: as responder, reply C=1 even to a Request without it; as "
+     "initiator, refuse a Reply with C=0. Off: a responder uses CRC exactly when the "
+     "initiator asks for it (RFC 5044: CRC is used unless both ends agree to omit it)"},
     {"ECA_MPA_REV", "2", "-", "MPA revision to initiate with: 2 (RFC 6581, IRD/ORD in private "
                               "data) or 1 (RFC 5044)"},
     {"ECA_MPA_MARKERS", "0", "bool", "request MPA markers (for negative tests only: markers are "
@@ -70,6 +74,7 @@ Config load() {
       ECA_LOG(Warn, "ECA_BACKEND=%s unknown; using software", b);
   }
   c.mpa_crc = env_bool("ECA_MPA_CRC", true);
+  c.mpa_crc_required = env_bool("ECA_MPA_CRC_REQUIRED", false);
   c.mpa_rev = (int)env_long("ECA_MPA_REV", 2, 1, 2);
   c.mpa_markers = env_bool("ECA_MPA_MARKERS", false);
   c.fpdu_payload = (uint32_t)env_long("ECA_FPDU_SIZE", 65000, 64, 65488);

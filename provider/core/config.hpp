@@ -12,7 +12,8 @@ enum class BackendKind { Software, HwModel };
 
 struct Config {
   BackendKind backend = BackendKind::Software;
-  bool mpa_crc = true;          // request/accept MPA CRC32c
+  bool mpa_crc = true;          // initiator: request MPA CRC32c
+  bool mpa_crc_required = false;// insist on CRC as responder and as initiator
   int mpa_rev = 2;              // MPA revision we initiate with (1 or 2)
   bool mpa_markers = false;     // request markers (only for tests: markers are never supported)
   uint32_t fpdu_payload = 65000;// max payload bytes per FPDU (ULPDU minus DDP/RDMAP header)

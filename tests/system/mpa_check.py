@@ -7,7 +7,9 @@ frames, then every FPDU of both directions, verifying each FPDU's CRC32c, the DD
 RDMAP versions, and that the stream ends on an FPDU boundary. RDMAP messages are
 counted per opcode and direction, and --min OPCODE:DIR:N requires at least N complete
 messages (DDP Last flag set) of OPCODE in direction DIR (i2r: initiator to responder,
-r2i: responder to initiator).
+r2i: responder to initiator). With --crc off the session must have negotiated no CRC
+(C clear in both frames); every FPDU must still carry the 4-byte CRC field (RFC 5044
+keeps it in every FPDU), sent as zero, and tshark must show that field.
 
 tshark check: Wireshark's MPA dissector is a heuristic TCP dissector that needs the MPA
 Request/Reply in the capture and assumes each TCP segment starts with an FPDU. A
@@ -111,7 +113,7 @@ def parse_hello(data, key, name, errors):
     return flags, rev, pdlen
 
 
-def parse_fpdus(data, start, name, stats, errors, direction):
+def parse_fpdus(data, start, name, stats, errors, direction, crc=True):
     """Walks the FPDUs of one direction from offset start; returns [(offset, length)]."""
     starts = []
     off = start
@@ -134,11 +136,12 @@ def parse_fpdus(data, start, name, stats, errors, direction):
         # The CRC32c goes on the wire least significant byte first, as iSCSI's digest
         # (RFC 3385/7143) and as Linux siw and Wireshark's MPA dissector have it.
         sent_crc = struct.unpack("<I", data[off + total - 4:off + total])[0]
-        if crc32c(body) != sent_crc:
+        want_crc = crc32c(body) if crc else 0
+        if want_crc != sent_crc:
             bad_crc += 1
             if bad_crc <= 5:
-                errors.append(f"{name}: FPDU at offset {off}: CRC 0x{sent_crc:08x}, "
-                              f"computed 0x{crc32c(body):08x}")
+                errors.append(f"{name}: FPDU at offset {off}: CRC field 0x{sent_crc:08x}, "
+                              f"expected 0x{want_crc:08x}")
         ddp_ctl, rdmap_ctl = data[off + 2], data[off + 3]
         if ddp_ctl & 0x3 != 1:
             errors.append(f"{name}: FPDU at offset {off}: DDP version {ddp_ctl & 3}")
@@ -163,9 +166,12 @@ def main():
     ap.add_argument("port", type=int)
     ap.add_argument("--min", action="append", default=[],
                     help="OPCODE:DIR:N, e.g. write:i2r:100")
+    ap.add_argument("--crc", choices=("on", "off"), default="on",
+                    help="whether the session must have negotiated MPA CRC")
     args = ap.parse_args()
     errors = []
     port = args.port
+    crc = args.crc == "on"
 
     # --- 1. independent parse of the reassembled streams
     out = tshark(args.pcap, "-Y", f"tcp.port == {port} && tcp.len > 0", "-T", "fields",
@@ -196,8 +202,10 @@ def main():
         if rep[0] & 0x20:
             errors.append(f"stream {sid}: connection rejected (R flag in reply)")
             continue
-        if not (req[0] & 0x40 or rep[0] & 0x40):
-            errors.append(f"stream {sid}: CRC not negotiated (C flag clear in both frames)")
+        if crc and not rep[0] & 0x40:
+            errors.append(f"stream {sid}: CRC not negotiated (C flag clear in the Reply)")
+        if not crc and (req[0] & 0x40 or rep[0] & 0x40):
+            errors.append(f"stream {sid}: CRC negotiated (C flag set) in a CRC-off session")
         if req[1] not in (1, 2) or rep[1] not in (1, 2):
             errors.append(f"stream {sid}: MPA revisions {req[1]}/{rep[1]}")
         stats["connections"] += 1
@@ -209,7 +217,7 @@ def main():
                 aligned[dr.frame_at[0][0]] = "req" if d == "i2r" else "rep"
             # The segments tshark can dissect: those starting with a whole FPDU.
             for s, length in parse_fpdus(dr.data, first, f"stream {sid} {d}", stats,
-                                         errors, d):
+                                         errors, d, crc):
                 if s in dr.frame_at and dr.frame_at[s][1] >= length:
                     aligned[dr.frame_at[s][0]] = "fpdu"
 
@@ -233,6 +241,9 @@ def main():
             continue
         if "CRC check:" in line and frame is not None:
             verdict[frame] = "good" if "(Good CRC32)" in line else "bad"
+        elif not crc and frame is not None and re.match(r"^\s+CRC: 0x[0-9a-f]{8}$", line):
+            # CRC not negotiated: Wireshark shows the field without checking it.
+            verdict.setdefault(frame, "good" if line.strip() == "CRC: 0x00000000" else "bad")
     fields = tshark(args.pcap, "-Y", f"tcp.port == {port}", "-T", "fields", "-E",
                     "separator=\t", "-e", "frame.number", "-e", "iwarp_mpa.req",
                     "-e", "iwarp_mpa.rep", "-e", "iwarp_mpa.fpdu", "-e", "iwarp_rdma.opcode",

@@ -5,7 +5,8 @@
 # the reassembled streams with a correct CRC32c and DDP/RDMAP version 1, the expected
 # RDMA WRITE / READ messages, and tshark's iwarp_mpa and iwarp_ddp_rdmap dissectors
 # decoding the traffic (> 0 frames) with a good CRC and no malformed frame wherever a
-# TCP segment starts with a whole FPDU.
+# TCP segment starts with a whole FPDU. A second pair of sessions runs with CRC off and
+# checks that the CRC field is still present in every FPDU (RFC 5044), as zero.
 #
 # Wireshark's MPA dissector is heuristic on TCP and enabled by default ("Decode As" is
 # not needed) but must see the MPA Request and Reply, hence the capture runs from
@@ -19,12 +20,13 @@ require_program tshark ib_write_bw ib_read_bw
 
 ERRORS='error|couldn.?t|failed|unable to|not supported|illegal|unsupported'
 
-# capture_pair NAME MIN_SPEC... -- PROGRAM ARGS...: runs PROGRAM -R (server and client)
-# under a capture of its port, then checks the capture.
+# capture_pair NAME [--crc off] MIN_SPEC... -- PROGRAM ARGS...: runs PROGRAM -R (server and
+# client) under a capture of its port, then checks the capture.
 capture_pair() {
   local name=$1
   shift
   local -a mins=()
+  if [[ "$1" == --crc ]]; then mins+=(--crc "$2"); shift 2; fi
   while [[ "$1" != "--" ]]; do mins+=(--min "$1"); shift; done
   shift
   local prog=$1
@@ -76,3 +78,9 @@ except OSError:
 
 capture_pair write write:i2r:100 -- ib_write_bw -s 4096 -n 100
 capture_pair read read_req:i2r:100 read_resp:r2i:100 -- ib_read_bw -s 4096 -n 100
+# CRC off: the initiator does not ask for it and the responder follows (ECA_MPA_CRC=0 on
+# both ends; only the client's setting matters). Every FPDU still carries the CRC field,
+# zero, which Wireshark shows as "CRC: 0x00000000", and nothing is malformed.
+ECA_MPA_CRC=0 capture_pair write_nocrc --crc off write:i2r:100 -- ib_write_bw -s 4096 -n 100
+ECA_MPA_CRC=0 capture_pair read_nocrc --crc off read_req:i2r:100 read_resp:r2i:100 -- \
+  ib_read_bw -s 4096 -n 100

@@ -442,7 +442,8 @@ TEST(MpaExchange, Rev1RequestGetsRev1Reply) {
     c.s->accept(p, [&](MpaOutcome o) {
       LlpConnection llp = c.s->take_llp();
       EXPECT_EQ(llp.mpa_rev, 1);
-      EXPECT_EQ(llp.crc, eca::config().mpa_crc);  // CRC if either side asks
+      // The initiator did not ask: CRC only if this responder insists.
+      EXPECT_EQ(llp.crc, eca::config().mpa_crc_required);
       EXPECT_EQ(llp.ird, 3);
       EXPECT_EQ(llp.ord, 3);
       acc.set_value(o);
@@ -453,7 +454,7 @@ TEST(MpaExchange, Rev1RequestGetsRev1Reply) {
   ASSERT_TRUE(read_frame(c.cfd, mpa::Kind::Reply, &rep));
   EXPECT_EQ(rep.rev, 1);
   EXPECT_FALSE(rep.reject);
-  EXPECT_EQ(rep.crc, eca::config().mpa_crc);
+  EXPECT_EQ(rep.crc, eca::config().mpa_crc_required);
 }
 
 TEST(MpaExchange, CrcRequestedByPeerIsHonoured) {
@@ -628,3 +629,249 @@ TEST(MpaExchange, CancelSuppressesCallback) {
 }
 
 }  // namespace
+
+// ------------------------------------------------------------------ RFC byte strings
+//
+// Frames written byte by byte from RFC 5044 7.1 and RFC 6581 5.1 (and the 0x10 flag Linux
+// siw sets on revision 2 frames), not produced by our encoder.
+
+namespace {
+
+// "MPA ID Req Frame" / "MPA ID Rep Frame" in ASCII.
+constexpr uint8_t kReqKeyBytes[16] = {0x4d, 0x50, 0x41, 0x20, 0x49, 0x44, 0x20, 0x52,
+                                      0x65, 0x71, 0x20, 0x46, 0x72, 0x61, 0x6d, 0x65};
+constexpr uint8_t kRepKeyBytes[16] = {0x4d, 0x50, 0x41, 0x20, 0x49, 0x44, 0x20, 0x52,
+                                      0x65, 0x70, 0x20, 0x46, 0x72, 0x61, 0x6d, 0x65};
+
+std::vector<uint8_t> frame_bytes(const uint8_t (&key)[16], std::initializer_list<uint8_t> rest) {
+  std::vector<uint8_t> b(key, key + 16);
+  b.insert(b.end(), rest);
+  return b;
+}
+
+// One handshake between two MpaSessions with the given policies over loopback TCP.
+struct Negotiated {
+  MpaStatus initiator = MpaStatus::IoError, responder = MpaStatus::IoError;
+  bool request_c = false, reply_c = false;  // the C bits as sent
+  bool initiator_crc = false, responder_crc = false;  // what each end then uses
+};
+
+Negotiated negotiate(eca::transport::MpaPolicy ini_pol, eca::transport::MpaPolicy rsp_pol) {
+  Negotiated n;
+  RawListener l;
+  int cfd = raw_connect(l.port);
+  int sfd = l.accept_one();
+  EXPECT_GE(cfd, 0);
+  EXPECT_GE(sfd, 0);
+  std::shared_ptr<MpaSession> ini, rsp;
+  std::promise<MpaOutcome> req_p, rsp_p, ini_p;
+  auto req_f = req_p.get_future(), rsp_f = rsp_p.get_future(), ini_f = ini_p.get_future();
+  Progress::instance().run_sync([&] {
+    ini = MpaSession::create(adopt(cfd), 5000ms, ini_pol);
+    rsp = MpaSession::create(adopt(sfd), 5000ms, rsp_pol);
+    rsp->start_responder([&](MpaOutcome o) { req_p.set_value(o); });
+    ini->start_initiator(MpaParams{4, 4, {}}, [&](MpaOutcome o) { ini_p.set_value(o); });
+  });
+  if (wait(req_f).status == MpaStatus::Ok) {
+    Progress::instance().run_sync([&] {
+      n.request_c = rsp->peer().crc;
+      rsp->accept(MpaParams{4, 4, {}}, [&](MpaOutcome o) {
+        if (o.status == MpaStatus::Ok) n.responder_crc = rsp->take_llp().crc;
+        rsp_p.set_value(o);
+      });
+    });
+    n.responder = wait(rsp_f).status;
+  }
+  n.initiator = wait(ini_f).status;
+  Progress::instance().run_sync([&] {
+    n.reply_c = ini->peer().crc;
+    if (n.initiator == MpaStatus::Ok) n.initiator_crc = ini->take_llp().crc;
+    ini->cancel();
+    rsp->cancel();
+    ini.reset();
+    rsp.reset();
+  });
+  return n;
+}
+
+}  // namespace
+
+TEST(MpaRfc, Rev2RequestWithCrcParses) {
+  // M=0 C=1 R=0, E (0x10), Rev 2, PD_Length 7: IRD 0x0010, ORD 0x0008, then "abc".
+  auto b = frame_bytes(kReqKeyBytes, {0x50, 0x02, 0x00, 0x07, 0x00, 0x10, 0x00, 0x08, 'a', 'b', 'c'});
+  mpa::Frame f;
+  ASSERT_EQ(mpa::parse(b, mpa::Kind::Request, &f), mpa::ParseError::None);
+  EXPECT_TRUE(f.crc);
+  EXPECT_FALSE(f.markers);
+  EXPECT_FALSE(f.reject);
+  EXPECT_EQ(f.rev, 2);
+  EXPECT_EQ(f.ird, 16);
+  EXPECT_EQ(f.ord, 8);
+  EXPECT_FALSE(f.p2p);
+  EXPECT_EQ(f.pdata, (std::vector<uint8_t>{'a', 'b', 'c'}));
+  // Our encoder produces exactly these bytes for the same content.
+  EXPECT_EQ(mpa::build(f), b);
+}
+
+TEST(MpaRfc, Rev2PeerToPeerWordsParse) {
+  // Reply, C=0, Rev 2, PD_Length 4: IRD word P=1 (0x8000) | 1, ORD word Write-RTR (0x8000) | 2.
+  auto b = frame_bytes(kRepKeyBytes, {0x10, 0x02, 0x00, 0x04, 0x80, 0x01, 0x80, 0x02});
+  mpa::Frame f;
+  ASSERT_EQ(mpa::parse(b, mpa::Kind::Reply, &f), mpa::ParseError::None);
+  EXPECT_FALSE(f.crc);
+  EXPECT_TRUE(f.p2p);
+  EXPECT_TRUE(f.rtr_write);
+  EXPECT_FALSE(f.rtr_read);
+  EXPECT_FALSE(f.rtr_send);
+  EXPECT_EQ(f.ird, 1);
+  EXPECT_EQ(f.ord, 2);
+}
+
+TEST(MpaRfc, Rev1RequestWithoutCrcParses) {
+  // Rev 1 (RFC 5044): no IRD/ORD words; PD_Length 2 is all application private data.
+  auto b = frame_bytes(kReqKeyBytes, {0x00, 0x01, 0x00, 0x02, 0xca, 0xfe});
+  mpa::Frame f;
+  ASSERT_EQ(mpa::parse(b, mpa::Kind::Request, &f), mpa::ParseError::None);
+  EXPECT_FALSE(f.crc);
+  EXPECT_EQ(f.rev, 1);
+  EXPECT_EQ(f.pdata, (std::vector<uint8_t>{0xca, 0xfe}));
+  EXPECT_EQ(mpa::build(f), b);
+}
+
+// A raw initiator whose Request has C=0: the responder's Reply has C=0 and the data path
+// runs without CRC, unless the responder insists.
+TEST(MpaRfc, ResponderFollowsARequestWithoutCrc) {
+  for (bool required : {false, true}) {
+    RawListener l;
+    int cfd = raw_connect(l.port);
+    int sfd = l.accept_one();
+    ASSERT_GE(cfd, 0);
+    ASSERT_GE(sfd, 0);
+    eca::transport::MpaPolicy pol;
+    pol.crc_required = required;
+    std::shared_ptr<MpaSession> s;
+    std::promise<MpaOutcome> req_p, acc_p;
+    auto req_f = req_p.get_future(), acc_f = acc_p.get_future();
+    Progress::instance().run_sync([&] {
+      s = MpaSession::create(adopt(sfd), 5000ms, pol);
+      s->start_responder([&](MpaOutcome o) { req_p.set_value(o); });
+    });
+    auto req = frame_bytes(kReqKeyBytes, {0x10, 0x02, 0x00, 0x04, 0x00, 0x02, 0x00, 0x02});
+    ASSERT_EQ(::send(cfd, req.data(), req.size(), MSG_NOSIGNAL), ssize_t(req.size()));
+    ASSERT_EQ(wait(req_f).status, MpaStatus::Ok);
+    bool llp_crc = !required;
+    Progress::instance().run_sync([&] {
+      s->accept(MpaParams{2, 2, {}}, [&](MpaOutcome o) {
+        llp_crc = s->take_llp().crc;
+        acc_p.set_value(o);
+      });
+    });
+    ASSERT_EQ(wait(acc_f).status, MpaStatus::Ok);
+    EXPECT_EQ(llp_crc, required);
+    std::vector<uint8_t> rep(24);
+    ASSERT_EQ(read_n(cfd, rep.data(), rep.size()), rep.size());
+    EXPECT_EQ(0, std::memcmp(rep.data(), kRepKeyBytes, 16));
+    EXPECT_EQ(rep[16], required ? 0x50 : 0x10) << "flags of the Reply";
+    EXPECT_EQ(rep[17], 2);
+    Progress::instance().run_sync([&] { s.reset(); });
+    ::close(cfd);
+  }
+}
+
+// The Reply decides; a responder that declines a requested CRC breaks RFC 5044 7.1.
+TEST(MpaRfc, ReplyDecliningRequestedCrcIsRefused) {
+  eca::transport::MpaPolicy pol;
+  pol.crc_request = true;
+  RawListener l;
+  int cfd = raw_connect(l.port);
+  int sfd = l.accept_one();
+  ASSERT_GE(cfd, 0);
+  ASSERT_GE(sfd, 0);
+  std::shared_ptr<MpaSession> s;
+  std::promise<MpaOutcome> p;
+  auto f = p.get_future();
+  Progress::instance().run_sync([&] {
+    s = MpaSession::create(adopt(cfd), 5000ms, pol);
+    s->start_initiator(MpaParams{1, 1, {}}, [&](MpaOutcome o) { p.set_value(o); });
+  });
+  std::vector<uint8_t> req(24);
+  timeval tv{5, 0};
+  ::setsockopt(sfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ASSERT_EQ(read_n(sfd, req.data(), req.size()), req.size());
+  EXPECT_EQ(req[16] & 0x40, 0x40) << "C set in the Request";
+  auto rep = frame_bytes(kRepKeyBytes, {0x10, 0x02, 0x00, 0x04, 0x00, 0x01, 0x00, 0x01});
+  ASSERT_EQ(::send(sfd, rep.data(), rep.size(), MSG_NOSIGNAL), ssize_t(rep.size()));
+  MpaOutcome o = wait(f);
+  EXPECT_EQ(o.status, MpaStatus::ProtocolError);
+  EXPECT_EQ(o.err, ECONNREFUSED);
+  Progress::instance().run_sync([&] { s.reset(); });
+  ::close(sfd);
+}
+
+// A Reply with C=1 to a Request with C=0 (a responder that requires CRC): both use CRC.
+TEST(MpaRfc, ReplyRequiringCrcIsFollowed) {
+  eca::transport::MpaPolicy pol;
+  pol.crc_request = false;
+  RawListener l;
+  int cfd = raw_connect(l.port);
+  int sfd = l.accept_one();
+  ASSERT_GE(cfd, 0);
+  ASSERT_GE(sfd, 0);
+  std::shared_ptr<MpaSession> s;
+  std::promise<MpaOutcome> p;
+  auto f = p.get_future();
+  Progress::instance().run_sync([&] {
+    s = MpaSession::create(adopt(cfd), 5000ms, pol);
+    s->start_initiator(MpaParams{1, 1, {}}, [&](MpaOutcome o) { p.set_value(o); });
+  });
+  std::vector<uint8_t> req(24);
+  timeval tv{5, 0};
+  ::setsockopt(sfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ASSERT_EQ(read_n(sfd, req.data(), req.size()), req.size());
+  EXPECT_EQ(req[16] & 0x40, 0) << "C clear in the Request";
+  auto rep = frame_bytes(kRepKeyBytes, {0x50, 0x02, 0x00, 0x04, 0x00, 0x01, 0x00, 0x01});
+  ASSERT_EQ(::send(sfd, rep.data(), rep.size(), MSG_NOSIGNAL), ssize_t(rep.size()));
+  ASSERT_EQ(wait(f).status, MpaStatus::Ok);
+  bool crc = false;
+  Progress::instance().run_sync([&] {
+    crc = s->take_llp().crc;
+    s.reset();
+  });
+  EXPECT_TRUE(crc);
+  ::close(sfd);
+}
+
+// Every combination of what the initiator asks for and what each end insists on.
+TEST(MpaRfc, CrcNegotiationMatrix) {
+  struct Case {
+    bool ini_request, ini_required, rsp_required;
+    bool ok, crc;
+  };
+  const Case cases[] = {
+      {false, false, false, true, false},  // both agree to omit it
+      {true, false, false, true, true},    // the initiator asks
+      {false, false, true, true, true},    // the responder insists
+      {true, false, true, true, true},
+      {false, true, false, true, true},    // an initiator that insists also asks
+      {true, true, true, true, true},
+  };
+  for (const Case &c : cases) {
+    eca::transport::MpaPolicy ip, rp;
+    ip.crc_request = c.ini_request;
+    ip.crc_required = c.ini_required;
+    rp.crc_request = false;  // a responder's own request setting plays no part
+    rp.crc_required = c.rsp_required;
+    Negotiated n = negotiate(ip, rp);
+    SCOPED_TRACE(::testing::Message() << "initiator request " << c.ini_request << " required "
+                                      << c.ini_required << ", responder required "
+                                      << c.rsp_required);
+    EXPECT_EQ(n.initiator == MpaStatus::Ok, c.ok);
+    EXPECT_EQ(n.responder, MpaStatus::Ok);
+    EXPECT_EQ(n.request_c, c.ini_request || c.ini_required);
+    EXPECT_EQ(n.reply_c, c.crc);
+    if (c.ok) {
+      EXPECT_EQ(n.initiator_crc, c.crc);
+      EXPECT_EQ(n.responder_crc, c.crc);
+    }
+  }
+}

@@ -136,7 +136,8 @@ TEST(Wire, Crc32cKnownAnswer) {
 // Hostile input
 
 // Builds an FPDU: `hdr` starts with the 2 MPA length bytes (filled here unless `len_override`),
-// then payload, pad, CRC (little-endian CRC32c over all preceding bytes) when `crc`.
+// then payload, pad, and the CRC field (RFC 5044: present in every FPDU): the little-endian
+// CRC32c over all preceding bytes when `crc`, zero otherwise.
 std::vector<uint8_t> fpdu(std::vector<uint8_t> hdr, const std::vector<uint8_t> &payload, bool crc,
                           int len_override = -1, bool corrupt_crc = false) {
   size_t ulpdu = hdr.size() - 2 + payload.size();
@@ -144,14 +145,12 @@ std::vector<uint8_t> fpdu(std::vector<uint8_t> hdr, const std::vector<uint8_t> &
   std::vector<uint8_t> f = hdr;
   f.insert(f.end(), payload.begin(), payload.end());
   f.resize(f.size() + w::mpa_pad(ulpdu), 0);
-  if (crc) {
-    uint32_t c = eca::transport::crc32c(f.data(), f.size());
-    if (corrupt_crc) c ^= 0x1;
-    uint32_t le = htole32(c);
-    uint8_t b[4];
-    std::memcpy(b, &le, 4);
-    f.insert(f.end(), b, b + 4);
-  }
+  uint32_t c = crc ? eca::transport::crc32c(f.data(), f.size()) : 0;
+  if (corrupt_crc) c ^= 0x1;
+  uint32_t le = htole32(c);
+  uint8_t b[4];
+  std::memcpy(b, &le, 4);
+  f.insert(f.end(), b, b + 4);
   return f;
 }
 
@@ -207,7 +206,7 @@ bool read_fpdu(int fd, bool crc, RxFrame *out, int timeout_ms = kTimeoutMs) {
   uint8_t lb[2];
   if (!recv_exact(fd, lb, 2, timeout_ms)) return false;
   size_t ulpdu = w::ld16(lb);
-  size_t rest = ulpdu + w::mpa_pad(ulpdu) + (crc ? 4 : 0);
+  size_t rest = ulpdu + w::mpa_pad(ulpdu) + 4;  // the CRC field is always there
   out->bytes.assign(lb, lb + 2);
   out->bytes.resize(2 + rest);
   if (!recv_exact(fd, out->bytes.data() + 2, rest, timeout_ms)) return false;
@@ -215,12 +214,11 @@ bool read_fpdu(int fd, bool crc, RxFrame *out, int timeout_ms = kTimeoutMs) {
     out->tagged = out->bytes[2] & 0x80;
     out->opcode = out->bytes[3] & 0x0f;
   }
-  if (crc) {
-    size_t body = out->bytes.size() - 4;
-    uint32_t le;
-    std::memcpy(&le, out->bytes.data() + body, 4);
-    out->crc_ok = le32toh(le) == eca::transport::crc32c(out->bytes.data(), body);
-  }
+  size_t body = out->bytes.size() - 4;
+  uint32_t le;
+  std::memcpy(&le, out->bytes.data() + body, 4);
+  // Without negotiated CRC the field carries zero (as Linux siw sends it).
+  out->crc_ok = le32toh(le) == (crc ? eca::transport::crc32c(out->bytes.data(), body) : 0u);
   return true;
 }
 
@@ -421,7 +419,7 @@ TEST_P(Hostile, ValidFramesAreAccepted) {
   EXPECT_EQ(f.opcode, 2) << "READ response";
   EXPECT_TRUE(f.tagged);
   EXPECT_TRUE(f.crc_ok);
-  ASSERT_EQ(f.bytes.size(), (size_t)(2 + 14 + 16 + w::mpa_pad(30) + (c.crc ? 4 : 0)));
+  ASSERT_EQ(f.bytes.size(), (size_t)(2 + 14 + 16 + w::mpa_pad(30) + 4));
   EXPECT_EQ(w::ld32(f.bytes.data() + w::off::kStag), 0x4242u);
   EXPECT_EQ(w::ld64(f.bytes.data() + w::off::kTo), 0x1000u);
   const uint8_t *d = f.bytes.data() + 16;
@@ -447,6 +445,53 @@ TEST_P(Hostile, CrcNotRequestedAndTooLongSend) {
   EXPECT_EQ(w::term_parse(word).layer, w::TermLayer::Ddp);
   EXPECT_EQ(w::term_parse(word).etype, w::kDdpUntaggedError);
   EXPECT_EQ(w::term_parse(word).code, w::kDdpUTooLong);
+  Close(c);
+}
+
+// CRC off (the request has C=0, the responder follows): FPDUs still carry the 4-byte CRC
+// field. The SEND and the READ request are byte strings written from RFC 5044 6.1 / RFC 5041
+// / RFC 5040, and the READ response must come back byte for byte as the RFCs lay it out.
+TEST_P(Hostile, CrcOffFramesKeepTheCrcField) {
+  Conn c;
+  ASSERT_NO_FATAL_FAILURE(Open(c, false));
+  ASSERT_FALSE(c.crc) << "the responder must not force CRC on an initiator that declines it";
+  // SEND "hi!": ULPDU length 21 (18 header + 3), DDP ctrl T=0 L=1 version 1 (0x41), RDMAP
+  // version 1 opcode Send (0x43), 4 reserved bytes, QN 0, MSN 1, MO 0, the payload, one
+  // byte of pad ((2 + 21) % 4 = 3), then the CRC field, zero.
+  const std::vector<uint8_t> send_hi = {
+      0x00, 0x15, 0x41, 0x43, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+      0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 'h',  'i',  '!',  0x00,
+      0x00, 0x00, 0x00, 0x00};
+  ASSERT_TRUE(send_all(c.fd, send_hi));
+  ibv_wc wc{};
+  ASSERT_TRUE(poll_one(c.cq, &wc)) << "CRC-less SEND not delivered";
+  EXPECT_EQ(wc.status, IBV_WC_SUCCESS) << wc_status_name(wc.status);
+  ASSERT_EQ(wc.byte_len, 3u);
+  EXPECT_EQ(0, memcmp(c.rbuf.data() + (wc.wr_id - 10) * 256, "hi!", 3));
+  // READ request for 8 bytes of the write-enabled MR, sink STag 0x00004242 TO 0x1000.
+  std::vector<uint8_t> rr = {0x00, 0x2e, 0x41, 0x41, 0x00, 0x00, 0x00, 0x00,
+                             0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01,
+                             0x00, 0x00, 0x00, 0x00,                          // MO
+                             0x00, 0x00, 0x42, 0x42,                          // sink STag
+                             0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00,  // sink TO
+                             0x00, 0x00, 0x00, 0x08};                         // size
+  uint8_t b[12];
+  w::st32(b, c.wmr->rkey);
+  w::st64(b + 4, (uint64_t)(uintptr_t)c.wbuf.data());
+  rr.insert(rr.end(), b, b + 12);
+  rr.insert(rr.end(), {0x00, 0x00, 0x00, 0x00});  // (2+46) % 4 = 0: no pad; zero CRC field
+  ASSERT_EQ(rr.size(), 52u);
+  ASSERT_TRUE(send_all(c.fd, rr));
+  // READ response: ULPDU 22 (14 + 8), T=1 L=1 (0xc1), opcode Read Response (0x42), sink STag,
+  // sink TO, 8 bytes of 0xEE, no pad ((2 + 22) % 4 = 0), the CRC field, zero.
+  const std::vector<uint8_t> want = {0x00, 0x16, 0xc1, 0x42, 0x00, 0x00, 0x42, 0x42,
+                                     0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00,
+                                     0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee,
+                                     0x00, 0x00, 0x00, 0x00};
+  std::vector<uint8_t> got(want.size());
+  ASSERT_TRUE(recv_exact(c.fd, got.data(), got.size(), kTimeoutMs)) << "no READ response";
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(qp_state(c.qp()), IBV_QPS_RTS);
   Close(c);
 }
 
@@ -585,8 +630,11 @@ TEST_P(Hostile, RandomBytesAfterHandshake) {
     // Whatever the server made of it, closing the raw peer ends the connection.
     ::shutdown(c.fd, SHUT_WR);
     EXPECT_TRUE(wait_qp_state(c.qp(), IBV_QPS_ERR)) << "server QP not in ERR after EOF";
+    // Each of the four posted receives completes exactly once: consumed by a SEND that got
+    // through, failed, or flushed when the QP went to ERR; nothing more.
     auto wcs = poll_n(c.cq, 4, 2000);
-    EXPECT_LE(wcs.size(), 4u);
+    EXPECT_EQ(wcs.size(), 4u);
+    EXPECT_TRUE(poll_n(c.cq, 1, 100).empty()) << "a receive completed twice";
     for (auto &x : wcs)
       EXPECT_TRUE(x.status == IBV_WC_WR_FLUSH_ERR || x.status == IBV_WC_SUCCESS ||
                   x.status == IBV_WC_LOC_LEN_ERR || x.status == IBV_WC_REM_INV_REQ_ERR)
