@@ -19,12 +19,13 @@
 #   SIW_VM_CRC       our CRC settings to test (default "1 0 req"; req: ECA_MPA_CRC_REQUIRED=1)
 #   SIW_VM_TESTS     interop tests (default "rping write_bw read_bw send_bw write_lat")
 #   SIW_VM_SIW_MODES siw builds to test against (default "default crc-required crc-strict")
+#   SIW_VM_DIRS      who initiates (default "siw-to-eca eca-to-siw")
 #   SIW_VM_PERF      1: run the performance comparison (default 1)
 #   SIW_VM_REPEAT    runs per performance figure, the median is reported (default 3)
 #   SIW_VM_TIMEOUT   seconds one test may take before it counts as hung (default 30; kvm 20)
 #   SIW_VM_DURATION  seconds per bandwidth run (-D, default 2); SIW_VM_LAT_ITERS (default 1000)
 #   SIW_VM_SIW_DEBUG 1: siw's dynamic debug messages on (in each test's .dmesg file)
-#   SIW_VM_ECA_LOG   ECA_LOG for our stack on the host (e.g. debug)
+#   SIW_VM_ECA_LOG   ECA_LOG for our stack on the host (default info: the negotiated MPA mode)
 #   SIW_VM_PCAP      1: capture the tap (dumpcap, first SIW_VM_PCAP_SNAPLEN=256 bytes of each frame)
 #
 # Networking stays inside one namespace: a tap device in it carries 10.214.77.0/24 between
@@ -41,6 +42,7 @@ MEM=${SIW_VM_MEM:-1024}
 CRC_MODES=${SIW_VM_CRC:-1 0 req}
 TESTS=${SIW_VM_TESTS:-rping write_bw read_bw send_bw write_lat}
 SIW_MODES=${SIW_VM_SIW_MODES:-default crc-required crc-strict}
+DIRS=${SIW_VM_DIRS:-siw-to-eca eca-to-siw}
 DO_PERF=${SIW_VM_PERF:-1}
 REPEAT=${SIW_VM_REPEAT:-3}
 DURATION=${SIW_VM_DURATION:-2}
@@ -281,7 +283,7 @@ PORT=19000
 host_bg() {
   local out=$1 crc=$2 req=0; shift 2
   [[ $crc == req ]] && crc=1 req=1
-  ip netns exec "$NS" env ECA_MPA_CRC="$crc" ECA_MPA_CRC_REQUIRED="$req" ${SIW_VM_ECA_LOG:+ECA_LOG=$SIW_VM_ECA_LOG} timeout -k 3 "$TIMEOUT" \
+  ip netns exec "$NS" env ECA_MPA_CRC="$crc" ECA_MPA_CRC_REQUIRED="$req" ECA_LOG="${SIW_VM_ECA_LOG:-info}" timeout -k 3 "$TIMEOUT" \
     "$ECA_BUILD/bin/eca-run" "$@" >"$out" 2>&1 </dev/null &
   HOST_PID=$!
   HOST_PIDS+=("$HOST_PID")
@@ -302,7 +304,7 @@ host_listening() {
 
 # guest_bg NAME CMD: starts CMD in the guest, bounded by the test timeout.
 guest_bg() {
-  vm_cmd 15 "(timeout -k 3 $TIMEOUT $2 >/tmp/$1.log 2>&1; echo \$? >/tmp/$1.rc) >/dev/null 2>&1 &"
+  vm_cmd 15 "rm -f /tmp/$1.rc; (timeout -k 3 $TIMEOUT $2 >/tmp/$1.log 2>&1; echo \$? >/tmp/$1.rc) >/dev/null 2>&1 &"
 }
 # guest_wait NAME: waits for a guest_bg command; prints its output; returns its status.
 guest_wait() {
@@ -387,7 +389,7 @@ siw_mode() {
 # interop TEST DIRECTION CRC. DIRECTION siw-to-eca: siw (guest) initiates, our stack serves;
 # eca-to-siw: our stack initiates, siw serves.
 interop() {
-  local t=$1 dir=$2 crc=$3 port=$((PORT++)) name="$1-$2-crc$3" grc hrc start=$SECONDS
+  local t=$1 dir=$2 crc=$3 port=$((PORT++)) name="$SIW_MODE-$1-$2-crc$3" grc hrc start=$SECONDS
   local hlog=$RUN/$name.host.log glog=$RUN/$name.guest.log
   if [[ $dir == siw-to-eca ]]; then
     host_bg "$hlog" "$crc" $(server_args "$t" "ecasw_$TAP" "$port" "$HOST_IP")
@@ -417,11 +419,16 @@ interop() {
   local verdict=PASS note f="" clog=$glog init=siw expect
   [[ $dir == eca-to-siw ]] && clog=$hlog init=eca
   expect=$(expected_mpa "$SIW_MODE" "$crc" "$init")
-  if ((grc == 124 || hrc == 124)); then
+  if [[ $expect == refused ]]; then
+    # The initiator must fail promptly. The server may exit 0 (rping does) or, when siw
+    # refused the request below rdma_cm, never hear of it and wait for its timeout.
+    local irc=$hrc
+    [[ $init == siw ]] && irc=$grc
+    verdict=REFUSED
+    ((irc == 0)) && verdict=FAIL
+    ((irc == 124)) && verdict=HANG
+  elif ((grc == 124 || hrc == 124)); then
     verdict=HANG
-  elif [[ $expect == refused ]]; then
-    verdict=FAIL
-    ((grc != 0 && hrc != 0)) && verdict=REFUSED
   elif ((grc != 0 || hrc != 0)); then
     verdict=FAIL
   elif [[ $t == rping ]]; then
@@ -436,6 +443,13 @@ interop() {
   if ((crashed)); then
     verdict=CRASH
     note="guest kernel died, see console-$BOOTS.log: $(grep -m1 -E 'BUG:|RIP:|panic' "$RUN/console-$BOOTS.log" | sed 's/^\[[^]]*\] //'); $note"
+  fi
+  # What MPA settled on, from our log ("connected: mpa rev N, crc C, ..."): must be the expected.
+  local got
+  got=$(grep -m1 -o 'connected: mpa rev [0-9], crc [01]' "$hlog" | awk '{print ($NF == 1) ? "crc" : "nocrc"}')
+  if [[ -n $got ]]; then
+    note="mpa $got; $note"
+    [[ $got != "$expect" && $verdict != HANG && $verdict != CRASH ]] && verdict=FAIL
   fi
   [[ $t == rping ]] && note="$(grep -c '^ping data: ' "$clog") of $RPING_COUNT pings; $note"
   [[ -n $f ]] && note="$f $( [[ $t == *_lat ]] && echo us || echo MB/s ); $note"
@@ -496,28 +510,24 @@ perf_host_siw() {
 }
 
 PERF_CRC="1 0"
+# perf_cell FUNCTION TEST ARG WIDTH: one figure of the table, appended to ROW.
+perf_cell() {
+  guest_alive || restart_guest
+  local v
+  v=$(perf_median "$1" "$2" "$3")
+  PORT=$((PORT + 2 * REPEAT))
+  ROW+=$(printf " %${4}s" "${v:--}")
+  log "perf $2 $1 $3: ${v:-none}"
+}
+
 run_perf() {
   local t who crc
-  local cols=(siw eca1 eca0)
   PERF=()
   for t in write_bw read_bw send_bw write_lat; do
-    local row
-    row=$(printf '%-10s' "$t")
-    for who in "${cols[@]}"; do
-      guest_alive || restart_guest
-      local v; v=$(perf_median perf_guest_pair "$t" "$who")
-      PORT=$((PORT + 2 * REPEAT))
-      row+=$(printf ' %12s' "${v:--}")
-      log "perf $t guest $who: ${v:-none}"
-    done
-    for crc in $PERF_CRC; do
-      guest_alive || restart_guest
-      local v; v=$(perf_median perf_host_siw "$t" "$crc")
-      PORT=$((PORT + 2 * REPEAT))
-      row+=$(printf ' %14s' "${v:--}")
-      log "perf $t host eca crc=$crc -> guest siw: ${v:-none}"
-    done
-    PERF+=("$row")
+    ROW=$(printf '%-10s' "$t")
+    for who in siw eca1 eca0; do perf_cell perf_guest_pair "$t" "$who" 12; done
+    for crc in $PERF_CRC; do perf_cell perf_host_siw "$t" "$crc" 14; done
+    PERF+=("$ROW")
   done
 }
 
@@ -542,7 +552,7 @@ run_all() {
       continue
     fi
     for crc in $CRC_MODES; do
-      for dir in siw-to-eca eca-to-siw; do
+      for dir in $DIRS; do
         for t in $TESTS; do interop "$t" "$dir" "$crc"; done
       done
     done
@@ -559,7 +569,7 @@ run_all() {
     echo "interop (timeout ${TIMEOUT}s per test; siw build: default = no CRC requested, either accepted;"
     echo " crc-required = CRC requested, a reply without refused; crc-strict = CRC never used, refused;"
     echo " ours: crc=1/0 ECA_MPA_CRC, crc=req ECA_MPA_CRC_REQUIRED=1; expect: what MPA should settle on;"
-    echo " REFUSED: the connection was refused promptly where refusal is expected):"
+    echo " REFUSED: the initiator failed promptly where refusal is expected):"
     printf '%-12s %-10s %-9s %-9s %-8s %-7s %s\n' "siw build" test initiator ours expect result detail
     printf '%s\n' "${RESULTS[@]}"
     if [[ $DO_PERF == 1 ]]; then
