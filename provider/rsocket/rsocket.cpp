@@ -19,6 +19,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <rdma/rdma_cma.h>
 #include <rdma/rsocket.h>
 #include <sys/mman.h>
@@ -410,6 +411,9 @@ bool readable(const Sock &s) {
   if (s.st == St::Listening) return !s.accept_q.empty();
   return !s.rxq.empty() || s.fin_rcvd || s.rd_shut || s.disconnected || s.st == St::Error;
 }
+bool connecting(const Sock &s) {
+  return s.st == St::Resolving || s.st == St::Routing || s.st == St::Connecting;
+}
 bool can_send_data(const Sock &s) { return s.credits >= 2 && sq_free(s); }
 bool writable(const Sock &s) {
   if (s.st == St::Connected) return can_send_data(s) || s.wr_shut;
@@ -728,6 +732,24 @@ int poll_impl(pollfd *fds, nfds_t nfds, int timeout) {
 using namespace eca::rsock;
 
 namespace {
+// Depth of rsocket calls on this thread. librspreload intercepts every socket() of the
+// process, including those our rdma_cm makes for its own TCP connections while serving an
+// rsocket call; those must stay kernel sockets, so rsocket() refuses while one runs and
+// librspreload falls back to the real socket(). The same holds on the library's own
+// threads (named "eca-..."), which run rdma_cm work for the application's threads.
+thread_local int t_inside = 0;
+
+bool internal_thread() {
+  char name[16] = {};
+  return pthread_getname_np(pthread_self(), name, sizeof name) == 0 &&
+         std::strncmp(name, "eca-", 4) == 0;
+}
+
+struct Inside {
+  Inside() { ++t_inside; }
+  ~Inside() { --t_inside; }
+};
+
 inline ssize_t sret(ssize_t r) { return r < 0 ? err(int(-r)) : r; }
 inline int iret(int r) { return r ? err(r) : 0; }
 }  // namespace
@@ -735,6 +757,8 @@ inline int iret(int r) { return r ? err(r) : 0; }
 extern "C" {
 
 int rsocket(int domain, int type, int protocol) {
+  if (t_inside || internal_thread()) return err(EOPNOTSUPP);
+  Inside in;
   if (domain != AF_INET) return err(domain == AF_INET6 || domain == AF_IB ? EAFNOSUPPORT : EAFNOSUPPORT);
   int base = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
   if (base == SOCK_DGRAM) return err(EOPNOTSUPP);
@@ -747,6 +771,7 @@ int rsocket(int domain, int type, int protocol) {
 }
 
 int rbind(int socket, const struct sockaddr *addr, socklen_t addrlen) {
+  Inside in;
   auto sp = lookup(socket);
   if (!sp) return err(EBADF);
   if (!addr || addrlen < sizeof(sockaddr_in)) return err(EINVAL);
@@ -758,6 +783,7 @@ int rbind(int socket, const struct sockaddr *addr, socklen_t addrlen) {
 }
 
 int rlisten(int socket, int backlog) {
+  Inside in;
   auto sp = lookup(socket);
   if (!sp) return err(EBADF);
   std::lock_guard<std::mutex> g(sp->mu);
@@ -778,6 +804,7 @@ int rlisten(int socket, int backlog) {
 }
 
 int raccept(int socket, struct sockaddr *addr, socklen_t *addrlen) {
+  Inside in;
   auto sp = lookup(socket);
   if (!sp) return err(EBADF);
   std::unique_lock<std::mutex> lk(sp->mu);
@@ -795,6 +822,7 @@ int raccept(int socket, struct sockaddr *addr, socklen_t *addrlen) {
 }
 
 int rconnect(int socket, const struct sockaddr *addr, socklen_t addrlen) {
+  Inside in;
   auto sp = lookup(socket);
   if (!sp) return err(EBADF);
   std::unique_lock<std::mutex> lk(sp->mu);
@@ -802,6 +830,7 @@ int rconnect(int socket, const struct sockaddr *addr, socklen_t addrlen) {
 }
 
 int rshutdown(int socket, int how) {
+  Inside in;
   auto sp = lookup(socket);
   if (!sp) return err(EBADF);
   if (how != SHUT_RD && how != SHUT_WR && how != SHUT_RDWR) return err(EINVAL);
@@ -818,6 +847,7 @@ int rshutdown(int socket, int how) {
 }
 
 int rclose(int socket) {
+  Inside in;
   auto sp = lookup(socket);
   if (!sp) return err(EBADF);
   destroy(sp);
@@ -825,6 +855,7 @@ int rclose(int socket) {
 }
 
 ssize_t rrecv(int socket, void *buf, size_t len, int flags) {
+  Inside in;
   iovec v{buf, len};
   return sret(do_recv(socket, &v, 1, flags));
 }
@@ -837,6 +868,7 @@ ssize_t rrecvfrom(int socket, void *buf, size_t len, int flags, struct sockaddr 
 }
 
 ssize_t rrecvmsg(int socket, struct msghdr *msg, int flags) {
+  Inside in;
   if (!msg) return err(EINVAL);
   msg->msg_controllen = 0;
   msg->msg_flags = 0;
@@ -844,6 +876,7 @@ ssize_t rrecvmsg(int socket, struct msghdr *msg, int flags) {
 }
 
 ssize_t rsend(int socket, const void *buf, size_t len, int flags) {
+  Inside in;
   iovec v{const_cast<void *>(buf), len};
   return sret(do_send(socket, &v, 1, flags));
 }
@@ -855,6 +888,7 @@ ssize_t rsendto(int socket, const void *buf, size_t len, int flags,
 }
 
 ssize_t rsendmsg(int socket, const struct msghdr *msg, int flags) {
+  Inside in;
   if (!msg) return err(EINVAL);
   return sret(do_send(socket, msg->msg_iov, int(msg->msg_iovlen), flags));
 }
@@ -862,22 +896,26 @@ ssize_t rsendmsg(int socket, const struct msghdr *msg, int flags) {
 ssize_t rread(int socket, void *buf, size_t count) { return rrecv(socket, buf, count, 0); }
 
 ssize_t rreadv(int socket, const struct iovec *iov, int iovcnt) {
+  Inside in;
   return sret(do_recv(socket, iov, iovcnt, 0));
 }
 
 ssize_t rwrite(int socket, const void *buf, size_t count) { return rsend(socket, buf, count, 0); }
 
 ssize_t rwritev(int socket, const struct iovec *iov, int iovcnt) {
+  Inside in;
   return sret(do_send(socket, iov, iovcnt, 0));
 }
 
 int rpoll(struct pollfd *fds, nfds_t nfds, int timeout) {
+  Inside in;
   int r = poll_impl(fds, nfds, timeout);
   return r < 0 ? err(-r) : r;
 }
 
 int rselect(int nfds, fd_set *readfds, fd_set *writefds, fd_set *exceptfds,
             struct timeval *timeout) {
+  Inside in;
   std::vector<pollfd> p;
   for (int fd = 0; fd < nfds; ++fd) {
     short ev = 0;
@@ -1045,12 +1083,14 @@ int rfcntl(int socket, int cmd, ...) {
 }
 
 off_t riomap(int socket, void *buf, size_t len, int prot, int /*flags*/, off_t offset) {
+  Inside in;
   auto sp = lookup(socket);
   if (!sp) return err(EBADF);
   if (!buf || !len || !(prot & PROT_WRITE)) return err(EINVAL);
   std::unique_lock<std::mutex> lk(sp->mu);
   Sock &s = *sp;
-  if (s.st != St::Connected) return err(ENOTCONN);
+  wait_for(s, lk, s.nonblock, [&] { return !connecting(s); });
+  if (s.st != St::Connected) return err(connecting(s) ? EAGAIN : ENOTCONN);
   if (offset == -1) offset = static_cast<off_t>(reinterpret_cast<uintptr_t>(buf));
   for (auto &m : s.lmaps)
     if (offset < m.offset + off_t(m.len) && m.offset < offset + off_t(len)) return err(EEXIST);
@@ -1069,6 +1109,7 @@ off_t riomap(int socket, void *buf, size_t len, int prot, int /*flags*/, off_t o
 }
 
 int riounmap(int socket, void *buf, size_t len) {
+  Inside in;
   auto sp = lookup(socket);
   if (!sp) return err(EBADF);
   std::unique_lock<std::mutex> lk(sp->mu);
@@ -1089,6 +1130,7 @@ int riounmap(int socket, void *buf, size_t len) {
 }
 
 size_t riowrite(int socket, const void *buf, size_t count, off_t offset, int flags) {
+  Inside in;
   auto sp = lookup(socket);
   if (!sp) return size_t(err(EBADF));
   std::unique_lock<std::mutex> lk(sp->mu);
