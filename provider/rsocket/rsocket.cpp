@@ -82,6 +82,7 @@ struct Sock {
   int so_error = 0;           // pending error for SO_ERROR
   int conn_err = 0;           // connection broken: sends fail with this
   bool disconnected = false;
+  bool draining = false;      // rclose waits for all send completions
   int backlog = 0;
   std::deque<std::shared_ptr<Sock>> accept_q;
   int reuseaddr = 0, keepalive = 0, nodelay = 0, rcvbuf = 0, sndbuf = 0;
@@ -90,6 +91,7 @@ struct Sock {
   int rdma_sqsize = kSendSlots, rdma_rqsize = kRecvSlots, rdma_inline = 0, rdma_iomap = 0;
   std::vector<LocalMap> lmaps;
   std::vector<IoMap> rmaps;
+  std::deque<std::pair<uint8_t, IoMap>> ctrl_q;  // IOMAP/IOUNMAP not yet sent
 };
 
 std::mutex g_mu;
@@ -214,7 +216,9 @@ int post_msg(Sock &s, uint8_t type, uint32_t len, uint8_t extra_flags = 0) {
   wr.sg_list = &sge;
   wr.num_sge = 1;
   wr.opcode = IBV_WR_SEND;
-  wr.send_flags = IBV_SEND_SIGNALED;
+  // Solicited: a peer sleeping for messages arms its CQ for solicited completions only and
+  // is not woken by its own send completions.
+  wr.send_flags = IBV_SEND_SIGNALED | IBV_SEND_SOLICITED;
   if (int r = ibv_post_send(s.cm->qp, &wr, &bad)) return r;
   s.sq_next = (s.sq_next + 1) % kSendSlots;
   ++s.sq_busy;
@@ -231,6 +235,16 @@ void maybe_credit(Sock &s) {
   if (s.st != St::Connected || !sq_free(s) || s.credits == 0) return;
   if (s.ret >= kCreditBatch || (s.peer_short && s.ret >= 2)) {
     if (post_msg(s, kCredit, 0)) broken(s, EIO);
+  }
+}
+
+// Sends queued IOMAP/IOUNMAP announcements while the credit rule allows. Caller holds s.mu.
+void flush_ctrl(Sock &s) {
+  while (!s.ctrl_q.empty() && s.st == St::Connected && s.credits >= 2 && sq_free(s)) {
+    auto &[type, m] = s.ctrl_q.front();
+    put(send_slot(s, s.sq_next) + kHdrSize, m);
+    if (post_msg(s, type, kIoMapSize)) return broken(s, EIO);
+    s.ctrl_q.pop_front();
   }
 }
 
@@ -404,6 +418,7 @@ void drain_cm(Sock &s) {
 void progress(Sock &s) {
   drain_cm(s);
   drain_cq(s);
+  flush_ctrl(s);
 }
 
 // --- readiness
@@ -414,7 +429,7 @@ bool readable(const Sock &s) {
 bool connecting(const Sock &s) {
   return s.st == St::Resolving || s.st == St::Routing || s.st == St::Connecting;
 }
-bool can_send_data(const Sock &s) { return s.credits >= 2 && sq_free(s); }
+bool can_send_data(const Sock &s) { return s.credits >= 2 && sq_free(s) && s.ctrl_q.empty(); }
 bool writable(const Sock &s) {
   if (s.st == St::Connected) return can_send_data(s) || s.wr_shut;
   return s.st == St::Error;
@@ -431,9 +446,11 @@ short revents_of(const Sock &s, short events) {
   return r;
 }
 
-// Arms notification and reports whether something is ready already (then no sleep).
+// Arms notification, then looks once more, so nothing that completed before arming is missed.
+// Send completions matter only while they hold back a send (the queue is full); peer
+// messages and errors always wake.
 void arm(Sock &s) {
-  if (s.cq) ibv_req_notify_cq(s.cq, 0);
+  if (s.cq) ibv_req_notify_cq(s.cq, sq_free(s) && !s.draining ? 1 : 0);
   progress(s);
 }
 
@@ -643,6 +660,7 @@ void destroy(std::shared_ptr<Sock> sp) {
   if (s.st == St::Connected) {
     send_fin(s, lk, false);
     // Let queued sends reach the peer before the QP is torn down (bounded).
+    s.draining = true;
     wait_for(s, lk, false, [&] { return s.sq_busy == 0 || s.st != St::Connected; }, 2000);
   }
   if (s.cm && (s.st == St::Connected || s.st == St::Error || s.st == St::Connecting)) {
@@ -1087,24 +1105,18 @@ off_t riomap(int socket, void *buf, size_t len, int prot, int /*flags*/, off_t o
   auto sp = lookup(socket);
   if (!sp) return err(EBADF);
   if (!buf || !len || !(prot & PROT_WRITE)) return err(EINVAL);
-  std::unique_lock<std::mutex> lk(sp->mu);
+  std::lock_guard<std::mutex> g(sp->mu);
   Sock &s = *sp;
-  wait_for(s, lk, s.nonblock, [&] { return !connecting(s); });
-  if (s.st != St::Connected) return err(connecting(s) ? EAGAIN : ENOTCONN);
+  if (!s.pd) return err(EINVAL);  // no connection (being) set up yet
   if (offset == -1) offset = static_cast<off_t>(reinterpret_cast<uintptr_t>(buf));
   for (auto &m : s.lmaps)
     if (offset < m.offset + off_t(m.len) && m.offset < offset + off_t(len)) return err(EEXIST);
-  if (int r = wait_send(s, lk, false)) return err(r);
-  if (s.st != St::Connected) return err(s.conn_err ? s.conn_err : ENOTCONN);
   ibv_mr *mr = ibv_reg_mr(s.pd, buf, len, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
   if (!mr) return -1;
-  IoMap m{uint64_t(offset), reinterpret_cast<uintptr_t>(buf), len, mr->rkey};
-  put(send_slot(s, s.sq_next) + kHdrSize, m);
-  if (int r = post_msg(s, kIoMap, kIoMapSize)) {
-    ibv_dereg_mr(mr);
-    return err(r);
-  }
   s.lmaps.push_back({buf, len, offset, mr});
+  // Announced in stream order, before any later data (flush_ctrl).
+  s.ctrl_q.push_back({kIoMap, IoMap{uint64_t(offset), reinterpret_cast<uintptr_t>(buf), len, mr->rkey}});
+  flush_ctrl(s);
   return offset;
 }
 
@@ -1112,20 +1124,15 @@ int riounmap(int socket, void *buf, size_t len) {
   Inside in;
   auto sp = lookup(socket);
   if (!sp) return err(EBADF);
-  std::unique_lock<std::mutex> lk(sp->mu);
+  std::lock_guard<std::mutex> g(sp->mu);
   Sock &s = *sp;
   auto it = std::find_if(s.lmaps.begin(), s.lmaps.end(),
                          [&](const LocalMap &m) { return m.buf == buf && m.len == len; });
   if (it == s.lmaps.end()) return err(EINVAL);
-  LocalMap m = *it;
+  s.ctrl_q.push_back({kIoUnmap, IoMap{uint64_t(it->offset), 0, 0, 0}});
+  ibv_dereg_mr(it->mr);
   s.lmaps.erase(it);
-  if (s.st == St::Connected && wait_send(s, lk, s.nonblock) == 0 && s.st == St::Connected &&
-      can_send_data(s)) {
-    IoMap im{uint64_t(m.offset), 0, 0, 0};
-    put(send_slot(s, s.sq_next) + kHdrSize, im);
-    post_msg(s, kIoUnmap, kIoMapSize);
-  }
-  ibv_dereg_mr(m.mr);
+  flush_ctrl(s);
   return 0;
 }
 
