@@ -85,10 +85,8 @@ struct Sock {
   bool draining = false;      // rclose waits for all send completions
   int backlog = 0;
   std::deque<std::shared_ptr<Sock>> accept_q;
-  int reuseaddr = 0, keepalive = 0, nodelay = 0, rcvbuf = 0, sndbuf = 0;
-  int keepidle = 0, maxseg = 1460;
+  int reuseaddr = 0, keepalive = 0, nodelay = 0, keepidle = 0, maxseg = 1460, rdma_iomap = 0;
   linger lng{};
-  int rdma_sqsize = kSendSlots, rdma_rqsize = kRecvSlots, rdma_inline = 0, rdma_iomap = 0;
   std::vector<LocalMap> lmaps;
   std::vector<IoMap> rmaps;
   std::deque<std::pair<uint8_t, IoMap>> ctrl_q;  // IOMAP/IOUNMAP not yet sent
@@ -324,6 +322,17 @@ void conn_failed(Sock &s, int e) {
   s.st = St::Error;
 }
 
+// Connection parameters of both sides: our Hello as private data; rsockets need no READs.
+rdma_conn_param conn_param(const Hello &h) {
+  rdma_conn_param p{};
+  p.private_data = &h;
+  p.private_data_len = sizeof h;
+  p.responder_resources = 1;
+  p.initiator_depth = 1;
+  p.retry_count = 7;
+  return p;
+}
+
 void handle_connect_request(Sock &l, rdma_cm_id *nid, const rdma_cm_event &ev) {
   bool ok = ev.param.conn.private_data_len >= sizeof(Hello);
   if (ok) {
@@ -344,13 +353,9 @@ void handle_connect_request(Sock &l, rdma_cm_id *nid, const rdma_cm_event &ev) {
   }
   std::lock_guard<std::mutex> g(c->mu);
   c->st = St::Connecting;
-  c->nodelay = l.nodelay, c->keepalive = l.keepalive, c->rcvbuf = l.rcvbuf, c->sndbuf = l.sndbuf;
+  c->nodelay = l.nodelay, c->keepalive = l.keepalive, c->keepidle = l.keepidle;
   Hello h{htonl(kMagic), kVersion, {}};
-  rdma_conn_param p{};
-  p.private_data = &h;
-  p.private_data_len = sizeof h;
-  p.responder_resources = 1;
-  p.initiator_depth = 1;
+  rdma_conn_param p = conn_param(h);
   if (setup_qp(*c) || rdma_accept(c->cm, &p)) {
     rdma_reject(c->cm, nullptr, 0);
     conn_failed(*c, ECONNABORTED);
@@ -365,9 +370,8 @@ void drain_cm(Sock &s) {
   while (s.ch && rdma_get_cm_event(s.ch, &ev) == 0) {
     rdma_cm_event e = *ev;
     if (e.event == RDMA_CM_EVENT_CONNECT_REQUEST && s.st == St::Listening) {
-      rdma_cm_id *nid = e.id;
+      handle_connect_request(s, e.id, e);  // reads the event's private data: ack after
       rdma_ack_cm_event(ev);
-      handle_connect_request(s, nid, e);
       continue;
     }
     rdma_ack_cm_event(ev);
@@ -382,12 +386,7 @@ void drain_cm(Sock &s) {
         if (s.st == St::Routing) {
           s.st = St::Connecting;
           Hello h{htonl(kMagic), kVersion, {}};
-          rdma_conn_param p{};
-          p.private_data = &h;
-          p.private_data_len = sizeof h;
-          p.responder_resources = 1;
-          p.initiator_depth = 1;
-          p.retry_count = 7;
+          rdma_conn_param p = conn_param(h);
           if (int r = setup_qp(s)) conn_failed(s, r);
           else if (rdma_connect(s.cm, &p)) conn_failed(s, errno ? errno : ECONNREFUSED);
         }
@@ -674,8 +673,7 @@ void destroy(std::shared_ptr<Sock> sp) {
   s.ch = nullptr;
 }
 
-template <class T>
-int get_int_opt(const void *v, socklen_t len, T *out) {
+int get_int_opt(const void *v, socklen_t len, int *out) {
   if (!v || len < sizeof(int)) return EINVAL;
   int x;
   std::memcpy(&x, v, sizeof x);
@@ -688,6 +686,37 @@ int put_int_opt(void *v, socklen_t *len, int x) {
   std::memcpy(v, &x, sizeof x);
   *len = sizeof x;
   return 0;
+}
+
+// Integer socket options: the field that keeps a set value, or the fixed value reported
+// (buffers and queue sizes are fixed by wire.h). SO_LINGER and SO_ERROR are special cases.
+struct IntOpt {
+  int level, name;
+  int Sock::*field;
+  int fixed;
+  bool settable;
+};
+constexpr IntOpt kIntOpts[] = {
+    {SOL_SOCKET, SO_REUSEADDR, &Sock::reuseaddr, 0, true},
+    {SOL_SOCKET, SO_KEEPALIVE, &Sock::keepalive, 0, true},
+    {SOL_SOCKET, SO_RCVBUF, nullptr, int(kRecvSlots * kMaxPayload), true},
+    {SOL_SOCKET, SO_SNDBUF, nullptr, int(kSendSlots * kMaxPayload), true},
+    {SOL_SOCKET, SO_OOBINLINE, nullptr, 1, true},
+    {SOL_SOCKET, SO_TYPE, nullptr, SOCK_STREAM, false},
+    {IPPROTO_TCP, TCP_NODELAY, &Sock::nodelay, 0, true},
+    {IPPROTO_TCP, TCP_MAXSEG, &Sock::maxseg, 0, true},
+    {IPPROTO_TCP, TCP_KEEPIDLE, &Sock::keepidle, 0, true},
+    {SOL_RDMA, RDMA_SQSIZE, nullptr, int(kSendSlots), true},
+    {SOL_RDMA, RDMA_RQSIZE, nullptr, int(kRecvSlots), true},
+    {SOL_RDMA, RDMA_INLINE, nullptr, 0, true},
+    {SOL_RDMA, RDMA_IOMAPSIZE, &Sock::rdma_iomap, 0, true},
+    {SOL_RDMA, RDMA_ROUTE, nullptr, 0, true},  // routes are resolved by rconnect
+};
+
+const IntOpt *find_opt(int level, int name) {
+  for (const IntOpt &o : kIntOpts)
+    if (o.level == level && o.name == name) return &o;
+  return nullptr;
 }
 
 int poll_impl(pollfd *fds, nfds_t nfds, int timeout) {
@@ -991,48 +1020,21 @@ int rsetsockopt(int socket, int level, int optname, const void *optval, socklen_
   if (!sp) return err(EBADF);
   std::lock_guard<std::mutex> g(sp->mu);
   Sock &s = *sp;
-  int r = ENOPROTOOPT;
-  switch (level) {
-    case SOL_SOCKET:
-      switch (optname) {
-        case SO_REUSEADDR:
-          if (!(r = get_int_opt(optval, optlen, &s.reuseaddr)) && s.cm) {
-            int v = s.reuseaddr ? 1 : 0;
-            rdma_set_option(s.cm, RDMA_OPTION_ID, RDMA_OPTION_ID_REUSEADDR, &v, sizeof v);
-          }
-          break;
-        case SO_RCVBUF: r = get_int_opt(optval, optlen, &s.rcvbuf); break;
-        case SO_SNDBUF: r = get_int_opt(optval, optlen, &s.sndbuf); break;
-        case SO_KEEPALIVE: r = get_int_opt(optval, optlen, &s.keepalive); break;
-        case SO_LINGER:
-          if (!optval || optlen < sizeof(linger)) r = EINVAL;
-          else std::memcpy(&s.lng, optval, sizeof(linger)), r = 0;
-          break;
-        case SO_OOBINLINE: r = 0; break;
-        default: break;
-      }
-      break;
-    case IPPROTO_TCP:
-      switch (optname) {
-        case TCP_NODELAY: r = get_int_opt(optval, optlen, &s.nodelay); break;
-        case TCP_MAXSEG: r = get_int_opt(optval, optlen, &s.maxseg); break;
-        case TCP_KEEPIDLE: r = get_int_opt(optval, optlen, &s.keepidle); break;
-        default: break;
-      }
-      break;
-    case SOL_RDMA:
-      switch (optname) {
-        case RDMA_SQSIZE: r = get_int_opt(optval, optlen, &s.rdma_sqsize); break;
-        case RDMA_RQSIZE: r = get_int_opt(optval, optlen, &s.rdma_rqsize); break;
-        case RDMA_INLINE: r = get_int_opt(optval, optlen, &s.rdma_inline); break;
-        case RDMA_IOMAPSIZE: r = get_int_opt(optval, optlen, &s.rdma_iomap); break;
-        case RDMA_ROUTE: r = 0; break;  // routes are resolved by rconnect
-        default: break;
-      }
-      break;
-    default: break;
+  if (level == SOL_SOCKET && optname == SO_LINGER) {
+    if (!optval || optlen < sizeof(linger)) return err(EINVAL);
+    std::memcpy(&s.lng, optval, sizeof(linger));
+    return 0;
   }
-  return iret(r);
+  const IntOpt *o = find_opt(level, optname);
+  if (!o || !o->settable) return err(ENOPROTOOPT);
+  int v;
+  if (int r = get_int_opt(optval, optlen, &v)) return err(r);
+  if (o->field) s.*(o->field) = v;
+  if (level == SOL_SOCKET && optname == SO_REUSEADDR && s.cm) {
+    int one = v ? 1 : 0;
+    rdma_set_option(s.cm, RDMA_OPTION_ID, RDMA_OPTION_ID_REUSEADDR, &one, sizeof one);
+  }
+  return 0;
 }
 
 int rgetsockopt(int socket, int level, int optname, void *optval, socklen_t *optlen) {
@@ -1040,46 +1042,19 @@ int rgetsockopt(int socket, int level, int optname, void *optval, socklen_t *opt
   if (!sp) return err(EBADF);
   std::lock_guard<std::mutex> g(sp->mu);
   Sock &s = *sp;
-  int r = ENOPROTOOPT;
-  switch (level) {
-    case SOL_SOCKET:
-      switch (optname) {
-        case SO_REUSEADDR: r = put_int_opt(optval, optlen, s.reuseaddr); break;
-        case SO_RCVBUF: r = put_int_opt(optval, optlen, int(kRecvSlots * kMaxPayload)); break;
-        case SO_SNDBUF: r = put_int_opt(optval, optlen, int(kSendSlots * kMaxPayload)); break;
-        case SO_KEEPALIVE: r = put_int_opt(optval, optlen, s.keepalive); break;
-        case SO_ERROR:
-          progress(s);
-          r = put_int_opt(optval, optlen, std::exchange(s.so_error, 0));
-          break;
-        case SO_LINGER:
-          if (!optval || !optlen || *optlen < sizeof(linger)) r = EINVAL;
-          else std::memcpy(optval, &s.lng, sizeof(linger)), *optlen = sizeof(linger), r = 0;
-          break;
-        case SO_TYPE: r = put_int_opt(optval, optlen, SOCK_STREAM); break;
-        default: break;
-      }
-      break;
-    case IPPROTO_TCP:
-      switch (optname) {
-        case TCP_NODELAY: r = put_int_opt(optval, optlen, s.nodelay); break;
-        case TCP_MAXSEG: r = put_int_opt(optval, optlen, s.maxseg); break;
-        case TCP_KEEPIDLE: r = put_int_opt(optval, optlen, s.keepidle); break;
-        default: break;
-      }
-      break;
-    case SOL_RDMA:
-      switch (optname) {
-        case RDMA_SQSIZE: r = put_int_opt(optval, optlen, int(kSendSlots)); break;
-        case RDMA_RQSIZE: r = put_int_opt(optval, optlen, int(kRecvSlots)); break;
-        case RDMA_INLINE: r = put_int_opt(optval, optlen, 0); break;
-        case RDMA_IOMAPSIZE: r = put_int_opt(optval, optlen, s.rdma_iomap); break;
-        default: break;
-      }
-      break;
-    default: break;
+  if (level == SOL_SOCKET && optname == SO_LINGER) {
+    if (!optval || !optlen || *optlen < sizeof(linger)) return err(EINVAL);
+    std::memcpy(optval, &s.lng, sizeof(linger));
+    *optlen = sizeof(linger);
+    return 0;
   }
-  return iret(r);
+  if (level == SOL_SOCKET && optname == SO_ERROR) {
+    progress(s);
+    return iret(put_int_opt(optval, optlen, std::exchange(s.so_error, 0)));
+  }
+  const IntOpt *o = find_opt(level, optname);
+  if (!o) return err(ENOPROTOOPT);
+  return iret(put_int_opt(optval, optlen, o->field ? s.*(o->field) : o->fixed));
 }
 
 int rfcntl(int socket, int cmd, ...) {
