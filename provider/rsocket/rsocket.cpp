@@ -139,6 +139,8 @@ int sock_new(std::shared_ptr<Sock> *out, rdma_cm_id *adopt) {
   return 0;
 }
 
+constexpr uint64_t kSendTag = uint64_t(1) << 32;  // wr_id of sends: kSendTag | send slot
+
 uint8_t *recv_slot(Sock &s, uint32_t i) { return s.mem + size_t(i) * kSlotSize; }
 uint8_t *send_slot(Sock &s, uint32_t i) { return s.mem + size_t(kRecvSlots + i) * kSlotSize; }
 
@@ -210,7 +212,7 @@ int post_msg(Sock &s, uint8_t type, uint32_t len, uint8_t extra_flags = 0) {
   put(send_slot(s, slot), h);
   ibv_sge sge{reinterpret_cast<uintptr_t>(send_slot(s, slot)), kHdrSize + len, s.mr->lkey};
   ibv_send_wr wr{}, *bad = nullptr;
-  wr.wr_id = slot;
+  wr.wr_id = kSendTag | slot;
   wr.sg_list = &sge;
   wr.num_sge = 1;
   wr.opcode = IBV_WR_SEND;
@@ -295,18 +297,14 @@ void drain_cq(Sock &s) {
   int n;
   while ((n = ibv_poll_cq(s.cq, 16, wc)) > 0) {
     for (int i = 0; i < n; ++i) {
+      // wr_id, not opcode, tells sends from receives: opcode is undefined in error WCs.
+      bool is_send = wc[i].wr_id & kSendTag;
+      if (is_send && s.sq_busy) --s.sq_busy;
       if (wc[i].status != IBV_WC_SUCCESS) {
-        if (s.sq_busy && !(wc[i].opcode & IBV_WC_RECV) && wc[i].status != IBV_WC_WR_FLUSH_ERR)
-          --s.sq_busy;
-        else if (!(wc[i].opcode & IBV_WC_RECV) && s.sq_busy)
-          --s.sq_busy;
         broken(s, s.fin_rcvd || s.disconnected ? EPIPE : ECONNRESET);
         continue;
       }
-      if (wc[i].opcode & IBV_WC_RECV)
-        handle_recv(s, wc[i]);
-      else if (s.sq_busy)
-        --s.sq_busy;
+      if (!is_send) handle_recv(s, wc[i]);
     }
   }
   maybe_credit(s);
@@ -1134,7 +1132,7 @@ size_t riowrite(int socket, const void *buf, size_t count, off_t offset, int fla
     std::memcpy(send_slot(s, slot), static_cast<const uint8_t *>(buf) + done, n);
     ibv_sge sge{reinterpret_cast<uintptr_t>(send_slot(s, slot)), uint32_t(n), s.mr->lkey};
     ibv_send_wr wr{}, *bad = nullptr;
-    wr.wr_id = slot;
+    wr.wr_id = kSendTag | slot;
     wr.sg_list = &sge;
     wr.num_sge = 1;
     wr.opcode = IBV_WR_RDMA_WRITE;

@@ -5,7 +5,8 @@
 #  - riostream (riomap/riowrite into the peer's buffer), verifying, blocking and async;
 #  - Debian's librspreload.so preloaded into a plain BSD-socket echo server and client
 #    (tests/system/rsocket_echo.c) that verify every byte; a plain TCP client that reaches
-#    the preloaded server proves its socket is an rsocket (it speaks MPA, not TCP echo).
+#    the preloaded server proves its socket is an rsocket (it speaks MPA, not TCP echo);
+#  - rstream across two network namespaces joined by a veth pair.
 # shellcheck source=tests/system/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_library
@@ -84,3 +85,15 @@ wait_pid "$spid" 30; src=$WAIT_RC
 assert_contains "$TEST_TMP/echo.client.out" "^client verified $BYTES bytes$" "preloaded echo client"
 assert_contains "$TEST_TMP/echo.server.out" "^server echoed $BYTES bytes$" "preloaded echo server"
 log "librspreload echo: $BYTES bytes verified"
+
+# Across namespaces: the rsocket connection runs over the veth pair's device.
+[[ $(id -u) == 0 ]] || fail "needs root to create network namespaces"
+require_program ip
+make_netns_pair
+port=$(free_port)
+run_pair --name rstream_netns --port "$port" --server-ns "$NS_A" --client-ns "$NS_B" --timeout 120 \
+  rstream -b "$IP_A" -p "$port" -S 65536 -C 100 -T v -- \
+  rstream -s "$IP_A" -p "$port" -S 65536 -C 100 -T v
+assert_contains "$CLIENT_OUT" '^custom +64k +100 +1 ' "rstream across namespaces"
+check_quiet rstream_netns
+log "rstream across namespaces $NS_A <-> $NS_B: 100 verified transfers of 64 KiB"
