@@ -8,7 +8,8 @@
 #
 # bandwidth: rstream -S BW_SIZE -C BW_COUNT (BW_COUNT transfers each way), Gb/s
 # latency:   rstream -S LAT_SIZE -C 1 -I LAT_ITERS (ping-pong), usec per one-way transfer
-# Each round runs the four measurements back to back; medians over the rounds are printed
+# ECA_BACKEND=hwmodel measures rsockets on the modeled adapter instead of the software
+# backend. Each round runs the four measurements back to back; medians over the rounds are printed
 # with the ratio rsocket/TCP. Every rstream command is printed, so each figure can be
 # reproduced on its own.
 set -euo pipefail
@@ -56,10 +57,10 @@ done
 bw_r=$(median <"$tmp/bw_rsocket"); bw_t=$(median <"$tmp/bw_tcp")
 lat_r=$(median <"$tmp/lat_rsocket"); lat_t=$(median <"$tmp/lat_tcp")
 echo
-echo "rstream over loopback, mode -T $mode, median of $rounds rounds ($(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg))"
+echo "rstream over loopback, backend ${ECA_BACKEND:-software}, mode -T $mode, median of $rounds rounds ($(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg))"
 printf '%-34s %12s %12s %8s\n' "measurement" "rsocket" "TCP" "ratio"
 printf '%-34s %12s %12s %8.2f\n' "bandwidth $bw_size B x $bw_count (Gb/s)" "$bw_r" "$bw_t" \
   "$(awk -v a="$bw_r" -v b="$bw_t" 'BEGIN {print (b > 0) ? a / b : 0}')"
 printf '%-34s %12s %12s %8.2f\n' "latency $lat_size B ping-pong (us)" "$lat_r" "$lat_t" \
   "$(awk -v a="$lat_r" -v b="$lat_t" 'BEGIN {print (b > 0) ? a / b : 0}')"
-echo "reproduce: $0 --rounds $rounds --bw-size $bw_size --bw-count $bw_count --lat-size $lat_size --lat-iters $lat_iters --mode $mode"
+echo "reproduce: ${ECA_BACKEND:+ECA_BACKEND=$ECA_BACKEND }$0 --rounds $rounds --bw-size $bw_size --bw-count $bw_count --lat-size $lat_size --lat-iters $lat_iters --mode $mode"
