@@ -11,6 +11,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <algorithm>
 #include <thread>
 
 namespace {
@@ -107,6 +108,45 @@ TEST(Rsocket, NonblockingRecvWithoutDataIsEagainThenPeerCloseIsEof) {
   }
   EXPECT_EQ(0, memcmp(buf, msg, sizeof msg));
   EXPECT_EQ(0, rrecv(s, buf, sizeof buf, 0));
+  rclose(s);
+  rclose(l);
+}
+
+// A sender facing a peer that does not read runs out of credits (EAGAIN, not an error);
+// once the peer reads everything, all bytes arrived in order and sending resumes.
+TEST(Rsocket, BackpressureIsEagainAndLosesNothing) {
+  uint16_t port = 0;
+  int l = listen_any(&port);
+  ASSERT_GE(l, 0);
+  auto [c, s] = connect_pair(l, port);
+  ASSERT_GE(s, 0);
+  static unsigned char out[50000], in[65536];
+  size_t sent = 0;
+  ssize_t r = 0;
+  for (int i = 0; i < 10000; ++i) {  // bounded: the receive ring is far smaller
+    for (size_t k = 0; k < sizeof out; ++k) out[k] = static_cast<unsigned char>((sent + k) * 13);
+    r = rsend(c, out, sizeof out, MSG_DONTWAIT);
+    if (r < 0) break;
+    sent += size_t(r);
+  }
+  ASSERT_EQ(-1, r) << "sending never blocked";
+  ASSERT_TRUE(errno == EAGAIN || errno == EWOULDBLOCK) << strerror(errno);
+  ASSERT_GT(sent, 0u);
+  pollfd p{c, POLLOUT, 0};
+  EXPECT_EQ(0, rpoll(&p, 1, 0));
+  size_t got = 0;
+  while (got < sent) {
+    ssize_t n = rrecv(s, in, std::min(sizeof in, sent - got), 0);
+    ASSERT_GT(n, 0) << strerror(errno);
+    for (ssize_t k = 0; k < n; ++k)
+      ASSERT_EQ(static_cast<unsigned char>((got + size_t(k)) * 13), in[k]) << "byte " << got + k;
+    got += size_t(n);
+  }
+  p = {c, POLLOUT, 0};
+  ASSERT_EQ(1, rpoll(&p, 1, 20000));
+  EXPECT_TRUE(p.revents & POLLOUT);
+  EXPECT_EQ(1, rsend(c, out, 1, MSG_DONTWAIT));
+  rclose(c);
   rclose(s);
   rclose(l);
 }
