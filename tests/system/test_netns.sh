@@ -43,10 +43,10 @@ run_pair --name write_bw --port "$port" --server-ns "$NS_A" --client-ns "$NS_B" 
   ib_write_bw -R -F -p "$port" -s 65536 -n 2000 -- \
   ib_write_bw -R -F -p "$port" -s 65536 -n 2000 "$IP_A"
 check_clean ib_write_bw
-row=$(awk '$1 == "65536" && $2 ~ /^[0-9]+$/ && NF == 5 { print $4, $5 }' "$CLIENT_OUT")
+row=$(awk '$1 == "65536" && $2 ~ /^[0-9]+$/ && NF == 5 { print $2 }' "$CLIENT_OUT")
 [[ -n "$row" ]] || { cat "$CLIENT_OUT" >&2; fail "ib_write_bw: no result row for 65536 bytes"; }
-read -r bw rate <<<"$row"
-awk -v b="$bw" -v r="$rate" 'BEGIN { exit !(b > 0 && r > 0) }' || fail "ib_write_bw: BW $bw, MsgRate $rate"
+# Completed iterations, not the printed figures (load must not be able to fail the test).
+[[ "$row" == 2000 ]] || { cat "$CLIENT_OUT" >&2; fail "ib_write_bw: $row iterations, expected 2000"; }
 rx_delta=$(($(rx_bytes "$NS_A" "$VETH_A") - rx_before))
 if [[ "$DEV_PREFIX" == ecahw ]]; then
   # The modeled adapter sets connections up over the veth (rdma_cm, MPA) but moves the data

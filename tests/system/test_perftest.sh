@@ -28,26 +28,27 @@ perf() {
   done
 }
 
-# check_bw NAME FILE EXPECTED_SIZES...: FILE has exactly one bandwidth row per expected
-# size (" #bytes #iterations BW-peak BW-average MsgRate"), each with a positive average
-# bandwidth and message rate, and no other rows.
+# check_bw NAME FILE ITERS EXPECTED_SIZES...: FILE has exactly one bandwidth row per expected
+# size (" #bytes #iterations BW-peak BW-average MsgRate"), each reporting ITERS completed
+# iterations, and no other rows. The figures themselves are not asserted on: on a loaded
+# machine perftest can print a small size's bandwidth as 0.00 MB/s.
 check_bw() {
-  local name=$1 file=$2
-  shift 2
+  local name=$1 file=$2 iters=$3
+  shift 3
   assert_contains "$file" '^ *#bytes +#iterations +BW peak\[[A-Za-z/]+\] +BW average\[[A-Za-z/]+\] +MsgRate\[Mpps\]' \
     "$name result header"
   local rows
   rows=$(awk '$1 ~ /^[0-9]+$/ && $2 ~ /^[0-9]+$/ && NF == 5 && $3 ~ /^[0-9.]+$/ &&
-              $4 ~ /^[0-9.]+$/ && $5 ~ /^[0-9.]+$/ { print $1, $4, $5 }' "$file")
+              $4 ~ /^[0-9.]+$/ && $5 ~ /^[0-9.]+$/ { print $1, $2 }' "$file")
   local got
   got=$(awk '{ print $1 }' <<<"$rows" | tr '\n' ' ' | sed 's/ $//')
   [[ "$got" == "$*" ]] || { cat "$file" >&2; fail "$name: result rows for sizes '$got', expected '$*'"; }
-  local size bw rate
-  while read -r size bw rate; do
-    awk -v b="$bw" -v r="$rate" 'BEGIN { exit !(b > 0 && r > 0) }' ||
-      { cat "$file" >&2; fail "$name: size $size has BW average $bw, MsgRate $rate"; }
+  local size n
+  while read -r size n; do
+    [[ "$n" == "$iters" ]] ||
+      { cat "$file" >&2; fail "$name: size $size reports $n iterations, expected $iters"; }
   done <<<"$rows"
-  log "$name: $(wc -l <<<"$rows") result rows, all non-zero"
+  log "$name: $(wc -l <<<"$rows") result rows, each with $iters iterations"
 }
 
 # check_lat NAME FILE SIZE: one latency row for SIZE
@@ -77,12 +78,12 @@ ALL_SIZES=${ALL_SIZES% }
 for prog in ib_send_bw ib_write_bw ib_read_bw; do
   perf "$prog" 180 "$prog" -a -n 200
   # shellcheck disable=SC2086
-  check_bw "$prog -a" "$CLIENT_OUT" $ALL_SIZES
+  check_bw "$prog -a" "$CLIENT_OUT" 200 $ALL_SIZES
 done
 
 # --- several QPs at once
 perf ib_write_bw_q8 120 ib_write_bw -q 8 -s 65536 -n 500
-check_bw "ib_write_bw -q 8" "$CLIENT_OUT" 65536
+check_bw "ib_write_bw -q 8" "$CLIENT_OUT" 500 65536
 
 # --- latency at a few sizes
 for prog in ib_send_lat ib_write_lat ib_read_lat; do
