@@ -102,7 +102,17 @@ const char *rdma_event_str(rdma_cm_event_type event) { return eca::cm::event_str
 
 int rdma_create_id(rdma_event_channel *channel, rdma_cm_id **id, void *context,
                    rdma_port_space ps) {
-  return ret(eca::cm::create_id(channel, id, context, ps));
+  // The application may pass any integer: read it as one, so an undefined value is an
+  // EINVAL and never a load of an out-of-range enum.
+  int raw;
+  static_assert(sizeof raw == sizeof ps);
+  std::memcpy(&raw, &ps, sizeof raw);
+  switch (raw) {
+    case RDMA_PS_TCP: case RDMA_PS_UDP: case RDMA_PS_IPOIB: case RDMA_PS_IB:
+      return ret(eca::cm::create_id(channel, id, context, static_cast<rdma_port_space>(raw)));
+    default:
+      return fail(EINVAL);
+  }
 }
 
 int rdma_destroy_id(rdma_cm_id *id) { return ret(eca::cm::destroy_id(id)); }
