@@ -331,7 +331,8 @@ struct Qp {
   std::atomic<bool> err_completed{false};
   ibv_qp_state visible_state() const {
     ibv_qp_state s = state.load();
-    return err_completed.load(std::memory_order_acquire) && s != IBV_QPS_RESET ? IBV_QPS_ERR : s;
+    const bool live = s == IBV_QPS_RTS || s == IBV_QPS_SQD || s == IBV_QPS_SQE;
+    return live && err_completed.load(std::memory_order_acquire) ? IBV_QPS_ERR : s;
   }
 
   std::mutex sq_mu;
@@ -414,7 +415,7 @@ ibv_wc_opcode wc_opcode_for(ibv_wr_opcode op);
 // --- rdma_cm additions
 // (owned by provider/cm; additive only)
 namespace eca {
-// The live QP numbered `qpn` on `ctx`, or null. rdma_connect/rdma_accept use it when the
+// The live QP numbered `qpn` on `ctx`'s device (any context of it), or null. rdma_connect/rdma_accept use it when the
 // application passes conn_param->qp_num for a QP it did not create through rdma_cm, and
 // rdma_destroy_id uses it to tell whether the application already destroyed the QP.
 Qp *qp_lookup(Context *ctx, uint32_t qpn);

@@ -136,7 +136,9 @@ int qp_create(Context *ctx, const ibv_qp_init_attr_ex &a, Qp **out) {
 Qp *qp_lookup(Context *ctx, uint32_t qpn) {
   std::lock_guard lk(g_qps_mu);
   auto it = qps().find(qpn);
-  return it != qps().end() && it->second->ctx == ctx ? it->second : nullptr;
+  // QP numbers name QPs of a device, whichever context of it created them (as in the kernel,
+  // where rdma_accept/rdma_connect find conn_param->qp_num on the id's device).
+  return it != qps().end() && it->second->ctx->dev == ctx->dev ? it->second : nullptr;
 }
 
 int qp_destroy(Qp *qp) {
@@ -423,6 +425,9 @@ void Qp::attach_engine(std::unique_ptr<QpEngine> e) {
   }
   scq->add_hook(this);
   if (rcq != scq) rcq->add_hook(this);
+  // A new connection: error completions of an earlier life (flushes that landed after a
+  // RESET) say nothing about this one.
+  err_completed.store(false, std::memory_order_release);
   state.store(IBV_QPS_RTS);
   qpx.qp_base.state = IBV_QPS_RTS;
 }

@@ -393,13 +393,26 @@ void Target::setup() {
   port_ = ntohs(rdma_get_src_port(listen_));
   ctx_ = listen_->verbs;
   if (!ctx_) {
+    // A loopback address binds no device (as with the kernel's rdma_cm); the device that
+    // serves connections to it is the one address resolution picks.
+    rdma_cm_id *probe = nullptr;
+    sockaddr_in d = loopback(port_);
+    rdma_cm_event *ev = nullptr;
+    if (rdma_create_id(ch_, &probe, nullptr, RDMA_PS_TCP) ||
+        rdma_resolve_addr(probe, nullptr, (sockaddr *)&d, 2000) || rdma_get_cm_event(ch_, &ev))
+      die("resolving 127.0.0.1");
+    const bool ok = ev->event == RDMA_CM_EVENT_ADDR_RESOLVED && probe->verbs;
+    rdma_ack_cm_event(ev);
+    if (!ok) die("resolving 127.0.0.1: no device");
+    const std::string want = ibv_get_device_name(probe->verbs->device);
+    rdma_destroy_id(probe);
     int num = 0;
     ibv_device **l = ibv_get_device_list(&num);
     for (int i = 0; i < num && !ctx_; i++)
-      if (std::strstr(ibv_get_device_name(l[i]), "_lo")) ctx_ = ibv_open_device(l[i]);
+      if (want == ibv_get_device_name(l[i])) ctx_ = ibv_open_device(l[i]);
     ibv_free_device_list(l);
   }
-  if (!ctx_) die("no loopback device");
+  if (!ctx_) die("no device serves 127.0.0.1");
   pd_ = ibv_alloc_pd(ctx_);
   // Room for every work request that can be outstanding at once (a CQ overflow loses
   // completions: that would be this program's fault).
