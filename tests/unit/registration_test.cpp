@@ -54,19 +54,18 @@ struct Map {
 TEST_P(Registration, BadRangesFailLikeThePinningKernel) {
   Connect();
   ibv_pd *pd = srv_.pd;
-  // Five pages with the fifth unmapped again, so that nothing (the modeled adapter's own
-  // shared mappings, say) can sit right behind the four the test uses.
+  // Five pages, the fifth an inaccessible guard (PROT_NONE) that nothing else can be mapped
+  // into while the test runs (the modeled adapter maps memory from its own threads).
   Map m(5 * kPg, PROT_READ | PROT_WRITE);
   ASSERT_NE(m.p, nullptr);
-  ASSERT_EQ(0, ::munmap(m.p + 4 * kPg, kPg));
-  m.len = 4 * kPg;
+  ASSERT_EQ(0, ::mprotect(m.p + 4 * kPg, kPg, PROT_NONE));
 
   EXPECT_EQ(EINVAL, RegFails(pd, m.p, 0, kWr)) << "zero-length MR";
   // Lengths far beyond the mapping.
   EXPECT_EQ(EFAULT, RegFails(pd, m.p, 1ull << 50, kWr)) << "2^50 bytes";
   EXPECT_EQ(EFAULT, RegFails(pd, m.p, 1ull << 40, kWr)) << "1 TiB";
   EXPECT_EQ(EFAULT, RegFails(pd, m.p, 1ull << 40, 0)) << "1 TiB, read-only";
-  EXPECT_EQ(EFAULT, RegFails(pd, m.p + kPg, 4 * kPg, kWr)) << "runs past the mapping's end";
+  EXPECT_EQ(EFAULT, RegFails(pd, m.p + kPg, 4 * kPg, kWr)) << "runs into the inaccessible guard page";
   // A hole in the middle.
   ASSERT_EQ(0, ::munmap(m.p + kPg, kPg));
   EXPECT_EQ(EFAULT, RegFails(pd, m.p, 4 * kPg, kWr)) << "range with an unmapped hole";
