@@ -47,18 +47,20 @@ struct LocalRegion {
   std::set<uint32_t> named_for;  // peers a Send frame named this region to
 };
 
+// The tables below live as long as the process, like the Adapter that uses them: its firmware
+// thread may still run while static destructors do at exit.
 // The access each live MR was registered with, by key (the STag entry's copy is cleared by
 // invalidation; the region's grant counts follow registration).
-std::map<uint32_t, int> g_mr_access;
+std::map<uint32_t, int> &g_mr_access = *new std::map<uint32_t, int>;
 
 void privatize_in_child();
 
 // Our regions by base address (control path; guarded by Adapter::mu_, read by the data path
 // through local_region under the same lock: registration is rare).
-std::map<uint64_t, LocalRegion> g_regions;
+std::map<uint64_t, LocalRegion> &g_regions = *new std::map<uint64_t, LocalRegion>;
 // Regions whose last MR is gone. Their pages stay re-backed (the application still uses
 // them); registering inside one again revives it under a new generation.
-std::map<uint64_t, LocalRegion> g_retired;
+std::map<uint64_t, LocalRegion> &g_retired = *new std::map<uint64_t, LocalRegion>;
 
 }  // namespace
 
