@@ -35,13 +35,17 @@ class MrTable {
     return 0;
   }
 
-  void remove(uint32_t key) {
+  // Takes the MR out of the table and hands the table's reference to the caller (null if
+  // `key` names no MR), so the object outlives the caller's use of it.
+  std::shared_ptr<Mr> remove(uint32_t key) {
     std::unique_lock lk(mu_);
     uint32_t idx = (key >> 8) - 1;
+    std::shared_ptr<Mr> out;
     if (idx < slots_.size() && slots_[idx] && slots_[idx]->ibmr.rkey == key) {
-      slots_[idx].reset();
+      out = std::move(slots_[idx]);
       free_.push_back(idx);
     }
+    return out;
   }
 
   // Validates under the table lock without taking a reference.
@@ -128,7 +132,9 @@ int mr_register(Pd *pd, void *addr, size_t len, uint64_t iova, int access, Mr **
 // MrUse in flight has left (software transport placements, READ responses, transmissions).
 int mr_deregister(Mr *mr) {
   Pd *pd = mr->pd;
-  table().remove(mr->ibmr.rkey);  // MrRefs in flight keep the object, not the memory
+  // No new lookups from here; MrRefs in flight keep the object, not the memory. `keep` holds
+  // the table's reference until this function is done with the object.
+  const std::shared_ptr<Mr> keep = table().remove(mr->ibmr.rkey);
   pd->ctx->dev->backend->mr_deregistered(*mr);
   uint32_t v = mr->touch.fetch_or(kMrDead, std::memory_order_acq_rel) | kMrDead;
   while (v != kMrDead) {
