@@ -95,7 +95,14 @@ int rdma_get_cm_event(rdma_event_channel *channel, rdma_cm_event **event) {
 
 int rdma_ack_cm_event(rdma_cm_event *event) { return ret(eca::cm::ack_cm_event(event)); }
 
-const char *rdma_event_str(rdma_cm_event_type event) { return eca::cm::event_str(event); }
+const char *rdma_event_str(rdma_cm_event_type event) {
+  // Any integer may arrive here; read it as one, never as an out-of-range enum.
+  int raw;
+  static_assert(sizeof raw == sizeof event);
+  std::memcpy(&raw, &event, sizeof raw);
+  if (raw < RDMA_CM_EVENT_ADDR_RESOLVED || raw > RDMA_CM_EVENT_TIMEWAIT_EXIT) return "UNKNOWN EVENT";
+  return eca::cm::event_str(static_cast<rdma_cm_event_type>(raw));
+}
 
 // ---------------------------------------------------------------------------------------------
 // Ids
@@ -231,7 +238,7 @@ int rdma_create_qp_ex(rdma_cm_id *id, ibv_qp_init_attr_ex *attr) {
 }
 
 int rdma_create_qp(rdma_cm_id *id, ibv_pd *pd, ibv_qp_init_attr *qp_init_attr) {
-  if (!id || !qp_init_attr) return fail(EINVAL);
+  if (!eca::cm::id_live(id) || !qp_init_attr) return fail(EINVAL);
   ibv_qp_init_attr_ex ax{};
   std::memcpy(&ax, qp_init_attr, sizeof *qp_init_attr);
   ax.comp_mask = IBV_QP_INIT_ATTR_PD;

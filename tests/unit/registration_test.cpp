@@ -204,6 +204,7 @@ TEST_P(Registration, NoPlacementAfterDeregUnderTraffic) {
   ASSERT_NE(smr, nullptr);
   std::atomic<int> done{0};
   std::atomic<bool> stop{false};
+  const uint32_t rkey = tmr->rkey;  // the writer keeps using it after tmr is deregistered
   std::thread writer([&] {
     int inflight = 0;
     uint64_t k = 0;
@@ -211,7 +212,7 @@ TEST_P(Registration, NoPlacementAfterDeregUnderTraffic) {
     while (!stop && Clock::now() < end) {
       while (inflight < 16 &&
              post(cli_.qp, {IBV_WR_RDMA_WRITE, {sge(smr, src, kMsg)}, IBV_SEND_SIGNALED, k,
-                            (uint64_t)(uintptr_t)tgt + (k % (kLen / kMsg)) * kMsg, tmr->rkey}) == 0) {
+                            (uint64_t)(uintptr_t)tgt + (k % (kLen / kMsg)) * kMsg, rkey}) == 0) {
         k++;
         inflight++;
       }
