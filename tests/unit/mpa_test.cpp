@@ -778,15 +778,21 @@ TEST(MpaRfc, ResponderFollowsARequestWithoutCrc) {
   }
 }
 
-// The Reply decides; a responder that declines a requested CRC breaks RFC 5044 7.1.
-TEST(MpaRfc, ReplyDecliningRequestedCrcIsRefused) {
-  eca::transport::MpaPolicy pol;
-  pol.crc_request = true;
+// One initiator session with `pol` against a raw responder that answers with `reply_flags`
+// (Rev 2, IRD/ORD 1/1). Returns the outcome, the flags of the Request it sent and, on
+// success, whether the data path uses CRC.
+struct RawReplyResult {
+  MpaOutcome outcome;
+  uint8_t request_flags = 0;
+  bool crc = false;
+};
+static RawReplyResult initiate_against_raw_reply(eca::transport::MpaPolicy pol, uint8_t reply_flags) {
+  RawReplyResult r;
   RawListener l;
   int cfd = raw_connect(l.port);
   int sfd = l.accept_one();
-  ASSERT_GE(cfd, 0);
-  ASSERT_GE(sfd, 0);
+  EXPECT_GE(cfd, 0);
+  EXPECT_GE(sfd, 0);
   std::shared_ptr<MpaSession> s;
   std::promise<MpaOutcome> p;
   auto f = p.get_future();
@@ -797,48 +803,37 @@ TEST(MpaRfc, ReplyDecliningRequestedCrcIsRefused) {
   std::vector<uint8_t> req(24);
   timeval tv{5, 0};
   ::setsockopt(sfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  ASSERT_EQ(read_n(sfd, req.data(), req.size()), req.size());
-  EXPECT_EQ(req[16] & 0x40, 0x40) << "C set in the Request";
-  auto rep = frame_bytes(kRepKeyBytes, {0x10, 0x02, 0x00, 0x04, 0x00, 0x01, 0x00, 0x01});
-  ASSERT_EQ(::send(sfd, rep.data(), rep.size(), MSG_NOSIGNAL), ssize_t(rep.size()));
-  MpaOutcome o = wait(f);
-  EXPECT_EQ(o.status, MpaStatus::ProtocolError);
-  EXPECT_EQ(o.err, ECONNREFUSED);
-  Progress::instance().run_sync([&] { s.reset(); });
+  EXPECT_EQ(read_n(sfd, req.data(), req.size()), req.size());
+  r.request_flags = req[16];
+  auto rep = frame_bytes(kRepKeyBytes, {reply_flags, 0x02, 0x00, 0x04, 0x00, 0x01, 0x00, 0x01});
+  EXPECT_EQ(::send(sfd, rep.data(), rep.size(), MSG_NOSIGNAL), ssize_t(rep.size()));
+  r.outcome = wait(f);
+  Progress::instance().run_sync([&] {
+    if (r.outcome.status == MpaStatus::Ok) r.crc = s->take_llp().crc;
+    s.reset();
+  });
   ::close(sfd);
+  return r;
+}
+
+// The Reply decides; a responder that declines a requested CRC breaks RFC 5044 7.1.
+TEST(MpaRfc, ReplyDecliningRequestedCrcIsRefused) {
+  eca::transport::MpaPolicy pol;
+  pol.crc_request = true;
+  RawReplyResult r = initiate_against_raw_reply(pol, 0x10);  // Reply: C=0
+  EXPECT_EQ(r.request_flags & 0x40, 0x40) << "C set in the Request";
+  EXPECT_EQ(r.outcome.status, MpaStatus::ProtocolError);
+  EXPECT_EQ(r.outcome.err, ECONNREFUSED);
 }
 
 // A Reply with C=1 to a Request with C=0 (a responder that requires CRC): both use CRC.
 TEST(MpaRfc, ReplyRequiringCrcIsFollowed) {
   eca::transport::MpaPolicy pol;
   pol.crc_request = false;
-  RawListener l;
-  int cfd = raw_connect(l.port);
-  int sfd = l.accept_one();
-  ASSERT_GE(cfd, 0);
-  ASSERT_GE(sfd, 0);
-  std::shared_ptr<MpaSession> s;
-  std::promise<MpaOutcome> p;
-  auto f = p.get_future();
-  Progress::instance().run_sync([&] {
-    s = MpaSession::create(adopt(cfd), 5000ms, pol);
-    s->start_initiator(MpaParams{1, 1, {}}, [&](MpaOutcome o) { p.set_value(o); });
-  });
-  std::vector<uint8_t> req(24);
-  timeval tv{5, 0};
-  ::setsockopt(sfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  ASSERT_EQ(read_n(sfd, req.data(), req.size()), req.size());
-  EXPECT_EQ(req[16] & 0x40, 0) << "C clear in the Request";
-  auto rep = frame_bytes(kRepKeyBytes, {0x50, 0x02, 0x00, 0x04, 0x00, 0x01, 0x00, 0x01});
-  ASSERT_EQ(::send(sfd, rep.data(), rep.size(), MSG_NOSIGNAL), ssize_t(rep.size()));
-  ASSERT_EQ(wait(f).status, MpaStatus::Ok);
-  bool crc = false;
-  Progress::instance().run_sync([&] {
-    crc = s->take_llp().crc;
-    s.reset();
-  });
-  EXPECT_TRUE(crc);
-  ::close(sfd);
+  RawReplyResult r = initiate_against_raw_reply(pol, 0x50);  // Reply: C=1
+  EXPECT_EQ(r.request_flags & 0x40, 0) << "C clear in the Request";
+  ASSERT_EQ(r.outcome.status, MpaStatus::Ok);
+  EXPECT_TRUE(r.crc);
 }
 
 // Every combination of what the initiator asks for and what each end insists on.
