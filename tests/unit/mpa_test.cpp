@@ -338,13 +338,14 @@ struct RawClientCase {
   std::shared_ptr<MpaSession> s;
   std::promise<MpaOutcome> p;
   std::future<MpaOutcome> f = p.get_future();
-  explicit RawClientCase(std::chrono::milliseconds timeout = 5000ms) {
+  explicit RawClientCase(std::chrono::milliseconds timeout = 5000ms,
+                         eca::transport::MpaPolicy pol = eca::transport::MpaPolicy::from_config()) {
     cfd = raw_connect(l.port);
     int sfd = l.accept_one();
     EXPECT_GE(cfd, 0);
     EXPECT_GE(sfd, 0);
     Progress::instance().run_sync([&] {
-      s = MpaSession::create(adopt(sfd), timeout);
+      s = MpaSession::create(adopt(sfd), timeout, pol);
       s->start_responder([this](MpaOutcome o) { p.set_value(o); });
     });
   }
@@ -524,7 +525,8 @@ struct RawServerCase {
   std::shared_ptr<MpaSession> s;
   std::promise<MpaOutcome> p;
   std::future<MpaOutcome> f = p.get_future();
-  explicit RawServerCase(std::chrono::milliseconds timeout = 5000ms, MpaParams params = {1, 1, {}}) {
+  explicit RawServerCase(std::chrono::milliseconds timeout = 5000ms, MpaParams params = {1, 1, {}},
+                         eca::transport::MpaPolicy pol = eca::transport::MpaPolicy::from_config()) {
     int cfd = raw_connect(l.port);
     sfd = l.accept_one();
     EXPECT_GE(cfd, 0);
@@ -532,7 +534,7 @@ struct RawServerCase {
     timeval tv{5, 0};
     ::setsockopt(sfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     Progress::instance().run_sync([&] {
-      s = MpaSession::create(adopt(cfd), timeout);
+      s = MpaSession::create(adopt(cfd), timeout, pol);
       s->start_initiator(params, [this](MpaOutcome o) { p.set_value(o); });
     });
   }
@@ -742,39 +744,27 @@ TEST(MpaRfc, Rev1RequestWithoutCrcParses) {
 // runs without CRC, unless the responder insists.
 TEST(MpaRfc, ResponderFollowsARequestWithoutCrc) {
   for (bool required : {false, true}) {
-    RawListener l;
-    int cfd = raw_connect(l.port);
-    int sfd = l.accept_one();
-    ASSERT_GE(cfd, 0);
-    ASSERT_GE(sfd, 0);
     eca::transport::MpaPolicy pol;
     pol.crc_required = required;
-    std::shared_ptr<MpaSession> s;
-    std::promise<MpaOutcome> req_p, acc_p;
-    auto req_f = req_p.get_future(), acc_f = acc_p.get_future();
-    Progress::instance().run_sync([&] {
-      s = MpaSession::create(adopt(sfd), 5000ms, pol);
-      s->start_responder([&](MpaOutcome o) { req_p.set_value(o); });
-    });
-    auto req = frame_bytes(kReqKeyBytes, {0x10, 0x02, 0x00, 0x04, 0x00, 0x02, 0x00, 0x02});
-    ASSERT_EQ(::send(cfd, req.data(), req.size(), MSG_NOSIGNAL), ssize_t(req.size()));
-    ASSERT_EQ(wait(req_f).status, MpaStatus::Ok);
+    RawClientCase c(5000ms, pol);
+    c.send(frame_bytes(kReqKeyBytes, {0x10, 0x02, 0x00, 0x04, 0x00, 0x02, 0x00, 0x02}));
+    ASSERT_EQ(wait(c.f).status, MpaStatus::Ok);
     bool llp_crc = !required;
+    std::promise<MpaOutcome> acc_p;
+    auto acc_f = acc_p.get_future();
     Progress::instance().run_sync([&] {
-      s->accept(MpaParams{2, 2, {}}, [&](MpaOutcome o) {
-        llp_crc = s->take_llp().crc;
+      c.s->accept(MpaParams{2, 2, {}}, [&](MpaOutcome o) {
+        llp_crc = c.s->take_llp().crc;
         acc_p.set_value(o);
       });
     });
     ASSERT_EQ(wait(acc_f).status, MpaStatus::Ok);
     EXPECT_EQ(llp_crc, required);
     std::vector<uint8_t> rep(24);
-    ASSERT_EQ(read_n(cfd, rep.data(), rep.size()), rep.size());
+    ASSERT_EQ(read_n(c.cfd, rep.data(), rep.size()), rep.size());
     EXPECT_EQ(0, std::memcmp(rep.data(), kRepKeyBytes, 16));
     EXPECT_EQ(rep[16], required ? 0x50 : 0x10) << "flags of the Reply";
     EXPECT_EQ(rep[17], 2);
-    Progress::instance().run_sync([&] { s.reset(); });
-    ::close(cfd);
   }
 }
 
@@ -788,31 +778,14 @@ struct RawReplyResult {
 };
 static RawReplyResult initiate_against_raw_reply(eca::transport::MpaPolicy pol, uint8_t reply_flags) {
   RawReplyResult r;
-  RawListener l;
-  int cfd = raw_connect(l.port);
-  int sfd = l.accept_one();
-  EXPECT_GE(cfd, 0);
-  EXPECT_GE(sfd, 0);
-  std::shared_ptr<MpaSession> s;
-  std::promise<MpaOutcome> p;
-  auto f = p.get_future();
-  Progress::instance().run_sync([&] {
-    s = MpaSession::create(adopt(cfd), 5000ms, pol);
-    s->start_initiator(MpaParams{1, 1, {}}, [&](MpaOutcome o) { p.set_value(o); });
-  });
+  RawServerCase c(5000ms, MpaParams{1, 1, {}}, pol);
   std::vector<uint8_t> req(24);
-  timeval tv{5, 0};
-  ::setsockopt(sfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  EXPECT_EQ(read_n(sfd, req.data(), req.size()), req.size());
+  EXPECT_EQ(read_n(c.sfd, req.data(), req.size()), req.size());
   r.request_flags = req[16];
-  auto rep = frame_bytes(kRepKeyBytes, {reply_flags, 0x02, 0x00, 0x04, 0x00, 0x01, 0x00, 0x01});
-  EXPECT_EQ(::send(sfd, rep.data(), rep.size(), MSG_NOSIGNAL), ssize_t(rep.size()));
-  r.outcome = wait(f);
-  Progress::instance().run_sync([&] {
-    if (r.outcome.status == MpaStatus::Ok) r.crc = s->take_llp().crc;
-    s.reset();
-  });
-  ::close(sfd);
+  c.send(frame_bytes(kRepKeyBytes, {reply_flags, 0x02, 0x00, 0x04, 0x00, 0x01, 0x00, 0x01}));
+  r.outcome = wait(c.f);
+  if (r.outcome.status == MpaStatus::Ok)
+    Progress::instance().run_sync([&] { r.crc = c.s->take_llp().crc; });
   return r;
 }
 
