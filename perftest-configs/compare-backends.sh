@@ -13,13 +13,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 out="$bench_root/build/compare"
 quick=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --out) out=$2; shift 2 ;;
-    --quick) quick=1; shift ;;
-    *) echo "usage: $0 [--out DIR] [--quick]" >&2; exit 2 ;;
-  esac
-done
+parse_opts out quick! -- "$@"
 mkdir -p "$out"
 
 if [ "$quick" = 1 ]; then bw_sizes="4096 65536"; lat_sizes="2"; n_bw=2000; n_lat=1000

@@ -15,15 +15,9 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ref="$build/bin/eca-refbench"
 rounds=3 check=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --rounds) rounds=$2; shift 2 ;;
-    --check) check=1; shift ;;
-    *) echo "usage: $0 [--rounds N] [--check]" >&2; exit 2 ;;
-  esac
-done
+parse_opts rounds check! -- "$@"
 [ -x "$ref" ] || { echo "no $ref (run scripts/build.sh)" >&2; exit 2; }
-command -v strace >/dev/null || { echo "strace missing (scripts/install-deps.sh)" >&2; exit 2; }
+need_tools strace
 export ECA_BACKEND=hwmodel ECA_HWMODEL_MODE=fast
 
 

@@ -31,3 +31,32 @@ wait_port() {
 }
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+# parse_opts SPEC... -- "$@": each SPEC names an option; `--bw-iters V` sets bw_iters=V,
+# a SPEC ending in '!' is a flag (`check!`: `--check` sets check=1). Anything else prints the
+# usage built from the SPECs and exits 2. Defaults are the variables' values before the call.
+parse_opts() {
+  local -A takes=()
+  local usage="" spec
+  while [ "$1" != -- ]; do
+    spec=$1; shift
+    if [ "${spec%!}" != "$spec" ]; then takes[${spec%!}]=0; usage+=" [--${spec%!}]"
+    else takes[$spec]=1; usage+=" [--$spec V]"; fi
+  done
+  shift
+  while [ $# -gt 0 ]; do
+    local name=${1#--}
+    case "${takes[$name]:-}" in
+      1) [ $# -ge 2 ] || break; printf -v "${name//-/_}" '%s' "$2"; shift 2 ;;
+      0) printf -v "${name//-/_}" 1; shift ;;
+      *) break ;;
+    esac
+  done
+  [ $# -eq 0 ] || { echo "usage: $0$usage" >&2; exit 2; }
+}
+
+# need_tools TOOL...: exit 2 naming the first one not on PATH.
+need_tools() {
+  local t
+  for t; do command -v "$t" >/dev/null || { echo "$t missing (scripts/install-deps.sh)" >&2; exit 2; }; done
+}

@@ -18,22 +18,12 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 rounds=3 lat_iters=2000 bw_rounds=20 pp_iters=2000
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --rounds) rounds=$2; shift 2 ;;
-    --lat-iters) lat_iters=$2; shift 2 ;;
-    --bw-rounds) bw_rounds=$2; shift 2 ;;
-    --pp-iters) pp_iters=$2; shift 2 ;;
-    *) echo "usage: $0 [--rounds N] [--lat-iters N] [--bw-rounds N] [--pp-iters N]" >&2; exit 2 ;;
-  esac
-done
+parse_opts rounds lat-iters bw-rounds pp-iters -- "$@"
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces)" >&2; exit 2; }
 mpirun_w="$build/bin/eca-mpirun"
 prog="$build/bin/mpi_check"
 [ -x "$prog" ] || { echo "$prog missing (libopenmpi-dev, then rebuild)" >&2; exit 2; }
-for t in mpirun fi_pingpong ip; do
-  command -v "$t" >/dev/null || { echo "$t missing (scripts/install-deps.sh)" >&2; exit 2; }
-done
+need_tools mpirun fi_pingpong ip
 
 # --- two namespaces and a veth pair
 net=$((RANDOM % 200 + 20))

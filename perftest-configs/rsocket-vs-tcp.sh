@@ -15,19 +15,8 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 rounds=3 bw_size=1048576 bw_count=200 lat_size=64 lat_iters=5000 mode=b
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --rounds) rounds=$2; shift 2 ;;
-    --bw-size) bw_size=$2; shift 2 ;;
-    --bw-count) bw_count=$2; shift 2 ;;
-    --lat-size) lat_size=$2; shift 2 ;;
-    --lat-iters) lat_iters=$2; shift 2 ;;
-    --mode) mode=$2; shift 2 ;;
-    *) echo "usage: $0 [--rounds N] [--bw-size B] [--bw-count N] [--lat-size B] [--lat-iters N] [--mode b|n|a]" >&2
-       exit 2 ;;
-  esac
-done
-command -v rstream >/dev/null || { echo "rstream missing (scripts/install-deps.sh)" >&2; exit 2; }
+parse_opts rounds bw-size bw-count lat-size lat-iters mode -- "$@"
+need_tools rstream
 
 # rs KIND ARGS... -> the client's result line. KIND: rsocket (through eca-run) or tcp (-T s).
 rs() {

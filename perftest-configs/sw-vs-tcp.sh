@@ -13,18 +13,8 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 rounds=3 bw_iters=20000 lat_iters=5000 check=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --rounds) rounds=$2; shift 2 ;;
-    --bw-iters) bw_iters=$2; shift 2 ;;
-    --lat-iters) lat_iters=$2; shift 2 ;;
-    --check) check=1; shift ;;
-    *) echo "usage: $0 [--rounds N] [--bw-iters N] [--lat-iters N] [--check]" >&2; exit 2 ;;
-  esac
-done
-for t in qperf ib_write_bw ib_write_lat; do
-  command -v "$t" >/dev/null || { echo "$t missing (scripts/install-deps.sh)" >&2; exit 2; }
-done
+parse_opts rounds bw-iters lat-iters check! -- "$@"
+need_tools qperf ib_write_bw ib_write_lat
 
 
 
