@@ -25,13 +25,16 @@
 #include "provider/core/backend.hpp"
 #include "provider/core/objects.hpp"
 #include "transport/llp.hpp"
+#include "transport/wire/atomic.hpp"
 #include "transport/wire/ddp_rdmap.hpp"
 
 namespace eca::transport {
 
-// An RDMA READ we issued and await the response to (outbound read queue).
+// An RDMA READ or RFC 7306 atomic we issued and await the response to (outbound read queue).
 struct OrqEntry {
   SendWqe *wqe = nullptr;
+  bool atomic = false;   // an Atomic Request: answered by an Atomic Response with req_id
+  uint32_t req_id = 0;
   uint32_t sink_stag = 0;
   uint64_t sink_to = 0;
   uint64_t length = 0;
@@ -40,18 +43,20 @@ struct OrqEntry {
   std::vector<iovec> sink_iov; // where response payload goes, in order
 };
 
-// An RDMA READ the peer issued that we answer (inbound read queue).
+// An RDMA READ or Atomic Request the peer issued that we answer (inbound read queue).
 struct IrqEntry {
+  bool atomic = false;
+  wire::AtomicRequest areq;  // atomic: executed when the entry reaches the head
   uint32_t sink_stag = 0;
   uint64_t sink_to = 0;
   uint64_t length = 0;
   uint64_t sent = 0;
-  MrRef src;  // validated source region (empty for zero length)
+  MrRef src;  // validated source region (empty for zero length) / the atomic's target word
 };
 
 // A message being transmitted, one FPDU at a time.
 struct TxMsg {
-  enum class Kind : uint8_t { None, Wqe, ReadResponse, Terminate } kind = Kind::None;
+  enum class Kind : uint8_t { None, Wqe, ReadResponse, AtomicResponse, Terminate } kind = Kind::None;
   SendWqe *wqe = nullptr;
   wire::Opcode op = wire::Opcode::Send;
   uint64_t length = 0;   // payload bytes of the whole message
@@ -60,6 +65,8 @@ struct TxMsg {
   std::vector<MrRef> refs;  // keeps source regions registered while sending
   bool imm_pending = false;  // WRITE_WITH_IMM: an Immediate Data message follows the WRITE
   uint32_t msn = 0;          // untagged messages: the MSN of this message
+  wire::AtomicRequest areq;    // Atomic Request body
+  wire::AtomicResponse aresp;  // Atomic Response body
   size_t seg = 0, seg_off = 0;  // cursor into src for the next FPDU
 };
 
@@ -100,7 +107,7 @@ struct RxState {
   uint64_t rqe_capacity = 0;
   uint64_t msg_offset = 0;  // MO of the current segment
   // expected MSNs per untagged queue
-  uint32_t msn_send = 1, msn_rreq = 1, msn_term = 1;
+  uint32_t msn_send = 1, msn_rreq = 1, msn_term = 1, msn_aresp = 1;
   // staging buffer for headers and small frames
   std::vector<uint8_t> buf;
   size_t buf_pos = 0, buf_end = 0;
@@ -147,6 +154,10 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   ssize_t rx_direct_recv();
   bool rx_segment_done();
   void rx_unpark_check();
+  // ---- RFC 7306 atomics (atomic.cpp)
+  bool rx_atomic_request();   // responder: validate, queue on the IRQ (false: stream ended)
+  bool rx_atomic_response();  // requester: place the original value, complete the WQE
+  bool start_atomic_response_locked(IrqEntry &e);  // tx_mu held: execute, frame the answer
   // ---- errors (qp_rx.cpp)
   // A protocol/access error detected locally: send TERMINATE, end the connection.
   void fail_terminate(const wire::TermInfo &t, ibv_wc_status sq_status);
@@ -177,7 +188,8 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   bool term_queued_ = false;
   bool term_sent_ = false;
   wire::TermInfo term_;
-  uint32_t msn_send_ = 1, msn_rreq_ = 1;
+  uint32_t msn_send_ = 1, msn_rreq_ = 1, msn_aresp_ = 1;
+  uint32_t atomic_req_id_ = 0;      // Request Identifier of our last Atomic Request
   SendWqe *blocked_wqe_ = nullptr;  // taken from the SQ but waiting for ORD room or a fence
   bool irq_active_ = false;         // msg_ is the response to irq_.front()
 

@@ -335,8 +335,10 @@ bool IwarpConn::rx_begin_payload() {
   rx_.orq = nullptr;
   if (!oi.tagged) {
     const uint32_t qn = ld32(h + off::kQn), msn = ld32(h + off::kMsn), mo = ld32(h + off::kMo);
-    uint32_t expect = oi.queue == Queue::Send ? rx_.msn_send
-                      : oi.queue == Queue::ReadRequest ? rx_.msn_rreq : rx_.msn_term;
+    const uint32_t expect = oi.queue == Queue::Send          ? rx_.msn_send
+                            : oi.queue == Queue::ReadRequest ? rx_.msn_rreq
+                            : oi.queue == Queue::Terminate   ? rx_.msn_term
+                                                             : rx_.msn_aresp;
     if (qn != (uint32_t)oi.queue) {
       fail_terminate({TermLayer::Ddp, kDdpUntaggedError, kDdpUInvalidQn}, IBV_WC_WR_FLUSH_ERR);
       return false;
@@ -377,7 +379,7 @@ bool IwarpConn::rx_begin_payload() {
       OrqEntry *o = rx_.orq;
       const uint32_t stag = ld32(h + off::kStag);
       const uint64_t to = ld64(h + off::kTo);
-      if (!o || stag != o->sink_stag || to != o->sink_to + o->received ||
+      if (!o || o->atomic || stag != o->sink_stag || to != o->sink_to + o->received ||
           rx_.payload_len > o->length - o->received) {
         ECA_QP_LOG(Info, qp_.qpn, "unexpected RDMA Read Response (STag 0x%x)", stag);
         fail_terminate({TermLayer::Ddp, kDdpTaggedError,
@@ -481,6 +483,15 @@ bool IwarpConn::rx_begin_payload() {
       }
       break;
     }
+    case Opcode::AtomicRequest:
+    case Opcode::AtomicResponse:
+      // The body is the header; acted on once the CRC has passed (rx_segment_done).
+      if (rx_.payload_len || !rx_.last) {
+        fail_terminate({TermLayer::Rdmap, kRdmapRemoteOperation, kRdmapUnspecified},
+                       IBV_WC_WR_FLUSH_ERR);
+        return false;
+      }
+      return true;
     case Opcode::Terminate:
       rx_.peer_term = term_parse(ld32(h + off::kTermCtrl));
       rx_.target.clear();  // optional copied headers: checked for length only, discarded
@@ -540,6 +551,15 @@ bool IwarpConn::rx_segment_done() {
     case Opcode::ReadRequest:
       rx_.msn_rreq++;
       tx_run(true);  // answer it now
+      break;
+    case Opcode::AtomicRequest:
+      rx_.msn_rreq++;
+      if (!rx_atomic_request()) return false;
+      tx_run(true);
+      break;
+    case Opcode::AtomicResponse:
+      rx_.msn_aresp++;
+      if (!rx_atomic_response()) return false;
       break;
     case Opcode::Terminate: {
       rx_.msn_term++;

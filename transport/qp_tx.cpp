@@ -22,6 +22,14 @@ namespace eca::transport {
 
 using namespace eca::wire;
 
+namespace {
+// Work requests that wait for a response from the peer and count against ORD.
+bool uses_orq(ibv_wr_opcode op) {
+  return op == IBV_WR_RDMA_READ || op == IBV_WR_ATOMIC_FETCH_AND_ADD ||
+         op == IBV_WR_ATOMIC_CMP_AND_SWP;
+}
+}  // namespace
+
 IwarpConn::IwarpConn(Qp &qp, LlpConnection &&llp)
     : qp_(qp),
       sock_(std::move(llp.sock)),
@@ -201,6 +209,7 @@ bool IwarpConn::next_message_locked() {
   if (term_queued_) return false;  // a local error is ending the stream: take no more work
   if (!irq_.empty() && !irq_active_) {
     IrqEntry &e = irq_.front();
+    if (e.atomic) return start_atomic_response_locked(e);
     msg_ = TxMsg{};
     msg_.kind = TxMsg::Kind::ReadResponse;
     msg_.op = Opcode::ReadResponse;
@@ -212,7 +221,7 @@ bool IwarpConn::next_message_locked() {
   }
   SendWqe *w = blocked_wqe_ ? blocked_wqe_ : qp_.sq_take();
   if (!w) return false;
-  if (w->opcode == IBV_WR_RDMA_READ && orq_.size() >= std::max<uint16_t>(ord_, 1)) {
+  if (uses_orq(w->opcode) && orq_.size() >= std::max<uint16_t>(ord_, 1)) {
     blocked_wqe_ = w;  // resumes when a READ response completes
     return false;
   }
@@ -253,11 +262,12 @@ bool IwarpConn::start_wqe_locked(SendWqe *w) {
   msg_.kind = TxMsg::Kind::Wqe;
   msg_.wqe = w;
   msg_.length = w->total_len;
-  const bool is_read = w->opcode == IBV_WR_RDMA_READ;
+  // READ and atomics: the local SGEs are the sink of the response (local write access).
+  const bool is_read = uses_orq(w->opcode);
   if (is_read && ord_ == 0) {
-    // The peer accepts no READs (IRD 0): a local QP operation error, which ends the stream
-    // like any local error, so nothing posted behind it is transmitted.
-    ECA_QP_LOG(Warn, qp_.qpn, "RDMA READ posted on a connection with ORD 0");
+    // The peer accepts no READs or atomics (IRD 0): a local QP operation error, which ends
+    // the stream like any local error, so nothing posted behind it is transmitted.
+    ECA_QP_LOG(Warn, qp_.qpn, "RDMA READ or atomic posted on a connection with ORD 0");
     qp_.sq_done(w, IBV_WC_LOC_QP_OP_ERR);
     msg_.kind = TxMsg::Kind::None;
     fail_local_async();
@@ -300,6 +310,26 @@ bool IwarpConn::start_wqe_locked(SendWqe *w) {
       msg_.op = Opcode::ReadRequest;
       msg_.length = 0;  // the request carries no payload
       msg_.msn = msn_rreq_++;
+      break;
+    }
+    case IBV_WR_ATOMIC_FETCH_AND_ADD:
+    case IBV_WR_ATOMIC_CMP_AND_SWP: {
+      OrqEntry o;
+      o.wqe = w;
+      o.atomic = true;
+      o.req_id = ++atomic_req_id_;
+      o.length = kAtomicLen;
+      o.sinks = std::move(refs);
+      o.sink_iov = std::move(msg_.src);
+      msg_.src.clear();
+      orq_.push_back(std::move(o));
+      msg_.areq = w->opcode == IBV_WR_ATOMIC_FETCH_AND_ADD
+                      ? verbs_fetch_add(w->rkey, w->remote_addr, w->compare_add)
+                      : verbs_compare_swap(w->rkey, w->remote_addr, w->compare_add, w->swap);
+      msg_.areq.req_id = atomic_req_id_;
+      msg_.op = Opcode::AtomicRequest;
+      msg_.length = 0;
+      msg_.msn = msn_rreq_++;  // RFC 7306: the same untagged queue as RDMA Read Requests
       break;
     }
     case IBV_WR_RDMA_WRITE:
@@ -353,6 +383,16 @@ bool IwarpConn::build_frame_locked() {
       st64(h + off::kSrcTo, w->remote_addr);
       break;
     }
+    case Opcode::AtomicRequest:
+      st32(h + off::kQn, (uint32_t)Queue::ReadRequest);
+      st32(h + off::kMsn, msg_.msn);
+      put_atomic_request(h, msg_.areq);
+      break;
+    case Opcode::AtomicResponse:
+      st32(h + off::kQn, (uint32_t)Queue::AtomicResponse);
+      st32(h + off::kMsn, msg_.msn);
+      put_atomic_response(h, msg_.aresp);
+      break;
     case Opcode::Terminate:
       st32(h + off::kQn, (uint32_t)Queue::Terminate);
       st32(h + off::kMsn, 1);
@@ -420,7 +460,8 @@ void IwarpConn::frame_sent_locked() {
   if (!frame_.last_of_msg) return;
   switch (msg_.kind) {
     case TxMsg::Kind::Wqe:
-      if (msg_.op == Opcode::ReadRequest) break;  // completes when the response arrives
+      if (msg_.op == Opcode::ReadRequest || msg_.op == Opcode::AtomicRequest)
+        break;  // completes when the response arrives
       if (msg_.imm_pending) {
         // WRITE_WITH_IMM: the RFC 7306 Immediate Data message follows the WRITE.
         SendWqe *w = msg_.wqe;
@@ -435,6 +476,7 @@ void IwarpConn::frame_sent_locked() {
       qp_.sq_done(msg_.wqe, IBV_WC_SUCCESS);
       break;
     case TxMsg::Kind::ReadResponse:
+    case TxMsg::Kind::AtomicResponse:
       irq_.pop_front();
       irq_active_ = false;
       break;

@@ -48,7 +48,9 @@ class SoftwareBackend final : public Backend {
     a->max_qp_rd_atom = kMaxIrdOrd;
     a->max_qp_init_rd_atom = kMaxIrdOrd;
     a->max_res_rd_atom = kMaxIrdOrd * kMaxQp;
-    a->atomic_cap = IBV_ATOMIC_NONE;
+    // RFC 7306 atomics run as CPU atomics on the target's memory (transport/atomic.hpp):
+    // atomic against every other atomic on this host and against the CPU's own.
+    a->atomic_cap = IBV_ATOMIC_GLOB;
     a->max_srq = kMaxSrq;
     a->max_srq_wr = kMaxSrqWr;
     a->max_srq_sge = kMaxSge;

@@ -246,6 +246,8 @@ struct SendWqe {
   uint32_t rkey = 0;
   uint32_t invalidate_rkey = 0;
   __be32 imm_data = 0;
+  uint64_t compare_add = 0;  // atomics: FetchAdd's addend / CmpSwap's compare value
+  uint64_t swap = 0;         // CmpSwap's swap value
   WqeState state = WqeState::Posted;
   ibv_wc_status status = IBV_WC_SUCCESS;
   std::array<Sge, kMaxSge> sge{};
@@ -321,6 +323,7 @@ struct Qp {
   bool has_qpx = false;  // created with send_ops_flags: ibv_qp_to_qp_ex works
   uint64_t send_ops_flags = 0;
   uint32_t qpn = 0;
+  bool atomics = false;  // the device executes RFC 7306 atomics (atomic_cap != NONE)
 
   // iWARP connection attributes (set by rdma_cm before/at connection)
   uint32_t ord = 0;  // outstanding RDMA READs we may issue

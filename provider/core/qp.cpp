@@ -23,8 +23,15 @@ std::unordered_map<uint32_t, Qp *> &qps() {
 constexpr uint64_t kSupportedSendOps = IBV_QP_EX_WITH_RDMA_WRITE | IBV_QP_EX_WITH_SEND |
                                        IBV_QP_EX_WITH_RDMA_READ | IBV_QP_EX_WITH_SEND_WITH_INV |
                                        IBV_QP_EX_WITH_RDMA_WRITE_WITH_IMM;
+constexpr uint64_t kAtomicSendOps =
+    IBV_QP_EX_WITH_ATOMIC_CMP_AND_SWP | IBV_QP_EX_WITH_ATOMIC_FETCH_AND_ADD;
 
-bool opcode_supported(ibv_wr_opcode op) {
+bool is_atomic(ibv_wr_opcode op) {
+  return op == IBV_WR_ATOMIC_CMP_AND_SWP || op == IBV_WR_ATOMIC_FETCH_AND_ADD;
+}
+
+bool opcode_supported(const Qp &qp, ibv_wr_opcode op) {
+  if (is_atomic(op)) return qp.atomics;  // RFC 7306 Atomic Request/Response
   switch (op) {
     case IBV_WR_SEND:
     case IBV_WR_SEND_WITH_INV:
@@ -32,7 +39,7 @@ bool opcode_supported(ibv_wr_opcode op) {
     case IBV_WR_RDMA_WRITE_WITH_IMM:  // RDMA Write + RFC 7306 Immediate Data message
     case IBV_WR_RDMA_READ:
       return true;
-    default:  // send with immediate, atomics, memory windows, TSO: not supported
+    default:  // send with immediate, memory windows, TSO: not supported
       return false;
   }
 }
@@ -59,6 +66,8 @@ ibv_wc_opcode wc_opcode_for(ibv_wr_opcode op) {
     case IBV_WR_RDMA_WRITE:
     case IBV_WR_RDMA_WRITE_WITH_IMM: return IBV_WC_RDMA_WRITE;
     case IBV_WR_RDMA_READ: return IBV_WC_RDMA_READ;
+    case IBV_WR_ATOMIC_CMP_AND_SWP: return IBV_WC_COMP_SWAP;
+    case IBV_WR_ATOMIC_FETCH_AND_ADD: return IBV_WC_FETCH_ADD;
     case IBV_WR_LOCAL_INV: return IBV_WC_LOCAL_INV;
     default: return IBV_WC_SEND;
   }
@@ -74,8 +83,11 @@ int qp_create(Context *ctx, const ibv_qp_init_attr_ex &a, Qp **out) {
   if (a.pd->context != ctx->ibv() || a.send_cq->context != ctx->ibv() ||
       a.recv_cq->context != ctx->ibv())
     return EINVAL;
+  ibv_device_attr dattr{};
+  ctx->dev->backend->device_attr(*ctx->dev, &dattr);
+  const bool atomics = dattr.atomic_cap != IBV_ATOMIC_NONE;
   uint64_t ops = (a.comp_mask & IBV_QP_INIT_ATTR_SEND_OPS_FLAGS) ? a.send_ops_flags : 0;
-  if (ops & ~kSupportedSendOps) return EOPNOTSUPP;
+  if (ops & ~(kSupportedSendOps | (atomics ? kAtomicSendOps : 0))) return EOPNOTSUPP;
   const ibv_qp_cap &c = a.cap;
   if (c.max_send_wr > kMaxQpWr || c.max_send_sge > kMaxSge || c.max_inline_data > kMaxInline)
     return EINVAL;
@@ -90,6 +102,7 @@ int qp_create(Context *ctx, const ibv_qp_init_attr_ex &a, Qp **out) {
   qp->srq = a.srq ? Srq::from(a.srq) : nullptr;
   qp->sq_sig_all = a.sq_sig_all != 0;
   qp->send_ops_flags = ops;
+  qp->atomics = atomics;
   qp->has_qpx = (a.comp_mask & IBV_QP_INIT_ATTR_SEND_OPS_FLAGS) != 0;
   qp->qpn = g_next_qpn.fetch_add(1);
   // Truthful capabilities: what the queues and the copy-in of inline data really allow.
@@ -184,8 +197,26 @@ namespace {
 
 // Copies one ibv_send_wr into a WQE, validating what can be validated at post time.
 int build_wqe(const Qp &qp, const ibv_send_wr &wr, SendWqe *w) {
-  if (!opcode_supported(wr.opcode)) return EINVAL;
+  if (!opcode_supported(qp, wr.opcode)) return EINVAL;
   if (wr.num_sge < 0 || (uint32_t)wr.num_sge > qp.cap.max_send_sge) return EINVAL;
+  if (is_atomic(wr.opcode)) {
+    // One 8-byte local buffer receives the original value; never inline.
+    if (wr.num_sge != 1 || wr.sg_list[0].length != 8) return EINVAL;
+    w->wr_id = wr.wr_id;
+    w->opcode = wr.opcode;
+    w->flags = wr.send_flags & ~IBV_SEND_INLINE;
+    w->rkey = wr.wr.atomic.rkey;
+    w->remote_addr = wr.wr.atomic.remote_addr;
+    w->compare_add = wr.wr.atomic.compare_add;
+    w->swap = wr.opcode == IBV_WR_ATOMIC_CMP_AND_SWP ? wr.wr.atomic.swap : 0;
+    w->invalidate_rkey = 0;
+    w->imm_data = 0;
+    w->total_len = 8;
+    w->inline_len = 0;
+    w->num_sge = 1;
+    w->sge[0] = {wr.sg_list[0].addr, wr.sg_list[0].length, wr.sg_list[0].lkey};
+    return 0;
+  }
   w->wr_id = wr.wr_id;
   w->opcode = wr.opcode;
   w->flags = wr.send_flags;

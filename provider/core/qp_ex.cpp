@@ -36,6 +36,15 @@ SendWqe *last(ibv_qp_ex *x) {
 
 void unsupported(ibv_qp_ex *x) { Q(x)->wr_error = EOPNOTSUPP; }
 
+bool is_atomic(const SendWqe &w) {
+  return w.opcode == IBV_WR_ATOMIC_CMP_AND_SWP || w.opcode == IBV_WR_ATOMIC_FETCH_AND_ADD;
+}
+
+// What ibv_post_send checks in build_wqe for an atomic: one 8-byte result buffer.
+int check_atomic(const SendWqe &w) {
+  return w.num_sge == 1 && w.total_len == 8 && !(w.flags & IBV_SEND_INLINE) ? 0 : EINVAL;
+}
+
 void wr_start(ibv_qp_ex *x) {
   Q(x)->wr_batch.clear();
   Q(x)->wr_error = 0;
@@ -54,7 +63,10 @@ int wr_complete(ibv_qp_ex *x) {
     ibv_qp_state st = qp->state.load();
     if (st != IBV_QPS_RTS && st != IBV_QPS_SQD) rc = EINVAL;
     if (!rc && qp->sq.tail - qp->sq.head + qp->wr_batch.size() > qp->sq.max_wr) rc = ENOMEM;
-    for (size_t i = 0; !rc && i < qp->wr_batch.size(); i++) rc = qp->enqueue_send(qp->wr_batch[i]);
+    for (size_t i = 0; !rc && i < qp->wr_batch.size(); i++) {
+      if (is_atomic(qp->wr_batch[i]) && (rc = check_atomic(qp->wr_batch[i]))) break;
+      rc = qp->enqueue_send(qp->wr_batch[i]);
+    }
   }
   bool posted = !rc && !qp->wr_batch.empty();
   qp->wr_batch.clear();
@@ -88,8 +100,24 @@ void wr_rdma_write_imm(ibv_qp_ex *x, uint32_t rkey, uint64_t addr, __be32 imm) {
   }
 }
 void wr_send_imm(ibv_qp_ex *x, __be32) { unsupported(x); }
-void wr_atomic_cmp_swp(ibv_qp_ex *x, uint32_t, uint64_t, uint64_t, uint64_t) { unsupported(x); }
-void wr_atomic_fetch_add(ibv_qp_ex *x, uint32_t, uint64_t, uint64_t) { unsupported(x); }
+void wr_atomic_cmp_swp(ibv_qp_ex *x, uint32_t rkey, uint64_t addr, uint64_t compare,
+                       uint64_t swap) {
+  if (!Q(x)->atomics) return unsupported(x);
+  if (SendWqe *w = begin(x, IBV_WR_ATOMIC_CMP_AND_SWP)) {
+    w->rkey = rkey;
+    w->remote_addr = addr;
+    w->compare_add = compare;
+    w->swap = swap;
+  }
+}
+void wr_atomic_fetch_add(ibv_qp_ex *x, uint32_t rkey, uint64_t addr, uint64_t add) {
+  if (!Q(x)->atomics) return unsupported(x);
+  if (SendWqe *w = begin(x, IBV_WR_ATOMIC_FETCH_AND_ADD)) {
+    w->rkey = rkey;
+    w->remote_addr = addr;
+    w->compare_add = add;
+  }
+}
 void wr_bind_mw(ibv_qp_ex *x, ibv_mw *, uint32_t, const ibv_mw_bind_info *) { unsupported(x); }
 void wr_local_inv(ibv_qp_ex *x, uint32_t) { unsupported(x); }
 void wr_send_tso(ibv_qp_ex *x, void *, uint16_t, uint16_t) { unsupported(x); }
@@ -122,7 +150,7 @@ void wr_set_sge_list(ibv_qp_ex *x, size_t n, const ibv_sge *sg) { set_sges(x, n,
 void set_inline(ibv_qp_ex *x, size_t n, const ibv_data_buf *bufs) {
   SendWqe *w = last(x);
   if (!w) return;
-  if (w->opcode == IBV_WR_RDMA_READ) {
+  if (w->opcode == IBV_WR_RDMA_READ || is_atomic(*w)) {
     Q(x)->wr_error = EINVAL;
     return;
   }

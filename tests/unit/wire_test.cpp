@@ -24,8 +24,8 @@ TEST(Wire, OpcodeTable) {
   EXPECT_EQ(w::kNumOpcodes, 16u);
   int valid = 0;
   for (size_t i = 0; i < w::kOps.size(); i++) valid += w::kOps[i].valid;
-  EXPECT_EQ(valid, 10) << "RFC 5040 opcodes 0..7 and RFC 7306 8..9";
-  for (size_t i = 10; i < 16; i++) EXPECT_FALSE(w::kOps[i].valid) << i;
+  EXPECT_EQ(valid, 12) << "RFC 5040 opcodes 0..7 and RFC 7306 8..11";
+  for (size_t i = 12; i < 16; i++) EXPECT_FALSE(w::kOps[i].valid) << i;
   auto op = [](w::Opcode o) { return w::kOps[static_cast<size_t>(o)]; };
   EXPECT_EQ(w::kTaggedHdr, 16u);
   EXPECT_EQ(w::kUntaggedHdr, 20u);
@@ -45,12 +45,19 @@ TEST(Wire, OpcodeTable) {
   EXPECT_TRUE(op(w::Opcode::SendSolicitedInvalidate).invalidate);
   EXPECT_TRUE(op(w::Opcode::SendInvalidate).invalidate);
   EXPECT_FALSE(op(w::Opcode::Send).solicited);
-  EXPECT_LE(w::kMaxHdr, 48u);
-  for (size_t i = 0; i < 10; i++) EXPECT_LE(w::kOps[i].hdr_len, w::kMaxHdr);
+  EXPECT_EQ(op(w::Opcode::AtomicRequest).hdr_len, 72u) << "RFC 7306: 20 + 52";
+  EXPECT_EQ(op(w::Opcode::AtomicRequest).queue, w::Queue::ReadRequest);
+  EXPECT_FALSE(op(w::Opcode::AtomicRequest).tagged);
+  EXPECT_EQ(op(w::Opcode::AtomicResponse).hdr_len, 32u) << "RFC 7306: 20 + 12";
+  EXPECT_EQ(static_cast<int>(w::Queue::AtomicResponse), 3);
+  EXPECT_EQ(op(w::Opcode::AtomicResponse).queue, w::Queue::AtomicResponse);
+  EXPECT_FALSE(op(w::Opcode::AtomicResponse).tagged);
+  EXPECT_EQ(w::kMaxHdr, 72u);
+  for (size_t i = 0; i < 12; i++) EXPECT_LE(w::kOps[i].hdr_len, w::kMaxHdr);
 }
 
 TEST(Wire, PutCtrl) {
-  for (size_t i = 0; i < 10; i++) {
+  for (size_t i = 0; i < 12; i++) {
     for (bool last : {false, true}) {
       uint8_t h[4] = {0xAA, 0xAA, 0xAA, 0xAA};
       auto o = static_cast<w::Opcode>(i);
@@ -508,7 +515,7 @@ TEST_P(Hostile, MalformedFpdusTerminate) {
       {"bad opcode",
        [](Hostile *, bool crc, ibv_mr *, ibv_mr *) {
          auto h = untagged_hdr(w::Opcode::Send, 0, 2, 0);
-         h[3] = (uint8_t)(w::kRdmapVersion | 0x0b);
+         h[3] = (uint8_t)(w::kRdmapVersion | 0x0c);
          return fpdu(h, {1, 2, 3}, crc);
        },
        true, 0, w::kRdmapRemoteOperation, w::kRdmapUnexpectedOpcode},

@@ -1,7 +1,8 @@
 // Wire formats of the iWARP data path: MPA FPDU framing (RFC 5044 §6), DDP segments
 // (RFC 5041) and RDMAP messages (RFC 5040), plus RFC 7306 Immediate Data. All multi-byte
 // fields are big-endian on the wire; structs here are packed byte images of the headers and
-// are only ever accessed through the load/store helpers.
+// are only ever accessed through the load/store helpers. The RFC 7306 Atomic bodies are laid
+// out in wire/atomic.hpp.
 #pragma once
 
 #include <endian.h>
@@ -46,11 +47,14 @@ enum class Opcode : uint8_t {
   Terminate = 0x7,
   ImmediateData = 0x8,           // RFC 7306
   ImmediateDataSolicited = 0x9,  // RFC 7306
+  AtomicRequest = 0xA,           // RFC 7306
+  AtomicResponse = 0xB,          // RFC 7306
 };
 inline constexpr size_t kNumOpcodes = 16;
 
-// Untagged queue numbers (RFC 5040 §5.1)
-enum class Queue : uint8_t { Send = 0, ReadRequest = 1, Terminate = 2 };
+// Untagged queue numbers (RFC 5040 §5.1; RFC 7306 sends Atomic Requests on queue 1 with the
+// RDMA Read Requests, and adds queue 3 for Atomic Responses)
+enum class Queue : uint8_t { Send = 0, ReadRequest = 1, Terminate = 2, AtomicResponse = 3 };
 
 // Header sizes, counting from the MPA length field (so they include its 2 bytes).
 inline constexpr size_t kTaggedHdr = 2 + 2 + 4 + 8;          // len, ctrl, STag, TO = 16
@@ -58,7 +62,9 @@ inline constexpr size_t kUntaggedHdr = 2 + 2 + 4 + 4 + 4 + 4;  // len, ctrl, Rsv
 inline constexpr size_t kReadReqBody = 4 + 8 + 4 + 4 + 8;      // sink STag/TO, size, src STag/TO = 28
 inline constexpr size_t kTerminateBody = 4;                     // layer/etype/code/flags
 inline constexpr size_t kImmediateBody = 8;                     // RFC 7306: 8 bytes of data
-inline constexpr size_t kMaxHdr = kUntaggedHdr + kReadReqBody;  // 48
+inline constexpr size_t kAtomicReqBody = 4 + 4 + 4 + 8 + 4 * 8;  // RFC 7306 §5.2.1.3 = 52
+inline constexpr size_t kAtomicRespBody = 4 + 8;                 // RFC 7306 §5.2.1.4 = 12
+inline constexpr size_t kMaxHdr = kUntaggedHdr + kAtomicReqBody;  // 72
 
 // One row per RDMAP opcode: how it is framed and which untagged queue it uses.
 struct OpInfo {
@@ -84,6 +90,8 @@ inline constexpr std::array<OpInfo, kNumOpcodes> kOps = [] {
   set(Opcode::Terminate, {true, false, Queue::Terminate, kUntaggedHdr + kTerminateBody, false, false, "Terminate"});
   set(Opcode::ImmediateData, {true, false, Queue::Send, kUntaggedHdr + kImmediateBody, false, false, "Immediate Data"});
   set(Opcode::ImmediateDataSolicited, {true, false, Queue::Send, kUntaggedHdr + kImmediateBody, true, false, "Immediate Data with SE"});
+  set(Opcode::AtomicRequest, {true, false, Queue::ReadRequest, kUntaggedHdr + kAtomicReqBody, false, false, "Atomic Request"});
+  set(Opcode::AtomicResponse, {true, false, Queue::AtomicResponse, kUntaggedHdr + kAtomicRespBody, false, false, "Atomic Response"});
   return t;
 }();
 static_assert(kOps.size() == kNumOpcodes);
