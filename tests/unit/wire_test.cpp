@@ -9,6 +9,7 @@
 #include <random>
 
 #include "transport/crc32c.hpp"
+#include "transport/wire/atomic.hpp"
 #include "transport/wire/ddp_rdmap.hpp"
 
 using namespace ecatest;
@@ -139,6 +140,133 @@ TEST(Wire, Crc32cKnownAnswer) {
   EXPECT_EQ(eca::transport::crc32c(f, 32), 0x62A8AB43u);
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// RFC 7306 Atomic Request / Atomic Response, as byte strings written from the RFC's figures
+// (not from our encoder): MPA length, DDP/RDMAP control (T=0 L=1 DV=1 | RV=1 opcode), RsvdULP,
+// QN, MSN, MO, then the body.
+
+const std::vector<uint8_t> kRfcFetchAdd = {
+    0x00, 0x46,              // MPA ULPDU length: 72 - 2 = 70
+    0x41, 0x4A,              // untagged, last, DDP v1 | RDMAP v1, opcode 1010b Atomic Request
+    0x00, 0x00, 0x00, 0x00,  // RsvdULP
+    0x00, 0x00, 0x00, 0x01,  // QN 1 (with RDMA Read Requests)
+    0x00, 0x00, 0x00, 0x05,  // MSN 5
+    0x00, 0x00, 0x00, 0x00,  // MO 0
+    0x00, 0x00, 0x00, 0x00,  // Reserved | AOpCode 0000b FetchAdd
+    0x11, 0x22, 0x33, 0x44,  // Request Identifier
+    0xAA, 0xBB, 0xCC, 0xDD,  // Remote STag
+    0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08,  // Remote Tagged Offset
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10,  // Add Data
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // Add Mask (no field boundaries)
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // Compare Data (unused)
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // Compare Mask (unused)
+};
+
+const std::vector<uint8_t> kRfcCompareSwap = {
+    0x00, 0x46, 0x41, 0x4A,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x02,  // AOpCode 0010b CompareSwap
+    0x00, 0x00, 0x00, 0x07,  // Request Identifier
+    0x00, 0x00, 0x12, 0x34,  // Remote STag
+    0x00, 0x00, 0x7f, 0x00, 0x00, 0x00, 0x10, 0x08,  // Remote Tagged Offset
+    0xDE, 0xAD, 0xBE, 0xEF, 0x00, 0x00, 0x00, 0x01,  // Swap Data
+    0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,  // Swap Mask: all bits
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x2A,  // Compare Data
+    0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,  // Compare Mask: all bits
+};
+
+const std::vector<uint8_t> kRfcAtomicResponse = {
+    0x00, 0x1E,              // 32 - 2 = 30
+    0x41, 0x4B,              // opcode 1011b Atomic Response
+    0x00, 0x00, 0x00, 0x00,  // RsvdULP
+    0x00, 0x00, 0x00, 0x03,  // QN 3
+    0x00, 0x00, 0x00, 0x09,  // MSN 9
+    0x00, 0x00, 0x00, 0x00,  // MO 0
+    0x11, 0x22, 0x33, 0x44,  // Original Request Identifier
+    0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00,  // Original Remote Data Value
+};
+
+std::vector<uint8_t> encode_request(uint32_t msn, const w::AtomicRequest &r) {
+  std::vector<uint8_t> h(w::kUntaggedHdr + w::kAtomicReqBody, 0xEE);
+  std::memset(h.data() + 4, 0, 16);
+  w::st16(h.data(), (uint16_t)(h.size() - 2));
+  w::put_ctrl(h.data(), w::Opcode::AtomicRequest, true);
+  w::st32(h.data() + w::off::kQn, static_cast<uint32_t>(w::kOps[0xA].queue));
+  w::st32(h.data() + w::off::kMsn, msn);
+  w::put_atomic_request(h.data(), r);
+  return h;
+}
+
+TEST(Wire, AtomicRequestMatchesRfcBytes) {
+  auto fa = w::verbs_fetch_add(0xAABBCCDD, 0x0102030405060708ull, 0x10);
+  fa.req_id = 0x11223344;
+  EXPECT_EQ(encode_request(5, fa), kRfcFetchAdd);
+  auto cs = w::verbs_compare_swap(0x1234, 0x7f0000001008ull, 42, 0xDEADBEEF00000001ull);
+  cs.req_id = 7;
+  EXPECT_EQ(encode_request(2, cs), kRfcCompareSwap);
+
+  const w::AtomicRequest d = w::get_atomic_request(kRfcCompareSwap.data());
+  EXPECT_EQ(d.aopcode, static_cast<uint8_t>(w::AtomicOp::CompareSwap));
+  EXPECT_EQ(d.req_id, 7u);
+  EXPECT_EQ(d.stag, 0x1234u);
+  EXPECT_EQ(d.to, 0x7f0000001008ull);
+  EXPECT_EQ(d.add_swap, 0xDEADBEEF00000001ull);
+  EXPECT_EQ(d.add_swap_mask, ~0ull);
+  EXPECT_EQ(d.compare, 42u);
+  EXPECT_EQ(d.compare_mask, ~0ull);
+  // Reserved bits of the AOpCode word are ignored on receipt.
+  auto b = kRfcFetchAdd;
+  b[20] = 0xFF;
+  b[23] = 0xF0;
+  EXPECT_EQ(w::get_atomic_request(b.data()).aopcode, 0);
+}
+
+TEST(Wire, AtomicResponseMatchesRfcBytes) {
+  std::vector<uint8_t> h(w::kUntaggedHdr + w::kAtomicRespBody, 0);
+  w::st16(h.data(), (uint16_t)(h.size() - 2));
+  w::put_ctrl(h.data(), w::Opcode::AtomicResponse, true);
+  w::st32(h.data() + w::off::kQn, static_cast<uint32_t>(w::Queue::AtomicResponse));
+  w::st32(h.data() + w::off::kMsn, 9);
+  w::put_atomic_response(h.data(), {0x11223344, 0x8000000000000100ull});
+  EXPECT_EQ(h, kRfcAtomicResponse);
+  const w::AtomicResponse r = w::get_atomic_response(kRfcAtomicResponse.data());
+  EXPECT_EQ(r.req_id, 0x11223344u);
+  EXPECT_EQ(r.orig, 0x8000000000000100ull);
+}
+
+// The operations' semantics (RFC 7306 §5.2.1.3), including the masked forms.
+TEST(Wire, AtomicNewValueTable) {
+  struct Row {
+    const char *name;
+    w::AtomicOp op;
+    uint64_t data, mask, cmp, cmp_mask, before, after;
+  } rows[] = {
+      {"add", w::AtomicOp::FetchAdd, 5, 0, 0, 0, 10, 15},
+      {"add wraps", w::AtomicOp::FetchAdd, 2, 0, 0, 0, ~0ull, 1},
+      {"add, two 32-bit fields: no carry across bit 31", w::AtomicOp::FetchAdd, 0x0000000100000001ull,
+       0x8000000080000000ull, 0, 0, 0x00000001FFFFFFFFull, 0x0000000200000000ull},
+      {"swap all", w::AtomicOp::Swap, 0x1234, ~0ull, 0, 0, 0xFFFF, 0x1234},
+      {"swap low byte", w::AtomicOp::Swap, 0xAB, 0xFF, 0, 0, 0x1111, 0x11AB},
+      {"cmpswap equal", w::AtomicOp::CompareSwap, 7, ~0ull, 3, ~0ull, 3, 7},
+      {"cmpswap differs", w::AtomicOp::CompareSwap, 7, ~0ull, 4, ~0ull, 3, 3},
+      {"cmpswap compares masked bits only", w::AtomicOp::CompareSwap, 0x99, 0xFF, 0x10, 0xF0,
+       0x1F, 0x99},
+  };
+  for (const Row &r : rows) {
+    w::AtomicRequest q;
+    q.aopcode = static_cast<uint8_t>(r.op);
+    q.add_swap = r.data;
+    q.add_swap_mask = r.mask;
+    q.compare = r.cmp;
+    q.compare_mask = r.cmp_mask;
+    EXPECT_EQ(w::atomic_new_value(q, r.before), r.after) << r.name;
+  }
+  EXPECT_TRUE(w::atomic_op_valid(0));
+  EXPECT_TRUE(w::atomic_op_valid(2));
+  for (uint8_t op = 3; op < 16; op++) EXPECT_FALSE(w::atomic_op_valid(op)) << (int)op;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hostile input
 
@@ -243,7 +371,8 @@ class Hostile : public ::testing::TestWithParam<std::string> {
     ibv_pd *pd = nullptr, *other_pd = nullptr;
     ibv_cq *cq = nullptr;
     std::vector<uint8_t> rbuf, wbuf, obuf;
-    ibv_mr *rmr = nullptr, *wmr = nullptr, *omr = nullptr;
+    std::vector<uint64_t> abuf;  // REMOTE_ATOMIC words (RFC 7306 tests)
+    ibv_mr *rmr = nullptr, *wmr = nullptr, *omr = nullptr, *amr = nullptr;
     ibv_qp *qp() { return id ? id->qp : nullptr; }
   };
 
@@ -309,7 +438,10 @@ class Hostile : public ::testing::TestWithParam<std::string> {
                        IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ);
     c.omr = ibv_reg_mr(c.other_pd, c.obuf.data(), c.obuf.size(),
                        IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ);
-    ASSERT_TRUE(c.rmr && c.wmr && c.omr);
+    c.abuf.assign(8, 0);
+    c.amr = ibv_reg_mr(c.pd, c.abuf.data(), c.abuf.size() * 8,
+                       IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_ATOMIC);
+    ASSERT_TRUE(c.rmr && c.wmr && c.omr && c.amr);
     for (int i = 0; i < 4; i++)
       ASSERT_EQ(0, post_recv(c.qp(), {sge(c.rmr, c.rbuf.data() + i * 256, 256)}, 10 + i));
     rdma_conn_param cp{};
@@ -345,6 +477,7 @@ class Hostile : public ::testing::TestWithParam<std::string> {
     if (c.rmr) { ibv_dereg_mr(c.rmr); }
     if (c.wmr) { ibv_dereg_mr(c.wmr); }
     if (c.omr) { ibv_dereg_mr(c.omr); }
+    if (c.amr) { ibv_dereg_mr(c.amr); }
     if (c.cq) { EXPECT_EQ(0, ibv_destroy_cq(c.cq)); }
     if (c.pd) { EXPECT_EQ(0, ibv_dealloc_pd(c.pd)); }
     if (c.other_pd) { EXPECT_EQ(0, ibv_dealloc_pd(c.other_pd)); }
@@ -654,6 +787,236 @@ TEST_P(Hostile, RandomBytesAfterHandshake) {
   Conn c;
   ASSERT_NO_FATAL_FAILURE(Open(c));
   ASSERT_NO_FATAL_FAILURE(ValidSend(c, 1, "still alive"));
+  Close(c);
+}
+
+// ---------------------------------------------------------------------------------------------
+// RFC 7306 atomics against a raw peer: our QP as responder and as requester.
+
+std::vector<uint8_t> atomic_request_fpdu(bool crc, uint32_t msn, const w::AtomicRequest &r) {
+  auto h = untagged_hdr(w::Opcode::AtomicRequest, 1, msn, 0, w::kAtomicReqBody);
+  w::put_atomic_request(h.data(), r);
+  return fpdu(h, {}, crc);
+}
+
+// Reads an Atomic Response; returns {req_id, orig}. Checks the untagged header of queue 3.
+w::AtomicResponse read_atomic_response(int fd, bool crc, uint32_t msn) {
+  RxFrame f;
+  EXPECT_TRUE(read_fpdu(fd, crc, &f)) << "no Atomic Response";
+  EXPECT_EQ(f.opcode, 0xB);
+  EXPECT_FALSE(f.tagged);
+  EXPECT_TRUE(f.crc_ok);
+  if (f.bytes.size() != 32 + 4) {
+    ADD_FAILURE() << "Atomic Response of " << f.bytes.size() << " bytes";
+    return {};
+  }
+  EXPECT_EQ(w::ld16(f.bytes.data()), 30u);
+  EXPECT_EQ(f.bytes[2], 0x41) << "L=1, DV=1";
+  EXPECT_EQ(w::ld32(f.bytes.data() + w::off::kQn), 3u);
+  EXPECT_EQ(w::ld32(f.bytes.data() + w::off::kMsn), msn);
+  EXPECT_EQ(w::ld32(f.bytes.data() + w::off::kMo), 0u);
+  return w::get_atomic_response(f.bytes.data());
+}
+
+TEST_P(Hostile, AtomicRequestsAreExecutedAndAnswered) {
+  Conn c;
+  ASSERT_NO_FATAL_FAILURE(Open(c));
+  const uint64_t word = (uint64_t)(uintptr_t)&c.abuf[2];
+  c.abuf[2] = 40;
+  auto fa = w::verbs_fetch_add(c.amr->rkey, word, 2);
+  fa.req_id = 101;
+  ASSERT_TRUE(send_all(c.fd, atomic_request_fpdu(c.crc, 1, fa)));
+  auto r = read_atomic_response(c.fd, c.crc, 1);
+  EXPECT_EQ(r.req_id, 101u);
+  EXPECT_EQ(r.orig, 40u);
+  // CompareSwap that matches, then one that does not (the word stays).
+  auto cs = w::verbs_compare_swap(c.amr->rkey, word, 42, 0x5555);
+  cs.req_id = 102;
+  ASSERT_TRUE(send_all(c.fd, atomic_request_fpdu(c.crc, 2, cs)));
+  r = read_atomic_response(c.fd, c.crc, 2);
+  EXPECT_EQ(r.req_id, 102u);
+  EXPECT_EQ(r.orig, 42u);
+  cs.req_id = 103;
+  ASSERT_TRUE(send_all(c.fd, atomic_request_fpdu(c.crc, 3, cs)));
+  r = read_atomic_response(c.fd, c.crc, 3);
+  EXPECT_EQ(r.orig, 0x5555u);
+  // Swap (AOpCode 1), masked: the low 16 bits only.
+  w::AtomicRequest sw;
+  sw.aopcode = static_cast<uint8_t>(w::AtomicOp::Swap);
+  sw.req_id = 104;
+  sw.stag = c.amr->rkey;
+  sw.to = word;
+  sw.add_swap = 0xABCD0000BEEFull;
+  sw.add_swap_mask = 0xFFFF;
+  ASSERT_TRUE(send_all(c.fd, atomic_request_fpdu(c.crc, 4, sw)));
+  r = read_atomic_response(c.fd, c.crc, 4);
+  EXPECT_EQ(r.orig, 0x5555u);
+  // A READ behind the atomics on the same queue (MSN 5) sees their result.
+  auto rr = untagged_hdr(w::Opcode::ReadRequest, 1, 5, 0, w::kReadReqBody);
+  w::st32(rr.data() + w::off::kSinkStag, 0x77);
+  w::st64(rr.data() + w::off::kSinkTo, 0);
+  w::st32(rr.data() + w::off::kReadSize, 8);
+  w::st32(rr.data() + w::off::kSrcStag, c.amr->rkey);
+  w::st64(rr.data() + w::off::kSrcTo, word);
+  ASSERT_TRUE(send_all(c.fd, fpdu(rr, {}, c.crc)));
+  RxFrame f;
+  ASSERT_TRUE(read_fpdu(c.fd, c.crc, &f));
+  EXPECT_EQ(f.opcode, 2);
+  uint64_t seen = 0;
+  ASSERT_GE(f.bytes.size(), 16u + 8u);
+  std::memcpy(&seen, f.bytes.data() + 16, 8);
+  EXPECT_EQ(seen, 0xBEEFull);
+  EXPECT_EQ(c.abuf[2], 0xBEEFull);
+  EXPECT_EQ(c.abuf[1], 0u);
+  EXPECT_EQ(c.abuf[3], 0u);
+  EXPECT_EQ(qp_state(c.qp()), IBV_QPS_RTS);
+  Close(c);
+}
+
+// Every error path of a received Atomic Request ends in the TERMINATE of RFC 7306 / RFC 5040
+// and leaves the target word alone.
+TEST_P(Hostile, BadAtomicRequestsTerminate) {
+  struct Case {
+    const char *name;
+    std::function<std::vector<uint8_t>(Conn &)> build;
+    int layer, etype, code;
+  };
+  auto fa = [](uint32_t stag, uint64_t to) { return w::verbs_fetch_add(stag, to, 1); };
+  std::vector<Case> cases = {
+      {"misaligned Remote Tagged Offset",
+       [&](Conn &c) { return atomic_request_fpdu(c.crc, 1, fa(c.amr->rkey, (uintptr_t)&c.abuf[2] + 4)); },
+       0, w::kRdmapRemoteOperation, w::kRdmapInvalidAtomicRequest},
+      {"reserved AOpCode",
+       [&](Conn &c) {
+         auto r = fa(c.amr->rkey, (uintptr_t)&c.abuf[2]);
+         r.aopcode = 5;
+         return atomic_request_fpdu(c.crc, 1, r);
+       },
+       0, w::kRdmapRemoteOperation, w::kRdmapInvalidAtomicRequest},
+      {"no REMOTE_ATOMIC right",
+       [&](Conn &c) { return atomic_request_fpdu(c.crc, 1, fa(c.wmr->rkey, (uintptr_t)c.wbuf.data() + 8)); },
+       0, w::kRdmapRemoteProtection, w::kRdmapAccessRights},
+      {"invalid STag",
+       [&](Conn &c) { return atomic_request_fpdu(c.crc, 1, fa(c.amr->rkey ^ 0x100, (uintptr_t)&c.abuf[2])); },
+       0, w::kRdmapRemoteProtection, w::kRdmapInvalidStag},
+      {"STag of another PD",
+       [&](Conn &c) { return atomic_request_fpdu(c.crc, 1, fa(c.omr->rkey, (uintptr_t)c.obuf.data())); },
+       0, w::kRdmapRemoteProtection, w::kRdmapStagNotAssoc},
+      {"word beyond the MR",
+       [&](Conn &c) { return atomic_request_fpdu(c.crc, 1, fa(c.amr->rkey, (uintptr_t)(c.abuf.data() + 8))); },
+       0, w::kRdmapRemoteProtection, w::kRdmapBaseBounds},
+      {"Atomic Request with a payload",
+       [&](Conn &c) {
+         auto h = untagged_hdr(w::Opcode::AtomicRequest, 1, 1, 0, w::kAtomicReqBody);
+         w::put_atomic_request(h.data(), fa(c.amr->rkey, (uintptr_t)&c.abuf[2]));
+         return fpdu(h, {1, 2, 3, 4}, c.crc);
+       },
+       0, w::kRdmapRemoteOperation, w::kRdmapUnspecified},
+      {"Atomic Request on the Send queue",
+       [&](Conn &c) {
+         auto h = untagged_hdr(w::Opcode::AtomicRequest, 0, 1, 0, w::kAtomicReqBody);
+         w::put_atomic_request(h.data(), fa(c.amr->rkey, (uintptr_t)&c.abuf[2]));
+         return fpdu(h, {}, c.crc);
+       },
+       1, w::kDdpUntaggedError, w::kDdpUInvalidQn},
+      {"Atomic Response nobody asked for",
+       [&](Conn &c) {
+         auto h = untagged_hdr(w::Opcode::AtomicResponse, 3, 1, 0, w::kAtomicRespBody);
+         w::put_atomic_response(h.data(), {1, 2});
+         return fpdu(h, {}, c.crc);
+       },
+       0, w::kRdmapRemoteOperation, w::kRdmapUnexpectedOpcode},
+  };
+  for (const Case &k : cases) {
+    SCOPED_TRACE(k.name);
+    Conn c;
+    ASSERT_NO_FATAL_FAILURE(Open(c));
+    c.abuf[2] = 7;
+    ASSERT_TRUE(send_all(c.fd, k.build(c)));
+    const w::TermInfo t = w::term_parse(ExpectTerminated(c, true, 4));
+    EXPECT_EQ((int)t.layer, k.layer);
+    EXPECT_EQ((int)t.etype, k.etype);
+    EXPECT_EQ((int)t.code, k.code);
+    EXPECT_EQ(c.abuf[2], 7u) << "the target word changed";
+    Close(c);
+  }
+}
+
+// Our QP as requester: the Atomic Request on the wire, an answer that completes it, and a
+// peer without atomics (Linux siw) that answers with TERMINATE "Unexpected OpCode".
+TEST_P(Hostile, OurAtomicRequestAndThePeersAnswers) {
+  for (bool peer_has_atomics : {true, false}) {
+    SCOPED_TRACE(peer_has_atomics ? "peer answers" : "peer terminates (as siw)");
+    Conn c;
+    ASSERT_NO_FATAL_FAILURE(Open(c));
+    ibv_send_wr wr{}, *bad = nullptr;
+    ibv_sge s = sge(c.amr, &c.abuf[0], 8);
+    wr.wr_id = 77;
+    wr.opcode = IBV_WR_ATOMIC_CMP_AND_SWP;
+    wr.send_flags = IBV_SEND_SIGNALED;
+    wr.sg_list = &s;
+    wr.num_sge = 1;
+    wr.wr.atomic.remote_addr = 0x1000;
+    wr.wr.atomic.rkey = 0x2345;
+    wr.wr.atomic.compare_add = 9;
+    wr.wr.atomic.swap = 10;
+    ASSERT_EQ(0, ibv_post_send(c.qp(), &wr, &bad));
+    RxFrame f;
+    ASSERT_TRUE(read_fpdu(c.fd, c.crc, &f));
+    ASSERT_EQ(f.bytes.size(), 72u + 4u);
+    EXPECT_EQ(f.opcode, 0xA);
+    EXPECT_TRUE(f.crc_ok);
+    EXPECT_EQ(w::ld32(f.bytes.data() + w::off::kQn), 1u);
+    EXPECT_EQ(w::ld32(f.bytes.data() + w::off::kMsn), 1u);
+    const w::AtomicRequest r = w::get_atomic_request(f.bytes.data());
+    EXPECT_EQ(r.aopcode, static_cast<uint8_t>(w::AtomicOp::CompareSwap));
+    EXPECT_EQ(r.stag, 0x2345u);
+    EXPECT_EQ(r.to, 0x1000u);
+    EXPECT_EQ(r.compare, 9u);
+    EXPECT_EQ(r.add_swap, 10u);
+    EXPECT_EQ(r.compare_mask, ~0ull);
+    EXPECT_EQ(r.add_swap_mask, ~0ull);
+    ibv_wc wc{};
+    if (peer_has_atomics) {
+      auto h = untagged_hdr(w::Opcode::AtomicResponse, 3, 1, 0, w::kAtomicRespBody);
+      w::put_atomic_response(h.data(), {r.req_id, 0x0102030405060708ull});
+      ASSERT_TRUE(send_all(c.fd, fpdu(h, {}, c.crc)));
+      ASSERT_TRUE(poll_one(c.cq, &wc));
+      EXPECT_EQ(wc.status, IBV_WC_SUCCESS) << wc_status_name(wc.status);
+      EXPECT_EQ(wc.opcode, IBV_WC_COMP_SWAP);
+      EXPECT_EQ(wc.wr_id, 77u);
+      EXPECT_EQ(c.abuf[0], 0x0102030405060708ull) << "original value, host order";
+      EXPECT_EQ(qp_state(c.qp()), IBV_QPS_RTS);
+    } else {
+      // What siw sends for an opcode above 7: RDMAP, Remote Operation Error, Unexpected OpCode.
+      auto t = untagged_hdr(w::Opcode::Terminate, 2, 1, 0, w::kTerminateBody);
+      w::st32(t.data() + w::off::kTermCtrl,
+              w::term_word({w::TermLayer::Rdmap, w::kRdmapRemoteOperation, w::kRdmapUnexpectedOpcode}));
+      ASSERT_TRUE(send_all(c.fd, fpdu(t, {}, c.crc)));
+      ::shutdown(c.fd, SHUT_WR);
+      ASSERT_TRUE(poll_one(c.cq, &wc));
+      EXPECT_EQ(wc.wr_id, 77u);
+      EXPECT_EQ(wc.status, IBV_WC_REM_OP_ERR) << wc_status_name(wc.status);
+      EXPECT_EQ(c.abuf[0], 0u);
+      ExpectTerminated(c, false, 4);
+    }
+    Close(c);
+  }
+}
+
+// Post-time checks: one 8-byte result buffer.
+TEST_P(Hostile, AtomicWorkRequestsNeedOneEightByteBuffer) {
+  Conn c;
+  ASSERT_NO_FATAL_FAILURE(Open(c));
+  ibv_send_wr wr{}, *bad = nullptr;
+  ibv_sge s = sge(c.amr, &c.abuf[0], 16);
+  wr.opcode = IBV_WR_ATOMIC_FETCH_AND_ADD;
+  wr.sg_list = &s;
+  wr.num_sge = 1;
+  EXPECT_EQ(EINVAL, ibv_post_send(c.qp(), &wr, &bad));
+  wr.num_sge = 0;
+  EXPECT_EQ(EINVAL, ibv_post_send(c.qp(), &wr, &bad));
+  EXPECT_EQ(qp_state(c.qp()), IBV_QPS_RTS);
   Close(c);
 }
 
