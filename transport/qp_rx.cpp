@@ -90,7 +90,11 @@ TermInfo term_for_read_source(AccessError e) {
 ibv_wc_status wc_status_for_term(const TermInfo &t) {
   switch (t.layer) {
     case TermLayer::Rdmap:
-      return t.etype == kRdmapRemoteProtection ? IBV_WC_REM_ACCESS_ERR : IBV_WC_REM_OP_ERR;
+      if (t.etype == kRdmapRemoteProtection) return IBV_WC_REM_ACCESS_ERR;
+      // RFC 7306: a malformed Atomic Request (misaligned, reserved AOpCode)
+      if (t.etype == kRdmapRemoteOperation && t.code == kRdmapInvalidAtomicRequest)
+        return IBV_WC_REM_INV_REQ_ERR;
+      return IBV_WC_REM_OP_ERR;
     case TermLayer::Ddp:
       if (t.etype == kDdpTaggedError) return IBV_WC_REM_ACCESS_ERR;
       if (t.etype == kDdpUntaggedError) return IBV_WC_REM_INV_REQ_ERR;

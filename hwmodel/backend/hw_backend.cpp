@@ -26,6 +26,9 @@ class HwModelBackend final : public Backend {
     std::snprintf(a->fw_ver, sizeof(a->fw_ver), "eca-hw 0.1 model");
     a->vendor_part_id = kPartHwModel;
     a->max_mr = hw::kMaxStags;
+    // Atomics: executed by the target's adapter with CPU atomics on the target process's
+    // memory (hw_atomic.cpp), so the same guarantee as the software transport.
+    a->atomic_cap = IBV_ATOMIC_GLOB;
   }
 
   void port_attr(const Device &dev, ibv_port_attr *p) const override {

@@ -471,9 +471,12 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
   const bool is_read = w->opcode == IBV_WR_RDMA_READ;
   const bool is_send = w->opcode == IBV_WR_SEND || w->opcode == IBV_WR_SEND_WITH_INV;
   const bool needs_frame = is_send || w->opcode == IBV_WR_RDMA_WRITE_WITH_IMM;
+  // Atomics travel as frames behind whatever is in the ring (hw_atomic.cpp).
+  if (w->opcode == IBV_WR_ATOMIC_FETCH_AND_ADD || w->opcode == IBV_WR_ATOMIC_CMP_AND_SWP)
+    return exec_atomic_locked(w);
   // Ordering: the responder handles messages in order, so a WRITE or READ must not overtake
-  // a Send or Immediate Data frame the peer has not placed yet.
-  if (!is_send && !await_ack_.empty()) return false;
+  // a Send, Immediate Data or atomic frame the peer has not handled yet.
+  if (!is_send && (!await_ack_.empty() || !await_atomic_.empty())) return false;
   if (is_read && qp_.ord == 0) {  // the peer accepts no READs (IRD 0)
     ECA_QP_LOG(Warn, qp_.qpn, "RDMA READ posted on a connection with ORD 0");
     qp_.sq_done(w, IBV_WC_LOC_QP_OP_ERR);
@@ -754,6 +757,10 @@ bool HwConn::handle_frame_locked(const Frame &f) {
       qp_.rq_done(rqe_, IBV_WC_SUCCESS, f.len, solicited, inv);
       return true;
     }
+    case FrameType::AtomicRequest:
+      return handle_atomic_request_locked(f);
+    case FrameType::AtomicResponse:
+      return handle_atomic_response_locked(f);
     case FrameType::Terminate:
       ECA_QP_LOG(Info, qp_.qpn, "peer adapter terminated the connection (status %u)", f.status);
       fail(LlpEnd::TerminateRecvd, terminate_status(f.status));
@@ -799,6 +806,7 @@ void HwConn::do_fail(LlpEnd why, ibv_wc_status st) {
     }
     inflight_.clear();   // still unfinished in the SQ: flushed by enter_error()
     await_ack_.clear();
+    await_atomic_.clear();
   }
   qp_.llp_ended(why);  // QP to ERROR, flush, async event, rdma_cm; calls close()
 }

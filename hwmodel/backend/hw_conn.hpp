@@ -65,6 +65,10 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   bool rx_locked();
   bool exec_wqe_locked(SendWqe *w);  // false: must wait (ring full / not yet due)
   bool handle_frame_locked(const Frame &f);  // false: must wait (no receive posted)
+  // RFC 7306 atomics (hw_atomic.cpp), mu_ held; false: must wait (ring full / ORD)
+  bool exec_atomic_locked(SendWqe *w);
+  bool handle_atomic_request_locked(const Frame &f);
+  bool handle_atomic_response_locked(const Frame &f);
   void ack_placed_locked();     // publishes one more placed message to the peer
   bool harvest_acks_locked();   // completes our Sends the peer has placed; true if any
   bool acks_pending() const;    // a hint, read without mu_
@@ -113,6 +117,11 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   std::deque<Inflight> inflight_;
   uint64_t pending_due_ = 0;  // due time of the work request being executed
   std::deque<SendWqe *> await_ack_;  // Sends and Immediate Data the peer has not yet placed
+  struct AtomicWait {                // an atomic sent, awaiting its AtomicResponse
+    SendWqe *w;
+    MrRef result;                    // the 8-byte local buffer for the original value
+  };
+  std::deque<AtomicWait> await_atomic_;
   uint64_t acked_seen_ = 0;          // the peer's `placed` count already completed here
   uint64_t placed_ = 0;              // our `placed` count (the peer's messages we placed)
   bool have_rqe_ = false;

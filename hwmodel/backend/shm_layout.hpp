@@ -70,6 +70,8 @@ enum class FrameType : uint32_t {
   // 3 was a per-Send Ack frame; acknowledgements are now LinkSide::placed.
   Terminate = 4,   // the sender's side hit an error; the stream is dead
   Disconnect = 5,  // orderly close
+  AtomicRequest = 6,   // an RFC 7306 atomic for the receiving adapter to execute (AtomicBody)
+  AtomicResponse = 7,  // its original value (AtomicBody::orig), in request order
 };
 // Why a side ended the link (Terminate frames): the adapter's own vocabulary, translated to
 // verbs completion statuses only at the verbs boundary (hw_conn.cpp, kTerminateStatus).
@@ -105,6 +107,19 @@ struct alignas(64) Frame {
   uint8_t data[kFrameInline];
 };
 static_assert(sizeof(Frame) == 448);
+
+// Frame::data of the atomic frames. The target's adapter runs the operation on its own
+// process's memory with CPU atomics (transport/atomic.hpp), after the same checks as the
+// software transport's responder.
+struct AtomicBody {
+  uint32_t op;       // wire::AtomicOp: FetchAdd or CompareSwap
+  uint32_t rkey;
+  uint64_t addr;
+  uint64_t operand;  // FetchAdd: the addend; CompareSwap: the swap value
+  uint64_t compare;  // CompareSwap: the compare value
+  uint64_t orig;     // AtomicResponse: the target's value before the operation
+};
+static_assert(sizeof(AtomicBody) == 40 && sizeof(AtomicBody) <= kFrameInline);
 
 inline constexpr uint32_t kRingSlots = 1024;  // power of two
 static_assert((kRingSlots & (kRingSlots - 1)) == 0);
