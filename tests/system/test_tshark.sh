@@ -6,7 +6,9 @@
 # RDMA WRITE / READ messages, and tshark's iwarp_mpa and iwarp_ddp_rdmap dissectors
 # decoding the traffic (> 0 frames) with a good CRC and no malformed frame wherever a
 # TCP segment starts with a whole FPDU. A second pair of sessions runs with CRC off and
-# checks that the CRC field is still present in every FPDU (RFC 5044), as zero.
+# checks that the CRC field is still present in every FPDU (RFC 5044), as zero. Two
+# ib_atomic_bw -R sessions (FetchAdd, CmpSwap) check the RFC 7306 Atomic Request and
+# Response frames byte by byte and as tshark 4.0 decodes them (mpa_check.py --atomics).
 #
 # Wireshark's MPA dissector is heuristic on TCP and enabled by default ("Decode As" is
 # not needed) but must see the MPA Request and Reply, hence the capture runs from
@@ -15,7 +17,7 @@
 # shellcheck source=tests/system/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_library
-require_program tshark ib_write_bw ib_read_bw
+require_program tshark ib_write_bw ib_read_bw ib_atomic_bw
 [[ $(id -u) == 0 ]] || fail "needs root to capture on lo"
 
 ERRORS='error|couldn.?t|failed|unable to|not supported|illegal|unsupported'
@@ -27,6 +29,7 @@ capture_pair() {
   shift
   local -a mins=()
   if [[ "$1" == --crc ]]; then mins+=(--crc "$2"); shift 2; fi
+  if [[ "$1" == --atomics ]]; then mins+=(--atomics "$2"); shift 2; fi
   while [[ "$1" != "--" ]]; do mins+=(--min "$1"); shift; done
   shift
   local prog=$1
@@ -78,6 +81,10 @@ except OSError:
 
 capture_pair write write:i2r:100 -- ib_write_bw -s 4096 -n 100
 capture_pair read read_req:i2r:100 read_resp:r2i:100 -- ib_read_bw -s 4096 -n 100
+capture_pair fetch_add --atomics fetch_add atomic_req:i2r:100 atomic_resp:r2i:100 -- \
+  ib_atomic_bw -A FETCH_AND_ADD -n 100
+capture_pair cmp_swap --atomics cmp_swap atomic_req:i2r:100 atomic_resp:r2i:100 -- \
+  ib_atomic_bw -A CMP_AND_SWAP -n 100
 # CRC off: the initiator does not ask for it and the responder follows (ECA_MPA_CRC=0 on
 # both ends; only the client's setting matters). Every FPDU still carries the CRC field,
 # zero, which Wireshark shows as "CRC: 0x00000000", and nothing is malformed.
