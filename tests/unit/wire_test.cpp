@@ -988,11 +988,15 @@ TEST_P(Hostile, OurAtomicRequestAndThePeersAnswers) {
       EXPECT_EQ(c.abuf[0], 0x0102030405060708ull) << "original value, host order";
       EXPECT_EQ(qp_state(c.qp()), IBV_QPS_RTS);
     } else {
-      // What siw sends for an opcode above 7: RDMAP, Remote Operation Error, Unexpected OpCode.
+      // What siw sends for an opcode above 7: RDMAP, Remote Operation Error, Unexpected
+      // OpCode; here with the D and R bits and the terminated message's headers appended
+      // (RFC 5040 4.8), which a TERMINATE may carry.
       auto t = untagged_hdr(w::Opcode::Terminate, 2, 1, 0, w::kTerminateBody);
       w::st32(t.data() + w::off::kTermCtrl,
-              w::term_word({w::TermLayer::Rdmap, w::kRdmapRemoteOperation, w::kRdmapUnexpectedOpcode}));
-      ASSERT_TRUE(send_all(c.fd, fpdu(t, {}, c.crc)));
+              w::term_word({w::TermLayer::Rdmap, w::kRdmapRemoteOperation, w::kRdmapUnexpectedOpcode}) |
+                  0x6000u);
+      std::vector<uint8_t> copied(f.bytes.begin(), f.bytes.begin() + 72);  // DDP seg len + headers
+      ASSERT_TRUE(send_all(c.fd, fpdu(t, copied, c.crc)));
       ::shutdown(c.fd, SHUT_WR);
       ASSERT_TRUE(poll_one(c.cq, &wc));
       EXPECT_EQ(wc.wr_id, 77u);
