@@ -424,9 +424,9 @@ TEST_P(DataPath, WrApiRdmaWrite) {
 
   ibv_wr_start(qx);
   qx->wr_id = 75;
-  ibv_wr_atomic_fetch_add(qx, remote.mr->rkey, remote.a(), 1);
+  ibv_wr_send_imm(qx, htonl(1));
   ibv_wr_set_sge(qx, local.mr->lkey, local.a(), 8);
-  EXPECT_NE(0, ibv_wr_complete(qx)) << "atomics are not supported on iWARP";
+  EXPECT_NE(0, ibv_wr_complete(qx)) << "SEND with immediate is not supported on iWARP";
 }
 
 TEST_P(DataPath, ManyReadsBeyondOrd) {

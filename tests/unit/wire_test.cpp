@@ -873,6 +873,56 @@ TEST_P(Hostile, AtomicRequestsAreExecutedAndAnswered) {
   Close(c);
 }
 
+// RFC 7306 ordering at the responder: READs and atomics on the same QP are answered in the
+// order they arrived, each seeing the effect of the ones before it and none after it.
+TEST_P(Hostile, AtomicsAreOrderedWithReads) {
+  Conn c;
+  ASSERT_NO_FATAL_FAILURE(Open(c));
+  const uint64_t word = (uint64_t)(uintptr_t)&c.abuf[2];
+  c.abuf[2] = 40;
+  auto read = [&](uint32_t msn, uint32_t sink_stag) {
+    auto rr = untagged_hdr(w::Opcode::ReadRequest, 1, msn, 0, w::kReadReqBody);
+    w::st32(rr.data() + w::off::kSinkStag, sink_stag);
+    w::st64(rr.data() + w::off::kSinkTo, 0);
+    w::st32(rr.data() + w::off::kReadSize, 8);
+    w::st32(rr.data() + w::off::kSrcStag, c.amr->rkey);
+    w::st64(rr.data() + w::off::kSrcTo, word);
+    return fpdu(rr, {}, c.crc);
+  };
+  auto fa = w::verbs_fetch_add(c.amr->rkey, word, 2);
+  fa.req_id = 1;
+  auto cs = w::verbs_compare_swap(c.amr->rkey, word, 42, 7);
+  cs.req_id = 2;
+  // All five requests in one write: they reach the responder together.
+  std::vector<uint8_t> all;
+  for (const auto &part : {read(1, 0x51), atomic_request_fpdu(c.crc, 2, fa), read(3, 0x52),
+                           atomic_request_fpdu(c.crc, 4, cs), read(5, 0x53)})
+    all.insert(all.end(), part.begin(), part.end());
+  ASSERT_TRUE(send_all(c.fd, all));
+  auto read_response = [&](uint32_t sink_stag) {
+    RxFrame f;
+    EXPECT_TRUE(read_fpdu(c.fd, c.crc, &f));
+    EXPECT_EQ(f.opcode, 2) << "READ response for sink 0x" << std::hex << sink_stag;
+    uint64_t v = ~0ull;
+    if (f.bytes.size() >= 24 && f.opcode == 2) {
+      EXPECT_EQ(w::ld32(f.bytes.data() + w::off::kStag), sink_stag);
+      std::memcpy(&v, f.bytes.data() + 16, 8);
+    }
+    return v;
+  };
+  EXPECT_EQ(read_response(0x51), 40u);
+  auto r = read_atomic_response(c.fd, c.crc, 1);
+  EXPECT_EQ(r.req_id, 1u);
+  EXPECT_EQ(r.orig, 40u);
+  EXPECT_EQ(read_response(0x52), 42u);
+  r = read_atomic_response(c.fd, c.crc, 2);
+  EXPECT_EQ(r.req_id, 2u);
+  EXPECT_EQ(r.orig, 42u);
+  EXPECT_EQ(read_response(0x53), 7u);
+  EXPECT_EQ(qp_state(c.qp()), IBV_QPS_RTS);
+  Close(c);
+}
+
 // Every error path of a received Atomic Request ends in the TERMINATE of RFC 7306 / RFC 5040
 // and leaves the target word alone.
 TEST_P(Hostile, BadAtomicRequestsTerminate) {
