@@ -197,12 +197,17 @@ def check_atomics(op, atomics, name, errors):
         return []
     if len(reqs) != len(resps):
         errors.append(f"{name}: {len(reqs)} Atomic Requests, {len(resps)} Atomic Responses")
-    for i, a in enumerate(reqs):
+    def header(a, ulpdu, qn, msn):
         why = []
-        if a["ulpdu"] != 70 or a["ddp"] != 0x41:
-            why.append(f"ULPDU {a['ulpdu']} / DDP control 0x{a['ddp']:02x}, expected 70 / 0x41")
-        if a["qn"] != 1 or a["mo"] != 0 or a["msn"] != i + 1:
-            why.append(f"QN {a['qn']} MSN {a['msn']} MO {a['mo']}, expected 1 {i + 1} 0")
+        if a["ulpdu"] != ulpdu or a["ddp"] != 0x41:
+            why.append(f"ULPDU {a['ulpdu']} / DDP control 0x{a['ddp']:02x}, "
+                       f"expected {ulpdu} / 0x41")
+        if a["qn"] != qn or a["mo"] != 0 or a["msn"] != msn:
+            why.append(f"QN {a['qn']} MSN {a['msn']} MO {a['mo']}, expected {qn} {msn} 0")
+        return why
+
+    for i, a in enumerate(reqs):
+        why = header(a, 70, 1, i + 1)
         if a["ctrl"] != want_aop:
             why.append(f"AOpCode word 0x{a['ctrl']:08x}, expected {want_aop}")
         if a["to"] % 8:
@@ -215,11 +220,7 @@ def check_atomics(op, atomics, name, errors):
         if why and len(errors) < 20:
             errors.append(f"{name}: Atomic Request {i + 1}: " + "; ".join(why))
     for i, a in enumerate(resps):
-        why = []
-        if a["ulpdu"] != 30 or a["ddp"] != 0x41:
-            why.append(f"ULPDU {a['ulpdu']} / DDP control 0x{a['ddp']:02x}, expected 30 / 0x41")
-        if a["qn"] != 3 or a["mo"] != 0 or a["msn"] != i + 1:
-            why.append(f"QN {a['qn']} MSN {a['msn']} MO {a['mo']}, expected 3 {i + 1} 0")
+        why = header(a, 30, 3, i + 1)
         if i < len(reqs) and a["req_id"] != reqs[i]["req_id"]:
             why.append(f"answers request id {a['req_id']}, expected {reqs[i]['req_id']}")
         if why and len(errors) < 20:

@@ -2,16 +2,16 @@
 # RFC 7306 atomics on 127.0.0.1, with unmodified Debian programs and a contention test:
 #  - ib_atomic_bw -R and ib_atomic_lat -R, each with -A FETCH_AND_ADD and -A CMP_AND_SWAP:
 #    one result row with 1000 iterations, no error on either side;
-#  - qperf rc_compare_swap_mr and rc_fetch_add_mr (-cm1): a non-zero message rate;
 #  - tests/system/atomic_counter.c: 3 client processes x 4 QPs, 300 increments per QP of one
 #    counter (FETCH_AND_ADD; then a CMP_AND_SWAP loop), while a thread of the server
 #    process increments the same counter with CPU atomics. The final counter must equal the
 #    remote increments plus the local ones, and the values the remote increments replaced
 #    must all differ (no two increments saw the same value).
+# qperf's rc_compare_swap_mr and rc_fetch_add_mr run in test_qperf.sh.
 # shellcheck source=tests/system/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_library
-require_program ib_atomic_bw ib_atomic_lat qperf
+require_program ib_atomic_bw ib_atomic_lat
 
 ERRORS='error|couldn.?t|failed|unable to|not supported|illegal|unsupported'
 
@@ -45,30 +45,6 @@ perftest bw_fetch_add ib_atomic_bw -A FETCH_AND_ADD
 perftest bw_cmp_swap ib_atomic_bw -A CMP_AND_SWAP
 perftest lat_fetch_add ib_atomic_lat -A FETCH_AND_ADD
 perftest lat_cmp_swap ib_atomic_lat -A CMP_AND_SWAP
-
-# --- qperf (see test_qperf.sh)
-TESTS=(rc_compare_swap_mr rc_fetch_add_mr)
-port=$(free_port)
-start_bg qperf.server timeout -k 5 300 "$ECA_RUN" qperf -lp "$port"
-spid=$BG_PID
-wait_port "$port" 20 "" "$spid"
-start_bg qperf.client timeout -k 5 180 "$ECA_RUN" \
-  qperf -lp "$port" -cm1 -to 20 -t 2 -uu 127.0.0.1 "${TESTS[@]}"
-wait_pid "$BG_PID" 190
-crc=$WAIT_RC
-out="$TEST_TMP/qperf.client.out"
-cat "$out" "$TEST_TMP/qperf.client.err" >"$TEST_TMP/qperf.all"
-_alive "$spid" || { show_outputs qperf.server qperf.client; fail "qperf server died during the run"; }
-stop_pid "$spid" TERM 5
-[[ "$crc" == 0 ]] || { show_outputs qperf.server qperf.client; fail "qperf client exited $crc"; }
-assert_not_contains "$TEST_TMP/qperf.all" 'fail|error|timeout|timed out' "qperf output"
-for t in "${TESTS[@]}"; do
-  rate=$(awk -v t="$t:" '$0 == t { inside = 1; next } /^[^ \t]/ { inside = 0 }
-    inside && $1 == "msg_rate" && $2 == "=" { print $3; exit }' "$out")
-  [[ "$rate" =~ ^[0-9]+(\.[0-9]+)?$ ]] || { cat "$out" >&2; fail "qperf $t: no msg_rate"; }
-  awk -v v="$rate" 'BEGIN { exit !(v > 0) }' || fail "qperf $t: msg_rate $rate"
-  log "qperf $t: msg_rate = $rate /sec"
-done
 
 # --- contention: several processes, several QPs each, one counter
 COUNTER="$TEST_TMP/atomic_counter"

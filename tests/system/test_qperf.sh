@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# qperf's RC tests over rdma_cm (-cm1, required for iWARP) on 127.0.0.1: every test
-# prints a non-zero bandwidth or latency and nothing failed.
+# qperf's RC tests over rdma_cm (-cm1, required for iWARP) on 127.0.0.1, including the
+# RFC 7306 atomics (rc_compare_swap_mr, rc_fetch_add_mr): every test prints a non-zero
+# bandwidth, latency or message rate and nothing failed.
 # shellcheck source=tests/system/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_library
 require_program qperf
 
-TESTS=(rc_bw rc_lat rc_rdma_write_bw rc_rdma_read_bw rc_rdma_write_lat rc_rdma_read_lat)
+TESTS=(rc_bw rc_lat rc_rdma_write_bw rc_rdma_read_bw rc_rdma_write_lat rc_rdma_read_lat
+       rc_compare_swap_mr rc_fetch_add_mr)
 port=$(free_port)
 # The qperf server serves clients until it is killed; it is stopped (and reaped) below.
 start_bg qperf.server timeout -k 5 300 "$ECA_RUN" qperf -lp "$port"
@@ -30,6 +32,7 @@ for t in "${TESTS[@]}"; do
   case "$t" in
     *_bw) key=bw ;;
     *_lat) key=latency ;;
+    *_mr) key=msg_rate ;;
   esac
   line=$(awk -v t="$t:" -v k="$key" '
     $0 == t { inside = 1; next }

@@ -198,6 +198,18 @@ std::vector<uint8_t> encode_request(uint32_t msn, const w::AtomicRequest &r) {
   return h;
 }
 
+// A decoded CompareSwap as the verbs operation sends it (all-ones masks).
+void ExpectVerbsCompareSwap(const w::AtomicRequest &d, uint32_t stag, uint64_t to,
+                            uint64_t compare, uint64_t swap) {
+  EXPECT_EQ(d.aopcode, static_cast<uint8_t>(w::AtomicOp::CompareSwap));
+  EXPECT_EQ(d.stag, stag);
+  EXPECT_EQ(d.to, to);
+  EXPECT_EQ(d.add_swap, swap);
+  EXPECT_EQ(d.add_swap_mask, ~0ull);
+  EXPECT_EQ(d.compare, compare);
+  EXPECT_EQ(d.compare_mask, ~0ull);
+}
+
 TEST(Wire, AtomicRequestMatchesRfcBytes) {
   auto fa = w::verbs_fetch_add(0xAABBCCDD, 0x0102030405060708ull, 0x10);
   fa.req_id = 0x11223344;
@@ -207,14 +219,8 @@ TEST(Wire, AtomicRequestMatchesRfcBytes) {
   EXPECT_EQ(encode_request(2, cs), kRfcCompareSwap);
 
   const w::AtomicRequest d = w::get_atomic_request(kRfcCompareSwap.data());
-  EXPECT_EQ(d.aopcode, static_cast<uint8_t>(w::AtomicOp::CompareSwap));
   EXPECT_EQ(d.req_id, 7u);
-  EXPECT_EQ(d.stag, 0x1234u);
-  EXPECT_EQ(d.to, 0x7f0000001008ull);
-  EXPECT_EQ(d.add_swap, 0xDEADBEEF00000001ull);
-  EXPECT_EQ(d.add_swap_mask, ~0ull);
-  EXPECT_EQ(d.compare, 42u);
-  EXPECT_EQ(d.compare_mask, ~0ull);
+  ExpectVerbsCompareSwap(d, 0x1234, 0x7f0000001008ull, 42, 0xDEADBEEF00000001ull);
   // Reserved bits of the AOpCode word are ignored on receipt.
   auto b = kRfcFetchAdd;
   b[20] = 0xFF;
@@ -1019,13 +1025,7 @@ TEST_P(Hostile, OurAtomicRequestAndThePeersAnswers) {
     EXPECT_EQ(w::ld32(f.bytes.data() + w::off::kQn), 1u);
     EXPECT_EQ(w::ld32(f.bytes.data() + w::off::kMsn), 1u);
     const w::AtomicRequest r = w::get_atomic_request(f.bytes.data());
-    EXPECT_EQ(r.aopcode, static_cast<uint8_t>(w::AtomicOp::CompareSwap));
-    EXPECT_EQ(r.stag, 0x2345u);
-    EXPECT_EQ(r.to, 0x1000u);
-    EXPECT_EQ(r.compare, 9u);
-    EXPECT_EQ(r.add_swap, 10u);
-    EXPECT_EQ(r.compare_mask, ~0ull);
-    EXPECT_EQ(r.add_swap_mask, ~0ull);
+    ExpectVerbsCompareSwap(r, 0x2345, 0x1000, 9, 10);
     ibv_wc wc{};
     if (peer_has_atomics) {
       auto h = untagged_hdr(w::Opcode::AtomicResponse, 3, 1, 0, w::kAtomicRespBody);
