@@ -72,7 +72,7 @@ struct Region {
 };
 
 constexpr uint64_t kIovaRecv = 0x10000;   // KEY0: local write (receive buffers, READ sink)
-constexpr uint64_t kIovaWrite = 0x20000;  // KEY1: remote write + remote read
+constexpr uint64_t kIovaWrite = 0x20000;  // KEY1: remote write + remote read + remote atomic
 constexpr uint64_t kIovaRead = 0x30000;   // KEY2: remote read only
 constexpr uint64_t kIovaNone = 0x40000;   // KEY3: no remote access
 
@@ -95,7 +95,9 @@ struct Harness {
     FUZZ_CHECK(pd && cq);
     recv.init(pd, 16384, kIovaRecv, IBV_ACCESS_LOCAL_WRITE, 0x11);
     write.init(pd, 8192, kIovaWrite,
-               IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ, 0x22);
+               IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ |
+                   IBV_ACCESS_REMOTE_ATOMIC,
+               0x22);
     read.init(pd, 4096, kIovaRead, IBV_ACCESS_REMOTE_READ, 0x33);
     none.init(pd, 4096, kIovaNone, 0, 0x44);
   }

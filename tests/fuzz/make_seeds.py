@@ -98,13 +98,38 @@ write("fpdu_rx", "bad-version", c + bytes([0, 18, 0x42, 0x03]) + bytes(16) + byt
 write("fpdu_rx", "large-send", bytes([NOCRC_REV2 | (3 << 2)]) + untagged(SEND, 0, 1, 0, b"L" * 1100))
 write("fpdu_rx", "crc-send", bytes([1 | EXTRA4]) + untagged(SEND, 0, 1, 0, b"c" * 20) + bytes(4))
 write("fpdu_rx", "rev1-send", bytes([2 | EXTRA4]) + untagged(SEND, 0, 1, 0, b"1" * 20))
+# RFC 7306 atomics: Atomic Request on queue 1 (shared with READ requests), Response on 3.
+ATOMIC_REQ, ATOMIC_RESP = 10, 11
+
+
+# These seeds carry the 4-byte CRC field (zero, CRC off) that RFC 5044 keeps in every FPDU:
+# an atomic is acted on once its trailer is in (crc_field appends it).
+def crc_field(f):
+    return f + bytes(4)
+
+
+def atomic_req(msn, aop, req_id, stag, to, data, mask=0, cmp=0, cmask=0):
+    return crc_field(untagged(ATOMIC_REQ, 1, msn, 0, b"", body=struct.pack(">II", aop, req_id) +
+                              stag + struct.pack(">QQQQQ", to, data, mask, cmp, cmask)))
+
+
+ONES = (1 << 64) - 1
+write("fpdu_rx", "atomic-fetch-add", c + atomic_req(1, 0, 1, b"KEY1", 0x20008, 5))
+write("fpdu_rx", "atomic-cmp-swap-then-read",
+      c + atomic_req(1, 2, 7, b"KEY1", 0x20010, 9, ONES, 0x2222222222222222, ONES) +
+      crc_field(untagged(READ_REQ, 1, 2, 0, b"", body=b"\0\0\xab\xcd" +
+                         struct.pack(">QI", 0x9000, 16) + b"KEY1" + struct.pack(">Q", 0x20008))))
+write("fpdu_rx", "atomic-misaligned", c + atomic_req(1, 0, 1, b"KEY1", 0x2000c, 1))
+write("fpdu_rx", "atomic-readonly", c + atomic_req(1, 0, 1, b"KEY2", 0x30000, 1))
+write("fpdu_rx", "atomic-response-unexpected",
+      c + crc_field(untagged(ATOMIC_RESP, 3, 1, 0, b"", body=struct.pack(">IQ", 1, 42))))
 
 # ---- modeled adapter frames: raw Frame images (hwmodel/backend/shm_layout.hpp, 448 octets)
 # type, flags, len, nsge, imm, status, region_gen[8], model_ps, sge[8] {region, len, addr},
 # data[256]. Substitutions (see hw_frame_fuzz.cpp): sge addr 0xeca0eca0xxxxxxxx -> the peer's
 # send buffer + low 16 bits; region / region_gen 0xeca0 -> that buffer's region and generation;
 # imm 0xeca0eca1 / 0xeca0eca2 -> the receiver's remote-writable / local-only MR.
-F_SEND, F_IMM, F_ACK, F_TERM, F_DISC = 1, 2, 3, 4, 5
+F_SEND, F_IMM, F_ACK, F_TERM, F_DISC, F_AREQ, F_ARESP = 1, 2, 3, 4, 5, 6, 7
 SOLICITED, INVALIDATE = 1, 2
 
 
@@ -135,6 +160,13 @@ write("hw_frame", "immediate", hw_frame(F_IMM, imm=0x12345678))
 write("hw_frame", "ack-unexpected", hw_frame(F_ACK))
 write("hw_frame", "terminate", hw_frame(F_TERM, status=10))
 write("hw_frame", "disconnect", hw_frame(F_DISC))
+# AtomicBody: op, rkey, addr, operand, compare, orig (little-endian, as the adapter writes it)
+write("hw_frame", "atomic-request", hw_frame(F_AREQ, length=40,
+      data=struct.pack("<IIQQQQ", 0, 0xECA0ECA1, 0x1000, 1, 0, 0)))
+write("hw_frame", "atomic-request-bad-op", hw_frame(F_AREQ, length=40,
+      data=struct.pack("<IIQQQQ", 9, 0, 0, 0, 0, 0)))
+write("hw_frame", "atomic-response-unexpected", hw_frame(F_ARESP, length=40,
+      data=struct.pack("<IIQQQQ", 0, 0, 0, 0, 0, 7)))
 write("hw_frame", "sends-then-disconnect",
       hw_frame(F_SEND, length=10, data=b"a" * 10) + hw_frame(F_SEND, length=20, data=b"b" * 20) +
       hw_frame(F_DISC))
