@@ -26,6 +26,7 @@ class HwModelBackend final : public Backend {
     std::snprintf(a->fw_ver, sizeof(a->fw_ver), "eca-hw 0.1 model");
     a->vendor_part_id = kPartHwModel;
     a->max_mr = hw::kMaxStags;
+    a->max_mw = hw::kMaxStags;  // windows and MRs share the STag table
   }
 
   void port_attr(const Device &dev, ibv_port_attr *p) const override {
@@ -43,7 +44,7 @@ class HwModelBackend final : public Backend {
 
   int mr_registered(const Mr &mr) override {
     return hw::Adapter::instance().register_mr(mr.ibmr.rkey, mr.pd->ibpd.handle, mr.access,
-                                               mr.iova, mr.addr, mr.length);
+                                               mr.iova, mr.addr, mr.length, mr.window_qpn);
   }
   void mr_deregistered(const Mr &mr) override {
     hw::Adapter::instance().unregister_mr(mr.ibmr.rkey);
