@@ -74,10 +74,12 @@ void rekey_locked(Mw *mw, uint32_t key) {
   mw->entry = std::move(e);
 }
 
+// The window a queued bind names, if it still exists. (ibmw.rkey is the application's to
+// read while we change it on other threads; the index is ours and never changes.)
 Mw *live_window_locked(ibv_mw *m) {
   if (!m) return nullptr;
-  auto it = windows().find(m->rkey >> 8);
   Mw *mw = Mw::from(m);
+  auto it = windows().find(mw->index);
   return it != windows().end() && it->second == mw ? mw : nullptr;
 }
 
@@ -173,7 +175,8 @@ int mw_alloc(Pd *pd, ibv_mw_type type, Mw **out) {
   mw->entry = std::move(e);
   mw->ibmw.rkey = key;
   mw->ibmw.handle = key;
-  windows()[key >> 8] = mw;
+  mw->index = key >> 8;
+  windows()[mw->index] = mw;
   pd->users++;
   *out = mw;
   return 0;
@@ -185,7 +188,7 @@ int mw_dealloc(Mw *mw) {
     std::lock_guard lk(window_mu());
     if (mw->bound) unbind_locked(mw);
     stag_remove(mw->entry->ibmr.rkey);
-    windows().erase(mw->entry->ibmr.rkey >> 8);
+    windows().erase(mw->index);
   }
   mw->pd->users--;
   delete mw;

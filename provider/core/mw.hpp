@@ -30,6 +30,7 @@ namespace eca {
 struct Mw {
   ibv_mw ibmw;  // first
   Pd *pd = nullptr;
+  uint32_t index = 0;  // STag index (rkey >> 8), fixed from allocation to deallocation
   std::shared_ptr<Mr> entry;  // what the window's STag index holds now (window lock)
   bool bound = false;         // entry is a live binding (window lock)
   static Mw *from(ibv_mw *m) { return reinterpret_cast<Mw *>(m); }

@@ -84,6 +84,29 @@ class MemoryWindow : public EcaTest {
     return wc;
   }
 
+  // A window of the server bound over [win, win+len) of an MR over [mem, mem+mem_len).
+  struct Win {
+    ibv_mr *mr = nullptr;
+    ibv_mw *mw = nullptr;
+    uint32_t rkey = 0;
+    bool ok = false;
+  };
+  Win Bound(ibv_mw_type type, uint8_t *mem, size_t mem_len, uint8_t *win, uint64_t len,
+            unsigned access, int mr_access = kMwMr) {
+    Win w;
+    w.mr = Reg(srv_.pd, mem, mem_len, mr_access);
+    w.mw = AllocMw(srv_.pd, type);
+    if (!w.mr || !w.mw) return w;
+    ibv_wc wc = type == IBV_MW_TYPE_1 ? Bind1(srv_.qp, srv_.scq, w.mw, w.mr, win, len, access)
+                                      : Bind2(srv_.qp, srv_.scq, w.mw, w.mr, win, len, access,
+                                              &w.rkey);
+    EXPECT_EQ(wc.status, IBV_WC_SUCCESS) << "bind: " << wc_status_name(wc.status);
+    EXPECT_EQ(wc.opcode, IBV_WC_BIND_MW);
+    if (type == IBV_MW_TYPE_1) w.rkey = w.mw->rkey;
+    w.ok = wc.status == IBV_WC_SUCCESS;
+    return w;
+  }
+
   struct Local {
     uint8_t *d = nullptr;
     ibv_mr *mr = nullptr;
@@ -191,69 +214,57 @@ TEST_P(MemoryWindow, WindowType1Traffic) {
 TEST_P(MemoryWindow, Type1ZeroLengthBindInvalidates) {
   ASSERT_NO_FATAL_FAILURE(Connect());
   Guarded &g = NewGuarded(4096);
-  ibv_mr *mr = Reg(srv_.pd, g.region, g.len, kMwMr);
-  ibv_mw *mw = AllocMw(srv_.pd, IBV_MW_TYPE_1);
-  ASSERT_TRUE(mr && mw);
-  ASSERT_EQ(Bind1(srv_.qp, srv_.scq, mw, mr, g.region, 4096, kRw).status, IBV_WC_SUCCESS);
+  Win w = Bound(IBV_MW_TYPE_1, g.region, g.len, g.region, 4096, kRw);
+  ASSERT_TRUE(w.ok);
   Local src = MakeLocal(cli_.pd, 4096, 0x3C);
-  ASSERT_EQ(Write(mw->rkey, g.region, src, 64).status, IBV_WC_SUCCESS);
-  const uint32_t bound = mw->rkey;
-  ibv_wc wc = Bind1(srv_.qp, srv_.scq, mw, mr, g.region, 0, 0);
+  ASSERT_EQ(Write(w.rkey, g.region, src, 64).status, IBV_WC_SUCCESS);
+  ibv_wc wc = Bind1(srv_.qp, srv_.scq, w.mw, w.mr, g.region, 0, 0);
   ASSERT_EQ(wc.status, IBV_WC_SUCCESS) << wc_status_name(wc.status);
   EXPECT_EQ(wc.opcode, IBV_WC_BIND_MW);
   std::memset(g.region, 0xA5, g.len);
-  ExpectWriteRejected(bound, g.region, 64);
+  ExpectWriteRejected(w.rkey, g.region, 64);
   EXPECT_TRUE(g.region_is(0xA5)) << "data placed through an unbound window";
 }
 
 TEST_P(MemoryWindow, BoundsCheckedAgainstTheWindow) {
   ASSERT_NO_FATAL_FAILURE(Connect());
   Guarded &g = NewGuarded(8192);
-  ibv_mr *mr = Reg(srv_.pd, g.region, g.len, kMwMr);
-  ibv_mw *mw = AllocMw(srv_.pd, IBV_MW_TYPE_1);
-  ASSERT_TRUE(mr && mw);
   uint8_t *win = g.region + 4096;
-  ASSERT_EQ(Bind1(srv_.qp, srv_.scq, mw, mr, win, 1024, kRw).status, IBV_WC_SUCCESS);
+  Win w = Bound(IBV_MW_TYPE_1, g.region, g.len, win, 1024, kRw);
+  ASSERT_TRUE(w.ok);
   // One byte past the window's end, inside the MR.
-  ExpectWriteRejected(mw->rkey, win + 1, 1024);
+  ExpectWriteRejected(w.rkey, win + 1, 1024);
   EXPECT_TRUE(g.region_is(0xA5)) << "a WRITE beyond the window placed data";
   EXPECT_TRUE(g.canary_intact());
   // One byte before its start.
   ASSERT_NO_FATAL_FAILURE(Reconnect());
   Guarded &g2 = NewGuarded(8192);
-  mr = Reg(srv_.pd, g2.region, g2.len, kMwMr);
-  mw = AllocMw(srv_.pd, IBV_MW_TYPE_1);
-  ASSERT_TRUE(mr && mw);
   win = g2.region + 4096;
-  ASSERT_EQ(Bind1(srv_.qp, srv_.scq, mw, mr, win, 1024, kRw).status, IBV_WC_SUCCESS);
-  ExpectWriteRejected(mw->rkey, win - 1, 16);
+  w = Bound(IBV_MW_TYPE_1, g2.region, g2.len, win, 1024, kRw);
+  ASSERT_TRUE(w.ok);
+  ExpectWriteRejected(w.rkey, win - 1, 16);
   EXPECT_TRUE(g2.region_is(0xA5)) << "a WRITE below the window placed data";
 }
 
 TEST_P(MemoryWindow, AccessCheckedAgainstTheWindow) {
   ASSERT_NO_FATAL_FAILURE(Connect());
   Guarded &g = NewGuarded(4096);
-  ibv_mr *mr = Reg(srv_.pd, g.region, g.len, kMwMr | IBV_ACCESS_REMOTE_WRITE);
-  ibv_mw *mw = AllocMw(srv_.pd, IBV_MW_TYPE_1);
-  ASSERT_TRUE(mr && mw);
   // A read-only window over a remotely writable MR: the window's rights decide.
-  ASSERT_EQ(Bind1(srv_.qp, srv_.scq, mw, mr, g.region, 4096, IBV_ACCESS_REMOTE_READ).status,
-            IBV_WC_SUCCESS);
+  Win w = Bound(IBV_MW_TYPE_1, g.region, g.len, g.region, 4096, IBV_ACCESS_REMOTE_READ,
+                kMwMr | IBV_ACCESS_REMOTE_WRITE);
+  ASSERT_TRUE(w.ok);
   Local dst = MakeLocal(cli_.pd, 4096, 0);
-  ASSERT_EQ(Read(mw->rkey, g.region, dst, 128).status, IBV_WC_SUCCESS);
-  ExpectWriteRejected(mw->rkey, g.region, 64);
+  ASSERT_EQ(Read(w.rkey, g.region, dst, 128).status, IBV_WC_SUCCESS);
+  ExpectWriteRejected(w.rkey, g.region, 64);
   EXPECT_TRUE(g.region_is(0xA5)) << "WRITE through a read-only window";
 
   // A write-only window: READ through it fails on the READ itself.
   ASSERT_NO_FATAL_FAILURE(Reconnect());
   Guarded &g2 = NewGuarded(4096);
-  mr = Reg(srv_.pd, g2.region, g2.len, kMwMr);
-  mw = AllocMw(srv_.pd, IBV_MW_TYPE_1);
-  ASSERT_TRUE(mr && mw);
-  ASSERT_EQ(Bind1(srv_.qp, srv_.scq, mw, mr, g2.region, 4096, IBV_ACCESS_REMOTE_WRITE).status,
-            IBV_WC_SUCCESS);
+  w = Bound(IBV_MW_TYPE_1, g2.region, g2.len, g2.region, 4096, IBV_ACCESS_REMOTE_WRITE);
+  ASSERT_TRUE(w.ok);
   Local dst2 = MakeLocal(cli_.pd, 4096, 0);
-  ibv_wc wc = Read(mw->rkey, g2.region, dst2, 128);
+  ibv_wc wc = Read(w.rkey, g2.region, dst2, 128);
   EXPECT_EQ(wc.status, IBV_WC_REM_ACCESS_ERR) << wc_status_name(wc.status);
   EXPECT_TRUE(wait_qp_state(srv_.qp, IBV_QPS_ERR));
 }
@@ -361,13 +372,10 @@ TEST_P(MemoryWindow, BindRefusedAtPostTime) {
 TEST_P(MemoryWindow, Type2BindWriteAndLocalInvalidate) {
   ASSERT_NO_FATAL_FAILURE(Connect());
   Guarded &g = NewGuarded(4096);
-  ibv_mr *mr = Reg(srv_.pd, g.region, g.len, kMwMr);
-  ibv_mw *mw = AllocMw(srv_.pd, IBV_MW_TYPE_2);
-  ASSERT_TRUE(mr && mw);
-  uint32_t rkey = 0;
-  ibv_wc wc = Bind2(srv_.qp, srv_.scq, mw, mr, g.region + 512, 1024, kRw, &rkey);
-  ASSERT_EQ(wc.status, IBV_WC_SUCCESS) << wc_status_name(wc.status);
-  EXPECT_EQ(wc.opcode, IBV_WC_BIND_MW);
+  Win w = Bound(IBV_MW_TYPE_2, g.region, g.len, g.region + 512, 1024, kRw);
+  ASSERT_TRUE(w.ok);
+  const uint32_t rkey = w.rkey;
+  ibv_wc wc;
   Local src = MakeLocal(cli_.pd, 4096);
   fill_pattern(src.d, 1024, 9);
   ASSERT_EQ(Write(rkey, g.region + 512, src, 1024).status, IBV_WC_SUCCESS);
@@ -391,12 +399,10 @@ TEST_P(MemoryWindow, Type2BindWriteAndLocalInvalidate) {
 TEST_P(MemoryWindow, Type2RemoteInvalidate) {
   ASSERT_NO_FATAL_FAILURE(Connect());
   Guarded &g = NewGuarded(4096);
-  ibv_mr *mr = Reg(srv_.pd, g.region, g.len, kMwMr);
-  ibv_mw *mw = AllocMw(srv_.pd, IBV_MW_TYPE_2);
+  Win w = Bound(IBV_MW_TYPE_2, g.region, g.len, g.region, 4096, kRw);
   Local rq = MakeLocal(srv_.pd, 256, 0), src = MakeLocal(cli_.pd, 256, 0x21);
-  ASSERT_TRUE(mr && mw);
-  uint32_t rkey = 0;
-  ASSERT_EQ(Bind2(srv_.qp, srv_.scq, mw, mr, g.region, 4096, kRw, &rkey).status, IBV_WC_SUCCESS);
+  ASSERT_TRUE(w.ok);
+  const uint32_t rkey = w.rkey;
   ASSERT_EQ(Write(rkey, g.region, src, 32).status, IBV_WC_SUCCESS);
   ASSERT_EQ(0, post_recv(srv_.qp, {sge(rq.mr, rq.d, 256)}, 61));
   SendSpec s{IBV_WR_SEND_WITH_INV, {sge(src.mr, src.d, 100)}, IBV_SEND_SIGNALED, 3};
@@ -420,14 +426,12 @@ TEST_P(MemoryWindow, Type2RemoteInvalidate) {
 TEST_P(MemoryWindow, Type1RemoteInvalidateRefused) {
   ASSERT_NO_FATAL_FAILURE(Connect());
   uint8_t *buf = Buf(4096, 0);
-  ibv_mr *mr = Reg(srv_.pd, buf, 4096, kMwMr);
-  ibv_mw *mw = AllocMw(srv_.pd, IBV_MW_TYPE_1);
+  Win w = Bound(IBV_MW_TYPE_1, buf, 4096, buf, 4096, kRw);
   Local rq = MakeLocal(srv_.pd, 256, 0), src = MakeLocal(cli_.pd, 256, 0x21);
-  ASSERT_TRUE(mr && mw);
-  ASSERT_EQ(Bind1(srv_.qp, srv_.scq, mw, mr, buf, 4096, kRw).status, IBV_WC_SUCCESS);
+  ASSERT_TRUE(w.ok);
   ASSERT_EQ(0, post_recv(srv_.qp, {sge(rq.mr, rq.d, 256)}, 62));
   SendSpec s{IBV_WR_SEND_WITH_INV, {sge(src.mr, src.d, 100)}, IBV_SEND_SIGNALED, 4};
-  s.invalidate = mw->rkey;
+  s.invalidate = w.rkey;
   ASSERT_EQ(0, post(cli_.qp, s));
   ibv_wc wc;
   ASSERT_TRUE(poll_one(srv_.rcq, &wc));
@@ -437,7 +441,7 @@ TEST_P(MemoryWindow, Type1RemoteInvalidateRefused) {
   EXPECT_TRUE(wait_qp_state(cli_.qp, IBV_QPS_ERR)) << "the TERMINATE did not reach the sender";
   eca::MrRef ref;
   EXPECT_EQ(eca::AccessError::None,
-            eca::mr_lookup(mw->rkey, eca::Pd::from(srv_.pd), (uint64_t)(uintptr_t)buf, 16,
+            eca::mr_lookup(w.rkey, eca::Pd::from(srv_.pd), (uint64_t)(uintptr_t)buf, 16,
                            IBV_ACCESS_REMOTE_WRITE, &ref, srv_.qp->qp_num))
       << "the window no longer validates";
 }
@@ -445,16 +449,13 @@ TEST_P(MemoryWindow, Type1RemoteInvalidateRefused) {
 TEST_P(MemoryWindow, Type2DeallocInvalidates) {
   ASSERT_NO_FATAL_FAILURE(Connect());
   Guarded &g = NewGuarded(4096);
-  ibv_mr *mr = Reg(srv_.pd, g.region, g.len, kMwMr);
-  ibv_mw *mw = AllocMw(srv_.pd, IBV_MW_TYPE_2);
+  Win w = Bound(IBV_MW_TYPE_2, g.region, g.len, g.region, 4096, kRw);
   Local src = MakeLocal(cli_.pd, 256, 0x21);
-  ASSERT_TRUE(mr && mw);
-  uint32_t rkey = 0;
-  ASSERT_EQ(Bind2(srv_.qp, srv_.scq, mw, mr, g.region, 4096, kRw, &rkey).status, IBV_WC_SUCCESS);
-  ASSERT_EQ(Write(rkey, g.region, src, 32).status, IBV_WC_SUCCESS);
-  Dealloc(mw);
+  ASSERT_TRUE(w.ok);
+  ASSERT_EQ(Write(w.rkey, g.region, src, 32).status, IBV_WC_SUCCESS);
+  Dealloc(w.mw);
   std::memset(g.region, 0xA5, g.len);
-  ExpectWriteRejected(rkey, g.region, 64);
+  ExpectWriteRejected(w.rkey, g.region, 64);
   EXPECT_TRUE(g.region_is(0xA5)) << "data placed through a deallocated window";
 }
 
@@ -462,11 +463,9 @@ TEST_P(MemoryWindow, Type2DeallocInvalidates) {
 TEST_P(MemoryWindow, Type2WindowServesItsQpOnly) {
   ASSERT_NO_FATAL_FAILURE(Connect());
   uint8_t *buf = Buf(4096, 0);
-  ibv_mr *mr = Reg(srv_.pd, buf, 4096, kMwMr);
-  ibv_mw *mw = AllocMw(srv_.pd, IBV_MW_TYPE_2);
-  ASSERT_TRUE(mr && mw);
-  uint32_t rkey = 0;
-  ASSERT_EQ(Bind2(srv_.qp, srv_.scq, mw, mr, buf, 4096, kRw, &rkey).status, IBV_WC_SUCCESS);
+  Win w = Bound(IBV_MW_TYPE_2, buf, 4096, buf, 4096, kRw);
+  ASSERT_TRUE(w.ok);
+  const uint32_t rkey = w.rkey;
   eca::Pd *pd = eca::Pd::from(srv_.pd);
   const uint64_t a = (uint64_t)(uintptr_t)buf;
   eca::MrRef ref;
@@ -486,18 +485,16 @@ TEST_P(MemoryWindow, Type2WindowServesItsQpOnly) {
 TEST_P(MemoryWindow, DeregisterMrWithBoundWindowFails) {
   ASSERT_NO_FATAL_FAILURE(Connect());
   uint8_t *buf = Buf(4096, 0);
-  ibv_mr *mr = Reg(srv_.pd, buf, 4096, kMwMr);
-  ibv_mw *mw = AllocMw(srv_.pd, IBV_MW_TYPE_1);
+  Win w = Bound(IBV_MW_TYPE_1, buf, 4096, buf, 4096, kRw);
   Local src = MakeLocal(cli_.pd, 256, 0x6B);
-  ASSERT_TRUE(mr && mw);
-  ASSERT_EQ(Bind1(srv_.qp, srv_.scq, mw, mr, buf, 4096, kRw).status, IBV_WC_SUCCESS);
-  EXPECT_EQ(EINVAL, ibv_dereg_mr(mr));
-  ASSERT_EQ(Write(mw->rkey, buf + 100, src, 64).status, IBV_WC_SUCCESS);
+  ASSERT_TRUE(w.ok);
+  EXPECT_EQ(EINVAL, ibv_dereg_mr(w.mr));
+  ASSERT_EQ(Write(w.rkey, buf + 100, src, 64).status, IBV_WC_SUCCESS);
   Local dst = MakeLocal(cli_.pd, 64, 0);
-  ASSERT_EQ(Read(mw->rkey, buf + 100, dst, 64).status, IBV_WC_SUCCESS);
+  ASSERT_EQ(Read(w.rkey, buf + 100, dst, 64).status, IBV_WC_SUCCESS);
   EXPECT_EQ(0, memcmp(buf + 100, src.d, 64));
-  ASSERT_EQ(Bind1(srv_.qp, srv_.scq, mw, mr, buf, 0, 0).status, IBV_WC_SUCCESS);
-  Dereg(mr);
+  ASSERT_EQ(Bind1(srv_.qp, srv_.scq, w.mw, w.mr, buf, 0, 0).status, IBV_WC_SUCCESS);
+  Dereg(w.mr);
 }
 
 // The ibv_wr_* builders: bind and local invalidation of a type 2 window on the requester.
