@@ -363,7 +363,7 @@ bool IwarpConn::rx_begin_payload() {
       if (rx_.payload_len == 0) return true;  // zero length: nothing placed, nothing checked
       MrRef ref;
       AccessError e = mr_lookup(ld32(h + off::kStag), qp_.pd, ld64(h + off::kTo),
-                                rx_.payload_len, IBV_ACCESS_REMOTE_WRITE, &ref);
+                                rx_.payload_len, IBV_ACCESS_REMOTE_WRITE, &ref, qp_.qpn);
       if (e != AccessError::None) {
         ECA_QP_LOG(Info, qp_.qpn, "RDMA Write to STag 0x%x TO 0x%llx len %zu rejected (%d)",
                    ld32(h + off::kStag), (unsigned long long)ld64(h + off::kTo), rx_.payload_len,
@@ -468,7 +468,7 @@ bool IwarpConn::rx_begin_payload() {
       const uint64_t src_to = ld64(h + off::kSrcTo);
       if (e.length) {
         AccessError err = mr_lookup(src_stag, qp_.pd, src_to, e.length, IBV_ACCESS_REMOTE_READ,
-                                    &e.src);
+                                    &e.src, qp_.qpn);
         if (err != AccessError::None) {
           ECA_QP_LOG(Info, qp_.qpn, "RDMA Read of STag 0x%x TO 0x%llx len %llu rejected (%d)",
                      src_stag, (unsigned long long)src_to, (unsigned long long)e.length, (int)err);
@@ -598,7 +598,7 @@ bool IwarpConn::rx_segment_done() {
       rx_.have_rqe = false;
       if (rx_.op->invalidate) {
         inv = ld32(rx_.hdr.data() + off::kRsvdUlp);
-        if (!mr_invalidate(inv, qp_.pd)) {
+        if (!mr_invalidate(inv, qp_.pd, qp_.qpn)) {
           qp_.rq_done(rx_.rqe, IBV_WC_REM_INV_REQ_ERR, byte_len, false, 0);
           fail_terminate({TermLayer::Rdmap, kRdmapRemoteOperation, kRdmapCannotInvalidate},
                          IBV_WC_WR_FLUSH_ERR);

@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "provider/core/log.hpp"
+#include "provider/core/mw.hpp"
 #include "transport/crc32c.hpp"
 #include "transport/iwarp_conn.hpp"
 #include "transport/progress.hpp"
@@ -220,6 +221,15 @@ bool IwarpConn::next_message_locked() {
     return true;
   }
   SendWqe *w = blocked_wqe_ ? blocked_wqe_ : qp_.sq_take();
+  // Memory-window binds and invalidations: executed here, in order, with no wire traffic.
+  while (w && mw_is_local_op(w->opcode) && !((w->flags & IBV_SEND_FENCE) && !orq_.empty())) {
+    blocked_wqe_ = nullptr;
+    if (!mw_execute_wqe(qp_, w)) {
+      fail_local_async();
+      return false;
+    }
+    w = qp_.sq_take();
+  }
   if (!w) return false;
   if (uses_orq(w->opcode) && orq_.size() >= std::max<uint16_t>(ord_, 1)) {
     blocked_wqe_ = w;  // resumes when a READ response completes

@@ -38,12 +38,16 @@ class SoftwareBackend final : public Backend {
     a->hw_ver = 0;
     a->max_qp = kMaxQp;
     a->max_qp_wr = kMaxQpWr;
-    a->device_cap_flags = IBV_DEVICE_CURR_QP_STATE_MOD | IBV_DEVICE_PORT_ACTIVE_EVENT;
+    // Memory windows: type 1 and type 2B (a type 2 window serves the QP it was bound through;
+    // provider/core/mw.cpp).
+    a->device_cap_flags = IBV_DEVICE_CURR_QP_STATE_MOD | IBV_DEVICE_PORT_ACTIVE_EVENT |
+                          IBV_DEVICE_MEM_WINDOW | IBV_DEVICE_MEM_WINDOW_TYPE_2B;
     a->max_sge = kMaxSge;
     a->max_sge_rd = kMaxSge;
     a->max_cq = kMaxCq;
     a->max_cqe = kMaxCqe;
     a->max_mr = kMaxMr;
+    a->max_mw = kMaxMr;  // windows and MRs share the STag table
     a->max_pd = kMaxPd;
     a->max_qp_rd_atom = kMaxIrdOrd;
     a->max_qp_init_rd_atom = kMaxIrdOrd;

@@ -355,7 +355,7 @@ void privatize_in_child() {
 //    bytes with process_vm_readv/writev, which see the application's own mapping (a file's
 //    pages, its protection) and fail with EFAULT where the kernel would.
 int Adapter::register_mr(uint32_t key, uint32_t pd, int access, uint64_t iova, void *addr,
-                         uint64_t len) {
+                         uint64_t len, uint32_t qpn) {
   if (!shm_) return ENODEV;
   const uint32_t sidx = (key >> 8) - 1;
   if ((key >> 8) == 0 || sidx >= kMaxStags) return ENOMEM;
@@ -471,6 +471,7 @@ int Adapter::register_mr(uint32_t key, uint32_t pd, int access, uint64_t iova, v
   se.iova = iova;
   se.length = len;
   se.host = (uint64_t)addr;
+  se.qpn = qpn;
   se.key.store(key, std::memory_order_release);
   return 0;
 }

@@ -71,8 +71,10 @@ class Adapter {
   const std::string &ctl_path() const { return ctl_.path(); }
 
   // Memory registration: share the pages of [addr, addr+len) and publish the STag.
+  // A bound memory window registers like an MR over its range; `qpn` != 0 (type 2) limits
+  // remote access to that QP of ours.
   int register_mr(uint32_t key, uint32_t pd, int access, uint64_t iova, void *addr,
-                  uint64_t len);
+                  uint64_t len, uint32_t qpn = 0);
   void unregister_mr(uint32_t key);
   void invalidate_mr(uint32_t key);
   // Our own region lookup, for Send frames that reference our source buffers: the region

@@ -29,6 +29,7 @@ class HwModelBackend final : public Backend {
     // Atomics: executed by the target's adapter with CPU atomics on the target process's
     // memory (hw_atomic.cpp), so the same guarantee as the software transport.
     a->atomic_cap = IBV_ATOMIC_GLOB;
+    a->max_mw = hw::kMaxStags;  // windows and MRs share the STag table
   }
 
   void port_attr(const Device &dev, ibv_port_attr *p) const override {
@@ -46,7 +47,7 @@ class HwModelBackend final : public Backend {
 
   int mr_registered(const Mr &mr) override {
     return hw::Adapter::instance().register_mr(mr.ibmr.rkey, mr.pd->ibpd.handle, mr.access,
-                                               mr.iova, mr.addr, mr.length);
+                                               mr.iova, mr.addr, mr.length, mr.window_qpn);
   }
   void mr_deregistered(const Mr &mr) override {
     hw::Adapter::instance().unregister_mr(mr.ibmr.rkey);

@@ -18,6 +18,7 @@
 
 #include "provider/core/config.hpp"
 #include "provider/core/log.hpp"
+#include "provider/core/mw.hpp"
 #include "provider/core/objects.hpp"
 #include "transport/progress.hpp"
 
@@ -187,6 +188,7 @@ void HwConn::handshake() {
                   ::memchr(in->path, 0, sizeof in->path) == nullptr)
                 return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
               self->peer_pd_ = in->pd;
+              self->peer_qpn_ = in->qpn;
               int link_fd = -1;
               self->peer_ = Adapter::instance().connect_peer(in->path, in->nonce, &link_fd);
               if (!self->peer_) return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
@@ -404,11 +406,12 @@ bool HwConn::remote_copy(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t ne
   if ((rkey >> 8) == 0 || idx >= kMaxStags) return false;
   const StagEntry &e = peer_->shm()->stags[idx];
   if (e.key.load(std::memory_order_acquire) != rkey) return false;
-  const uint32_t pd = e.pd, access = e.access, region = e.region;
+  const uint32_t pd = e.pd, access = e.access, region = e.region, qpn = e.qpn;
   const uint64_t iova = e.iova, length = e.length, host0 = e.host;
   std::atomic_thread_fence(std::memory_order_acquire);
   if (e.key.load(std::memory_order_relaxed) != rkey) return false;  // changed under us
   if (pd != peer_pd_ || (access & need) != need) return false;
+  if (qpn && qpn != peer_qpn_) return false;  // a type 2 window serves its own QP only
   if (addr < iova || len > length || addr - iova > length - len) return false;
   const uint64_t host = host0 + (addr - iova);
   // The shared interior, if any.
@@ -467,6 +470,12 @@ bool HwConn::remote_copy(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t ne
 }
 
 bool HwConn::exec_wqe_locked(SendWqe *w) {
+  if (mw_is_local_op(w->opcode)) {  // memory-window bind / invalidation: no frame
+    if (mw_execute_wqe(qp_, w)) return true;
+    send_terminate_locked(WireError::Ended);
+    fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
+    return true;
+  }
   const uint64_t len = w->total_len;
   const bool is_read = w->opcode == IBV_WR_RDMA_READ;
   const bool is_send = w->opcode == IBV_WR_SEND || w->opcode == IBV_WR_SEND_WITH_INV;
@@ -744,7 +753,7 @@ bool HwConn::handle_frame_locked(const Frame &f) {
       uint32_t inv = 0;
       if (f.flags & kFrameSendInvalidate) {
         inv = f.imm;
-        if (!mr_invalidate(inv, qp_.pd)) {
+        if (!mr_invalidate(inv, qp_.pd, qp_.qpn)) {
           qp_.rq_done(rqe_, IBV_WC_REM_INV_REQ_ERR, f.len, false, 0);
           have_rqe_ = false;
           send_terminate_locked(WireError::Protocol);

@@ -104,6 +104,7 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   std::atomic<uint32_t> asker_pid_{0};       // the peer as proven on our control socket
   std::shared_ptr<PeerAdapter> peer_;
   uint32_t peer_pd_ = 0;
+  uint32_t peer_qpn_ = 0;
   Ring *out_ = nullptr;
   Ring *in_ = nullptr;
   uint64_t out_tail_ = 0;  // producer's private copy of out_->tail

@@ -31,7 +31,8 @@ struct alignas(64) StagEntry {
   uint64_t iova;              // first valid address (the MR's iova)
   uint64_t length;
   uint64_t host;              // owner's virtual address of iova
-  uint8_t pad_[24];
+  uint32_t qpn;               // type 2 memory window: the owner's QP it serves; 0 = any
+  uint8_t pad_[20];
 };
 static_assert(sizeof(StagEntry) == 64);
 

@@ -9,6 +9,7 @@
 
 #include "provider/core/backend.hpp"
 #include "provider/core/log.hpp"
+#include "provider/core/mw.hpp"
 #include "provider/core/objects.hpp"
 #include "provider/core/verbs_ops.hpp"
 
@@ -33,12 +34,20 @@ int op_post_srq_recv(ibv_srq *srq, ibv_recv_wr *wr, ibv_recv_wr **bad) {
   return srq_post(Srq::from(srq), wr, const_cast<const ibv_recv_wr **>(bad));
 }
 
-ibv_mw *op_alloc_mw(ibv_pd *, ibv_mw_type) {
-  errno = EOPNOTSUPP;  // memory windows: not supported (README feature table)
-  return nullptr;
+// Memory windows (mw.cpp).
+ibv_mw *op_alloc_mw(ibv_pd *pd, ibv_mw_type type) {
+  Mw *mw = nullptr;
+  if (int rc = mw_alloc(Pd::from(pd), type, &mw)) {
+    errno = rc;
+    return nullptr;
+  }
+  return &mw->ibmw;
 }
-int op_bind_mw(ibv_qp *, ibv_mw *, ibv_mw_bind *) { return EOPNOTSUPP; }
-int op_dealloc_mw(ibv_mw *) { return EOPNOTSUPP; }
+int op_bind_mw(ibv_qp *qp, ibv_mw *mw, ibv_mw_bind *bind) {
+  if (!qp || !mw || !bind) return EINVAL;
+  return mw_bind_type1(Qp::from(qp), Mw::from(mw), *bind);
+}
+int op_dealloc_mw(ibv_mw *mw) { return mw ? mw_dealloc(Mw::from(mw)) : EINVAL; }
 
 int op_query_port(ibv_context *ctx, uint8_t port, ibv_port_attr *attr, size_t len) {
   ibv_port_attr a;

@@ -123,8 +123,16 @@ struct Mr {
   int access = 0;
   std::atomic<bool> valid{true};  // cleared by a remote SEND with Invalidate
   // Only memory windows and fast-registered MRs may be invalidated remotely (RFC 5040 6.10,
-  // verbs): neither exists yet, so every MR answers a SEND with Invalidate with a TERMINATE.
+  // verbs): registered MRs answer a SEND with Invalidate with a TERMINATE; type 2 windows
+  // (provider/core/mw.cpp) may be invalidated.
   bool invalidatable = false;
+  // Memory windows (provider/core/mw.cpp): a bound window is an STag-table entry of its own
+  // (pd = the window's PD) over part of `parent`'s memory; remote access only. Null for MRs.
+  std::shared_ptr<Mr> parent;
+  uint32_t window_qpn = 0;  // type 2: remote access and invalidation only through this QP
+  // MR: windows bound to it; ibv_dereg_mr fails while any is (IBA 10.6.7.2.6, as rxe).
+  int windows = 0;           // guarded by the window lock (mw.cpp)
+  bool deregistering = false;  // guarded by the window lock: no new binds
   // Accesses in flight (low bits) and "deregistering" (kMrDead), in one word: see MrUse.
   std::atomic<uint32_t> touch{0};
   static Mr *from(ibv_mr *m) { return reinterpret_cast<Mr *>(m); }
@@ -140,8 +148,9 @@ struct MrRef {
   std::shared_ptr<Mr> mr;
   uint8_t *host = nullptr;
 };
+// `qpn`: the QP the access arrives on (remote accesses; a type 2 window checks it).
 AccessError mr_lookup(uint32_t key, const Pd *pd, uint64_t addr, uint64_t len, int need,
-                      MrRef *out);
+                      MrRef *out, uint32_t qpn = 0);
 
 // The memory of MRs may be read or written only while an MrUse holds them: around the access
 // itself (one readv/sendmsg/memcpy/CRC pass), never across waits. An MrRef keeps the Mr object
@@ -172,7 +181,7 @@ AccessError mr_check(uint32_t key, const Pd *pd, uint64_t addr, uint64_t len, in
                      uint8_t **host);
 int mr_register(Pd *pd, void *addr, size_t len, uint64_t iova, int access, Mr **out);
 int mr_deregister(Mr *mr);
-bool mr_invalidate(uint32_t key, const Pd *pd);
+bool mr_invalidate(uint32_t key, const Pd *pd, uint32_t qpn = 0);
 
 // ---------------------------------------------------------------------------------------------
 struct CompChannel {
@@ -244,10 +253,14 @@ struct SendWqe {
   uint64_t total_len = 0;
   uint64_t remote_addr = 0;
   uint32_t rkey = 0;
-  uint32_t invalidate_rkey = 0;
+  uint32_t invalidate_rkey = 0;  // SEND_WITH_INV, LOCAL_INV
   __be32 imm_data = 0;
   uint64_t compare_add = 0;  // atomics: FetchAdd's addend / CmpSwap's compare value
   uint64_t swap = 0;         // CmpSwap's swap value
+  // IBV_WR_BIND_MW / ibv_bind_mw (provider/core/mw.cpp): the window, the MR range it gets,
+  // and (in rkey) its new STag.
+  ibv_mw *mw = nullptr;
+  ibv_mw_bind_info bind{};
   WqeState state = WqeState::Posted;
   ibv_wc_status status = IBV_WC_SUCCESS;
   std::array<Sge, kMaxSge> sge{};

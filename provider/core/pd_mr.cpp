@@ -10,6 +10,7 @@
 #include "provider/core/backend.hpp"
 #include "provider/core/log.hpp"
 #include "provider/core/mem_pin.hpp"
+#include "provider/core/mw.hpp"
 #include "provider/core/objects.hpp"
 
 namespace eca {
@@ -46,6 +47,16 @@ class MrTable {
       free_.push_back(idx);
     }
     return out;
+  }
+
+  // Puts `e` in `key`'s slot (memory windows: same index, new key byte); false if absent.
+  bool replace(uint32_t key, std::shared_ptr<Mr> e) {
+    std::unique_lock lk(mu_);
+    uint32_t idx = (key >> 8) - 1;
+    if ((key >> 8) == 0 || idx >= slots_.size() || !slots_[idx] || slots_[idx]->ibmr.rkey != key)
+      return false;
+    slots_[idx] = std::move(e);
+    return true;
   }
 
   // Validates under the table lock without taking a reference.
@@ -94,7 +105,6 @@ int mr_register(Pd *pd, void *addr, size_t len, uint64_t iova, int access, Mr **
   if ((access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC)) &&
       !(access & IBV_ACCESS_LOCAL_WRITE))
     return EINVAL;
-  if (access & IBV_ACCESS_MW_BIND) return EOPNOTSUPP;  // no memory windows
   // Like the kernel's ib_umem_get(): no empty regions, no wrap-around; then the memory must
   // be pinnable for the access asked (EFAULT otherwise), before any backend sees it.
   if (len == 0) return EINVAL;
@@ -132,6 +142,7 @@ int mr_register(Pd *pd, void *addr, size_t len, uint64_t iova, int access, Mr **
 // MrUse in flight has left (software transport placements, READ responses, transmissions).
 int mr_deregister(Mr *mr) {
   Pd *pd = mr->pd;
+  if (!mw_mr_release(mr)) return EINVAL;  // windows still bound to it (mw.cpp)
   // No new lookups from here; MrRefs in flight keep the object, not the memory. `keep` holds
   // the table's reference until this function is done with the object.
   const std::shared_ptr<Mr> keep = table().remove(mr->ibmr.rkey);
@@ -153,13 +164,17 @@ void touch_release(Mr *m) {
 
 bool MrUse::enter(const MrRef *refs, size_t n) {
   const size_t start = n_;
-  for (size_t i = 0; i < n; i++) {
-    Mr *m = refs[i].mr.get();
-    if (!m) continue;
+  auto hold = [&](Mr *m) {
     if (n_ == held_.size()) std::abort();  // more MRs than one access can name: a bug
     const uint32_t prev = m->touch.fetch_add(1, std::memory_order_acquire);
     held_[n_++] = m;
-    if (prev & kMrDead) {
+    return !(prev & kMrDead);
+  };
+  for (size_t i = 0; i < n; i++) {
+    Mr *m = refs[i].mr.get();
+    if (!m) continue;
+    // A memory window's memory is its parent MR's: that registration is what must hold.
+    if (!hold(m) || (m->parent && !hold(m->parent.get()))) {
       while (n_ > start) touch_release(held_[--n_]);
       return false;
     }
@@ -172,8 +187,16 @@ void MrUse::leave() {
 }
 
 namespace {
-AccessError check(const Mr &m, const Pd *pd, uint64_t addr, uint64_t len, int need) {
+constexpr int kRemoteAccess =
+    IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_ATOMIC;
+
+AccessError check(const Mr &m, const Pd *pd, uint64_t addr, uint64_t len, int need,
+                  uint32_t qpn) {
   if (!m.valid.load(std::memory_order_acquire)) return AccessError::InvalidStag;
+  if (m.parent) {  // a memory window: remote access only; type 2 only through its QP
+    if (!(need & kRemoteAccess)) return AccessError::InvalidStag;
+    if (m.window_qpn && m.window_qpn != qpn) return AccessError::ProtDomain;
+  }
   if (m.pd != pd) return AccessError::ProtDomain;
   if ((m.access & need) != need) return AccessError::Access;
   if (addr < m.iova || len > m.length || addr - m.iova > m.length - len) return AccessError::Bounds;
@@ -185,17 +208,17 @@ AccessError mr_check(uint32_t key, const Pd *pd, uint64_t addr, uint64_t len, in
                      uint8_t **host) {
   return table().with(key, [&](const Mr *m) {
     if (!m) return AccessError::InvalidStag;
-    AccessError e = check(*m, pd, addr, len, need);
+    AccessError e = check(*m, pd, addr, len, need, 0);
     if (e == AccessError::None) *host = m->addr + (addr - m->iova);
     return e;
   });
 }
 
 AccessError mr_lookup(uint32_t key, const Pd *pd, uint64_t addr, uint64_t len, int need,
-                      MrRef *out) {
+                      MrRef *out, uint32_t qpn) {
   auto mr = table().get(key);
   if (!mr) return AccessError::InvalidStag;
-  if (AccessError e = check(*mr, pd, addr, len, need); e != AccessError::None) return e;
+  if (AccessError e = check(*mr, pd, addr, len, need, qpn); e != AccessError::None) return e;
   out->host = mr->addr + (addr - mr->iova);
   out->mr = std::move(mr);
   return AccessError::None;
@@ -207,11 +230,21 @@ namespace eca {
 // RDMAP SEND with Invalidate: the named STag stops being usable for remote access. Only an
 // invalidatable STag of the QP's PD may be named; otherwise nothing changes and the caller
 // answers with a TERMINATE (STag cannot be invalidated).
-bool mr_invalidate(uint32_t key, const Pd *pd) {
+bool mr_invalidate(uint32_t key, const Pd *pd, uint32_t qpn) {
   auto mr = table().get(key);
   if (!mr || mr->pd != pd || !mr->invalidatable) return false;
+  if (mr->parent) return mw_invalidate_remote(key, pd, qpn);
   mr->valid.store(false, std::memory_order_release);
   pd->ctx->dev->backend->mr_invalidated(*mr);
   return true;
 }
+}  // namespace eca
+
+namespace eca {
+int stag_add(std::shared_ptr<Mr> entry, uint32_t *key) { return table().add(std::move(entry), key); }
+bool stag_replace(uint32_t key, std::shared_ptr<Mr> entry) {
+  return table().replace(key, std::move(entry));
+}
+std::shared_ptr<Mr> stag_remove(uint32_t key) { return table().remove(key); }
+std::shared_ptr<Mr> stag_get(uint32_t key) { return table().get(key); }
 }  // namespace eca

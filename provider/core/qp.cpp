@@ -6,6 +6,7 @@
 
 #include "provider/core/backend.hpp"
 #include "provider/core/log.hpp"
+#include "provider/core/mw.hpp"
 #include "provider/core/objects.hpp"
 
 namespace eca {
@@ -22,7 +23,8 @@ std::unordered_map<uint32_t, Qp *> &qps() {
 
 constexpr uint64_t kSupportedSendOps = IBV_QP_EX_WITH_RDMA_WRITE | IBV_QP_EX_WITH_SEND |
                                        IBV_QP_EX_WITH_RDMA_READ | IBV_QP_EX_WITH_SEND_WITH_INV |
-                                       IBV_QP_EX_WITH_RDMA_WRITE_WITH_IMM;
+                                       IBV_QP_EX_WITH_RDMA_WRITE_WITH_IMM |
+                                       IBV_QP_EX_WITH_BIND_MW | IBV_QP_EX_WITH_LOCAL_INV;
 constexpr uint64_t kAtomicSendOps =
     IBV_QP_EX_WITH_ATOMIC_CMP_AND_SWP | IBV_QP_EX_WITH_ATOMIC_FETCH_AND_ADD;
 
@@ -38,8 +40,10 @@ bool opcode_supported(const Qp &qp, ibv_wr_opcode op) {
     case IBV_WR_RDMA_WRITE:
     case IBV_WR_RDMA_WRITE_WITH_IMM:  // RDMA Write + RFC 7306 Immediate Data message
     case IBV_WR_RDMA_READ:
+    case IBV_WR_BIND_MW:    // type 2 windows (mw.cpp)
+    case IBV_WR_LOCAL_INV:  // of a type 2 window's STag
       return true;
-    default:  // send with immediate, memory windows, TSO: not supported
+    default:  // send with immediate, TSO: not supported
       return false;
   }
 }
@@ -69,6 +73,7 @@ ibv_wc_opcode wc_opcode_for(ibv_wr_opcode op) {
     case IBV_WR_ATOMIC_CMP_AND_SWP: return IBV_WC_COMP_SWAP;
     case IBV_WR_ATOMIC_FETCH_AND_ADD: return IBV_WC_FETCH_ADD;
     case IBV_WR_LOCAL_INV: return IBV_WC_LOCAL_INV;
+    case IBV_WR_BIND_MW: return IBV_WC_BIND_MW;
     default: return IBV_WC_SEND;
   }
 }
@@ -224,6 +229,16 @@ int build_wqe(const Qp &qp, const ibv_send_wr &wr, SendWqe *w) {
   w->remote_addr = wr.wr.rdma.remote_addr;
   w->invalidate_rkey = wr.opcode == IBV_WR_SEND_WITH_INV ? wr.invalidate_rkey : 0;
   w->imm_data = wr.opcode == IBV_WR_RDMA_WRITE_WITH_IMM ? wr.imm_data : 0;
+  if (wr.opcode == IBV_WR_LOCAL_INV) w->invalidate_rkey = wr.invalidate_rkey;
+  if (mw_is_local_op(wr.opcode)) {  // no data: the window fields are all (mw.cpp)
+    w->num_sge = 0;
+    w->inline_len = 0;
+    w->total_len = 0;
+    w->mw = nullptr;
+    if (wr.opcode == IBV_WR_LOCAL_INV) return 0;
+    return mw_prepare_bind(const_cast<Qp *>(&qp), wr.bind_mw.mw, wr.bind_mw.rkey,
+                           wr.bind_mw.bind_info, w);
+  }
   uint64_t total = 0;
   for (int i = 0; i < wr.num_sge; i++) total += wr.sg_list[i].length;
   if (total > kMaxMsgSize) return EINVAL;

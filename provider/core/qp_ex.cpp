@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "provider/core/backend.hpp"
+#include "provider/core/mw.hpp"
 #include "provider/core/objects.hpp"
 
 namespace eca {
@@ -118,8 +119,18 @@ void wr_atomic_fetch_add(ibv_qp_ex *x, uint32_t rkey, uint64_t addr, uint64_t ad
     w->compare_add = add;
   }
 }
-void wr_bind_mw(ibv_qp_ex *x, ibv_mw *, uint32_t, const ibv_mw_bind_info *) { unsupported(x); }
-void wr_local_inv(ibv_qp_ex *x, uint32_t) { unsupported(x); }
+void wr_bind_mw(ibv_qp_ex *x, ibv_mw *mw, uint32_t rkey, const ibv_mw_bind_info *info) {
+  SendWqe *w = begin(x, IBV_WR_BIND_MW);
+  if (!w) return;
+  if (!info) {
+    Q(x)->wr_error = EINVAL;
+    return;
+  }
+  if (int rc = mw_prepare_bind(Q(x), mw, rkey, *info, w)) Q(x)->wr_error = rc;
+}
+void wr_local_inv(ibv_qp_ex *x, uint32_t rkey) {
+  if (SendWqe *w = begin(x, IBV_WR_LOCAL_INV)) w->invalidate_rkey = rkey;
+}
 void wr_send_tso(ibv_qp_ex *x, void *, uint16_t, uint16_t) { unsupported(x); }
 void wr_set_ud_addr(ibv_qp_ex *x, ibv_ah *, uint32_t, uint32_t) { unsupported(x); }
 void wr_set_xrc_srqn(ibv_qp_ex *x, uint32_t) { unsupported(x); }

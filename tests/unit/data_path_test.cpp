@@ -278,7 +278,7 @@ TEST_P(DataPath, WriteWithImmediate) {
 }
 
 // Only memory windows and fast-registered MRs may be invalidated by a SEND with Invalidate
-// (RFC 5040 6.10, verbs); neither exists yet. A SEND_INV naming an ordinary MR's STag is
+// (RFC 5040 6.10, verbs; windows: tests/unit/mw_test.cpp). A SEND_INV naming an ordinary MR's STag is
 // answered with the TERMINATE "STag cannot be invalidated", the receive completes in error,
 // both QPs end in ERR, and the MR stays valid.
 TEST_P(DataPath, SendWithInvalidateOfOrdinaryMrTerminates) {

@@ -1058,6 +1058,117 @@ TEST_P(Hostile, OurAtomicRequestAndThePeersAnswers) {
   }
 }
 
+// Memory windows on the wire (provider/core/mw.cpp): the raw peer names the server's windows.
+// Each case ends with the RFC 5040 TERMINATE for the window, as for an MR: an invalidated or
+// deallocated window is an Invalid STag, bounds and rights are the window's, a window of
+// another PD is not associated with the stream, a type 1 window cannot be invalidated.
+TEST_P(Hostile, MemoryWindowTerminates) {
+  constexpr int kRw = IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
+  struct MwCase {
+    const char *name;
+    ibv_mw_type type;
+    bool other_pd;     // window and MR in the connection's other PD
+    unsigned access;   // the window's rights
+    bool invalidate;   // type 2: invalidated locally after the bind
+    int frame;         // 0 WRITE, 1 READ request, 2 SEND with Invalidate
+    uint64_t off;      // where the frame points, from the window's start
+    uint32_t len;
+    int layer, etype, code;
+  };
+  const MwCase cases[] = {
+      {"WRITE through an invalidated window", IBV_MW_TYPE_2, false, kRw, true, 0, 0, 16, 1,
+       w::kDdpTaggedError, w::kDdpTInvalidStag},
+      {"READ through an invalidated window", IBV_MW_TYPE_2, false, kRw, true, 1, 0, 16, 0,
+       w::kRdmapRemoteProtection, w::kRdmapInvalidStag},
+      {"WRITE beyond the window", IBV_MW_TYPE_1, false, kRw, false, 0, 1016, 16, 1,
+       w::kDdpTaggedError, w::kDdpTBaseBounds},
+      {"WRITE to a read-only window", IBV_MW_TYPE_1, false, IBV_ACCESS_REMOTE_READ, false, 0, 0,
+       16, 0, w::kRdmapRemoteProtection, w::kRdmapAccessRights},
+      {"WRITE to a window of another PD", IBV_MW_TYPE_1, true, kRw, false, 0, 0, 16, 1,
+       w::kDdpTaggedError, w::kDdpTStagNotAssoc},
+      {"SEND with Invalidate of a type 1 window", IBV_MW_TYPE_1, false, kRw, false, 2, 0, 8, 0,
+       w::kRdmapRemoteOperation, w::kRdmapCannotInvalidate},
+  };
+  for (const MwCase &mc : cases) {
+    SCOPED_TRACE(mc.name);
+    Conn c;
+    ASSERT_NO_FATAL_FAILURE(Open(c));
+    ASSERT_NO_FATAL_FAILURE(ValidSend(c, 1, "before"));
+    ibv_pd *pd = mc.other_pd ? c.other_pd : c.pd;
+    std::vector<uint8_t> mem(4096, 0xEE);
+    ibv_mr *mr = ibv_reg_mr(pd, mem.data(), mem.size(), IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_MW_BIND);
+    ibv_mw *mw = ibv_alloc_mw(pd, mc.type);
+    ASSERT_TRUE(mr && mw) << strerror(errno);
+    uint8_t *win = mem.data() + 1024;
+    uint32_t rkey = ibv_inc_rkey(mw->rkey);
+    ibv_mw_bind_info info{mr, (uint64_t)(uintptr_t)win, 1024, mc.access};
+    if (mc.type == IBV_MW_TYPE_1) {
+      ibv_mw_bind b{};
+      b.wr_id = 90;
+      b.send_flags = IBV_SEND_SIGNALED;
+      b.bind_info = info;
+      ASSERT_EQ(0, ibv_bind_mw(c.qp(), mw, &b));
+      rkey = mw->rkey;
+    } else {
+      ibv_send_wr wr{}, *bad = nullptr;
+      wr.wr_id = 90;
+      wr.opcode = IBV_WR_BIND_MW;
+      wr.send_flags = IBV_SEND_SIGNALED;
+      wr.bind_mw = {mw, rkey, info};
+      ASSERT_EQ(0, ibv_post_send(c.qp(), &wr, &bad));
+    }
+    ibv_wc wc{};
+    ASSERT_TRUE(poll_one(c.cq, &wc));
+    ASSERT_EQ(wc.status, IBV_WC_SUCCESS) << wc_status_name(wc.status);
+    ASSERT_EQ(wc.opcode, IBV_WC_BIND_MW);
+    if (mc.invalidate) {
+      ibv_send_wr wr{}, *bad = nullptr;
+      wr.wr_id = 91;
+      wr.opcode = IBV_WR_LOCAL_INV;
+      wr.send_flags = IBV_SEND_SIGNALED;
+      wr.invalidate_rkey = rkey;
+      ASSERT_EQ(0, ibv_post_send(c.qp(), &wr, &bad));
+      ASSERT_TRUE(poll_one(c.cq, &wc));
+      ASSERT_EQ(wc.status, IBV_WC_SUCCESS) << wc_status_name(wc.status);
+      ASSERT_EQ(wc.opcode, IBV_WC_LOCAL_INV);
+    }
+    const uint64_t to = (uint64_t)(uintptr_t)win + mc.off;
+    std::vector<uint8_t> bad;
+    if (mc.frame == 0) {
+      bad = fpdu(tagged_hdr(w::Opcode::Write, rkey, to), std::vector<uint8_t>(mc.len, 7), c.crc);
+    } else if (mc.frame == 1) {
+      auto rr = untagged_hdr(w::Opcode::ReadRequest, 1, 1, 0, w::kReadReqBody);
+      w::st32(rr.data() + w::off::kSinkStag, 0x4242);
+      w::st64(rr.data() + w::off::kSinkTo, 0);
+      w::st32(rr.data() + w::off::kReadSize, mc.len);
+      w::st32(rr.data() + w::off::kSrcStag, rkey);
+      w::st64(rr.data() + w::off::kSrcTo, to);
+      bad = fpdu(rr, {}, c.crc);
+    } else {
+      auto h = untagged_hdr(w::Opcode::SendInvalidate, 0, 2, 0);
+      w::st32(h.data() + w::off::kRsvdUlp, rkey);
+      bad = fpdu(h, std::vector<uint8_t>(mc.len, 3), c.crc);
+    }
+    ASSERT_TRUE(send_all(c.fd, bad));
+    int left = 3;
+    if (mc.frame == 2) {  // the SEND consumed a receive, which completes in error
+      ASSERT_TRUE(poll_one(c.cq, &wc));
+      EXPECT_EQ(wc.status, IBV_WC_REM_INV_REQ_ERR) << wc_status_name(wc.status);
+      left = 2;
+    }
+    uint32_t word = ExpectTerminated(c, true, left);
+    w::TermInfo t = w::term_parse(word);
+    EXPECT_EQ((int)t.layer, mc.layer) << "TERMINATE layer";
+    EXPECT_EQ((int)t.etype, mc.etype) << "TERMINATE error type";
+    EXPECT_EQ((int)t.code, mc.code) << "TERMINATE error code";
+    EXPECT_TRUE(std::all_of(mem.begin(), mem.end(), [](uint8_t b) { return b == 0xEE; }))
+        << "a rejected access through a window placed data";
+    EXPECT_EQ(0, ibv_dealloc_mw(mw));
+    EXPECT_EQ(0, ibv_dereg_mr(mr));
+    Close(c);
+  }
+}
+
 // Post-time checks: one 8-byte result buffer.
 TEST_P(Hostile, AtomicWorkRequestsNeedOneEightByteBuffer) {
   Conn c;
@@ -1071,6 +1182,50 @@ TEST_P(Hostile, AtomicWorkRequestsNeedOneEightByteBuffer) {
   wr.num_sge = 0;
   EXPECT_EQ(EINVAL, ibv_post_send(c.qp(), &wr, &bad));
   EXPECT_EQ(qp_state(c.qp()), IBV_QPS_RTS);
+  Close(c);
+}
+
+// A type 2 window invalidated by the peer's SEND with Invalidate: the receive says so
+// (IBV_WC_WITH_INV, invalidated_rkey), the stream goes on, and the STag is dead afterwards.
+TEST_P(Hostile, SendWithInvalidateOfType2Window) {
+  Conn c;
+  ASSERT_NO_FATAL_FAILURE(Open(c));
+  std::vector<uint8_t> mem(4096, 0xEE);
+  ibv_mr *mr = ibv_reg_mr(c.pd, mem.data(), mem.size(), IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_MW_BIND);
+  ibv_mw *mw = ibv_alloc_mw(c.pd, IBV_MW_TYPE_2);
+  ASSERT_TRUE(mr && mw);
+  const uint32_t rkey = ibv_inc_rkey(mw->rkey);
+  ibv_send_wr wr{}, *bad = nullptr;
+  wr.opcode = IBV_WR_BIND_MW;
+  wr.send_flags = IBV_SEND_SIGNALED;
+  wr.bind_mw = {mw, rkey, {mr, (uint64_t)(uintptr_t)mem.data(), 4096, IBV_ACCESS_REMOTE_WRITE}};
+  ASSERT_EQ(0, ibv_post_send(c.qp(), &wr, &bad));
+  ibv_wc wc{};
+  ASSERT_TRUE(poll_one(c.cq, &wc));
+  ASSERT_EQ(wc.status, IBV_WC_SUCCESS) << wc_status_name(wc.status);
+  // A WRITE through it lands.
+  const uint64_t to = (uint64_t)(uintptr_t)mem.data();
+  ASSERT_TRUE(send_all(c.fd, fpdu(tagged_hdr(w::Opcode::Write, rkey, to),
+                                  std::vector<uint8_t>(16, 7), c.crc)));
+  auto h = untagged_hdr(w::Opcode::SendInvalidate, 0, 1, 0);
+  w::st32(h.data() + w::off::kRsvdUlp, rkey);
+  ASSERT_TRUE(send_all(c.fd, fpdu(h, {1, 2, 3, 4}, c.crc)));
+  ASSERT_TRUE(poll_one(c.cq, &wc));
+  EXPECT_EQ(wc.status, IBV_WC_SUCCESS) << wc_status_name(wc.status);
+  EXPECT_TRUE(wc.wc_flags & IBV_WC_WITH_INV);
+  EXPECT_EQ(wc.invalidated_rkey, rkey);
+  EXPECT_EQ(mem[0], 7) << "the WRITE before the invalidation was not placed";
+  EXPECT_EQ(qp_state(c.qp()), IBV_QPS_RTS);
+  // The next WRITE through the STag is an Invalid STag.
+  ASSERT_TRUE(send_all(c.fd, fpdu(tagged_hdr(w::Opcode::Write, rkey, to + 100),
+                                  std::vector<uint8_t>(16, 9), c.crc)));
+  w::TermInfo t = w::term_parse(ExpectTerminated(c, true, 3));
+  EXPECT_EQ((int)t.layer, 1);
+  EXPECT_EQ((int)t.etype, w::kDdpTaggedError);
+  EXPECT_EQ((int)t.code, w::kDdpTInvalidStag);
+  EXPECT_EQ(mem[100], 0xEE) << "data placed through an invalidated window";
+  EXPECT_EQ(0, ibv_dealloc_mw(mw));
+  EXPECT_EQ(0, ibv_dereg_mr(mr));
   Close(c);
 }
 
