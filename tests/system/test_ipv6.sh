@@ -3,14 +3,15 @@
 # rdma_server/rdma_client over ::1; then two namespaces joined by a veth pair that has only
 # IPv6 addresses (ULA fd00::/8 and link-local, created here): the IPv6-only veth is a
 # device whose GIDs list its addresses, and rping (to the ULA, and to the link-local
-# address with its %scope, against a server on the IPv6 wildcard) and ucmatose run across.
+# address with its %scope, against a server on the IPv6 wildcard), ucmatose and rstream
+# (rsockets over AF_INET6) run across. rstream and riostream also run over ::1.
 # perftest 4.5-0.17 and qperf 0.4.11 (Debian 12) resolve the server with AF_INET only
 # (getaddrinfo fails for an IPv6 address before any RDMA call), so they cannot be run over
 # IPv6 unmodified; upstream perftest added --ipv6-addr in 23.07.
 # shellcheck source=tests/system/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_library
-require_program ip rping ucmatose rdma_server rdma_client ibv_devinfo ibv_devices
+require_program ip rping ucmatose rdma_server rdma_client rstream riostream ibv_devinfo ibv_devices
 [[ $(id -u) == 0 ]] || fail "needs root to create network namespaces"
 [[ -n "$(ip -6 -o addr show dev lo scope host)" ]] || fail "lo has no ::1 (IPv6 disabled?)"
 
@@ -56,6 +57,19 @@ ucmatose_pair() {
   log "$name: ucmatose to $saddr: 4 connections complete"
 }
 
+# rstream_pair NAME SERVER_NS CLIENT_NS ADDR [PROGRAM]: 100 verified 64 KiB transfers.
+rstream_pair() {
+  local name=$1 sns=$2 cns=$3 addr=$4 prog=${5:-rstream} port
+  port=$(free_port)
+  run_pair --name "$name" --port "$port" --server-ns "$sns" --client-ns "$cns" --timeout 120 \
+    "$prog" -b "$addr" -p "$port" -S 65536 -C 100 -T v -- \
+    "$prog" -s "$addr" -p "$port" -S 65536 -C 100 -T v
+  assert_contains "$CLIENT_OUT" '^custom +64k +100 +1 ' "$name client"
+  assert_contains "$SERVER_OUT" '^custom +64k +100 +1 ' "$name server"
+  check_clean "$name"
+  log "$name: $prog to $addr: 100 verified transfers of 64 KiB"
+}
+
 # --- loopback ::1
 timeout -k 5 60 "$ECA_RUN" ibv_devinfo -v -d "${DEV_PREFIX}_lo" </dev/null \
   >"$TEST_TMP/devinfo_lo.out" 2>"$TEST_TMP/devinfo_lo.err" ||
@@ -70,6 +84,8 @@ run_pair --name rdma_server_lo --port "$port" --timeout 60 \
 assert_contains "$CLIENT_OUT" '^rdma_client: end 0' "rdma_client"
 assert_contains "$SERVER_OUT" '^rdma_server: end 0' "rdma_server"
 log "rdma_server/rdma_client over ::1"
+rstream_pair rstream_lo "" "" ::1
+rstream_pair riostream_lo "" "" ::1 riostream
 
 # --- two namespaces, IPv6 only
 make_netns_pair --ipv6-only
@@ -96,3 +112,4 @@ assert_contains "$TEST_TMP/devinfo_A.out" "$(gid_re "$ll_a")" "GID of $ll_a on $
 rping_pair rping_ula "$NS_A" "$NS_B" "$IP_A" "$IP_A"
 rping_pair rping_link_local "$NS_A" "$NS_B" :: "$ll_a%$VETH_B"
 ucmatose_pair ucmatose_ula "$NS_A" "$NS_B" "$IP_A" "$IP_A"
+rstream_pair rstream_ula "$NS_A" "$NS_B" "$IP_A"
