@@ -268,6 +268,15 @@ make_netns_pair() {
   fail "veth pair $VETH_A/$VETH_B did not come up within 10s"
 }
 
+# assert_pair_clean WHAT REGEX: no output of the last run_pair (both ends, stdout and
+# stderr) matches the extended REGEX (case-insensitive).
+assert_pair_clean() {
+  local f
+  for f in "$CLIENT_OUT" "$CLIENT_ERR" "$SERVER_OUT" "$SERVER_ERR"; do
+    assert_not_contains "$f" "$2" "$1 $(basename "$f")"
+  done
+}
+
 # assert_contains FILE REGEX [WHAT]: FILE has a line matching the extended REGEX.
 assert_contains() {
   local file=$1 re=$2 what=${3:-}

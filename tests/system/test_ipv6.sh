@@ -16,12 +16,7 @@ require_program ip rping ucmatose rdma_server rdma_client rstream riostream ibv_
 [[ -n "$(ip -6 -o addr show dev lo scope host)" ]] || fail "lo has no ::1 (IPv6 disabled?)"
 
 ERRORS='error|couldn.?t|failed|unable|invalid|mismatch|not supported|unsupported'
-check_clean() {
-  local f
-  for f in "$CLIENT_OUT" "$CLIENT_ERR" "$SERVER_OUT" "$SERVER_ERR"; do
-    assert_not_contains "$f" "$ERRORS" "$1 $(basename "$f")"
-  done
-}
+check_clean() { assert_pair_clean "$1" "$ERRORS"; }
 
 # gid_re ADDR: the ibv_devinfo GID line of an IPv6 address (all eight groups, zero-padded).
 gid_re() {

@@ -452,7 +452,7 @@ TEST(RdmaCmGetAddrInfo, PortSpacesAndQpTypes) {
   }
 }
 
-// Whether an IPv4 interface other than loopback is up (then it serves loopback addresses).
+// Whether an interface other than loopback is up (then it serves loopback addresses).
 bool have_non_loopback_device() {
   int n = 0;
   ibv_device **l = ibv_get_device_list(&n);
@@ -864,8 +864,7 @@ TEST(RdmaCmIpv6, ConnectOverIpv6Loopback) {
 // IPv4 one reports IPv4 addresses, not IPv4-mapped ones (as the kernel's rdma_cm).
 TEST(RdmaCmIpv6, WildcardListenerTakesBothFamilies) {
   ASSERT_TRUE(have_ipv6_loopback()) << "lo has no ::1";
-  sockaddr_in6 any{};
-  any.sin6_family = AF_INET6;
+  sockaddr_in6 any = loopback6();
   any.sin6_addr = in6addr_any;
   Listener l(reinterpret_cast<sockaddr *>(&any));
   ASSERT_EQ(rdma_get_local_addr(l.id)->sa_family, AF_INET6);
@@ -943,8 +942,8 @@ TEST(RdmaCmIpv6, AfOnlyListenerRefusesIpv4) {
   ASSERT_EQ(0, rdma_create_id(ch, &l, nullptr, RDMA_PS_TCP));
   int one = 1;
   ASSERT_EQ(0, rdma_set_option(l, RDMA_OPTION_ID, RDMA_OPTION_ID_AFONLY, &one, sizeof one));
-  sockaddr_in6 any{};
-  any.sin6_family = AF_INET6;
+  sockaddr_in6 any = loopback6();
+  any.sin6_addr = in6addr_any;
   ASSERT_EQ(0, rdma_bind_addr(l, reinterpret_cast<sockaddr *>(&any)));
   ASSERT_EQ(0, rdma_listen(l, 4));
   const uint16_t port = ntohs(rdma_get_src_port(l));

@@ -50,6 +50,17 @@ std::pair<int, int> connect_pair(int l, uint16_t port) {
   return {c, s};
 }
 
+// Receives until n bytes arrived, end of stream or an error; returns the bytes received.
+size_t recv_exactly(int s, char *buf, size_t n) {
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = rrecv(s, buf + got, n - got, 0);
+    if (r <= 0) break;
+    got += size_t(r);
+  }
+  return got;
+}
+
 TEST(Rsocket, DatagramIsNotSupported) {
   errno = 0;
   EXPECT_EQ(-1, rsocket(AF_INET, SOCK_DGRAM, 0));
@@ -100,12 +111,7 @@ TEST(Rsocket, NonblockingRecvWithoutDataIsEagainThenPeerCloseIsEof) {
   ASSERT_EQ(ssize_t(sizeof msg), rsend(c, msg, sizeof msg, 0));
   ASSERT_EQ(0, rclose(c));
   // Data sent before the close is delivered, then end of stream.
-  size_t got = 0;
-  while (got < sizeof msg) {
-    ssize_t r = rrecv(s, buf + got, sizeof buf - got, 0);
-    ASSERT_GT(r, 0) << strerror(errno);
-    got += size_t(r);
-  }
+  ASSERT_EQ(sizeof msg, recv_exactly(s, buf, sizeof msg)) << strerror(errno);
   EXPECT_EQ(0, memcmp(buf, msg, sizeof msg));
   EXPECT_EQ(0, rrecv(s, buf, sizeof buf, 0));
   rclose(s);
@@ -244,12 +250,7 @@ TEST(Rsocket, Ipv6StreamsAndDualStackListener) {
   const char msg[] = "over ::1";
   ASSERT_EQ(ssize_t(sizeof msg), rsend(c6, msg, sizeof msg, 0));
   char buf[64]{};
-  size_t got = 0;
-  while (got < sizeof msg) {
-    ssize_t r = rrecv(s6, buf + got, sizeof buf - got, 0);
-    ASSERT_GT(r, 0) << strerror(errno);
-    got += size_t(r);
-  }
+  ASSERT_EQ(sizeof msg, recv_exactly(s6, buf, sizeof msg)) << strerror(errno);
   EXPECT_EQ(0, memcmp(buf, msg, sizeof msg));
   n = sizeof name;
   ASSERT_EQ(0, rgetpeername(c6, reinterpret_cast<sockaddr *>(&name), &n));
