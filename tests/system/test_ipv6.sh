@@ -25,13 +25,15 @@ gid_re() {
   echo "GID\\[ *[0-9]+\\]:[[:space:]]+$full,"
 }
 
-# rping_pair NAME SERVER_NS CLIENT_NS SERVER_ADDR CLIENT_ADDR: 100 validated iterations.
+# rping_pair NAME SERVER_NS CLIENT_NS SERVER_ADDR CLIENT_ADDR [CLIENT_ARGS...]: 100
+# validated iterations.
 rping_pair() {
   local name=$1 sns=$2 cns=$3 saddr=$4 caddr=$5 port n
+  shift 5
   port=$(free_port)
   run_pair --name "$name" --port "$port" --server-ns "$sns" --client-ns "$cns" --timeout 120 \
     rping -s -a "$saddr" -p "$port" -C 100 -V -S 4096 -- \
-    rping -c -a "$caddr" -p "$port" -C 100 -V -v -S 4096
+    rping -c -a "$caddr" -p "$port" -C 100 -V -v -S 4096 "$@"
   n=$(grep -c '^ping data: ' "$CLIENT_OUT" || true)
   [[ "$n" == 100 ]] || { show_outputs "$name.server" "$name.client"; fail "$name: $n of 100 iterations"; }
   grep -v '^ping data: ' "$CLIENT_OUT" >"$TEST_TMP/$name.client.other" || true
@@ -106,5 +108,9 @@ assert_contains "$TEST_TMP/devinfo_A.out" "$(gid_re "$ll_a")" "GID of $ll_a on $
 
 rping_pair rping_ula "$NS_A" "$NS_B" "$IP_A" "$IP_A"
 rping_pair rping_link_local "$NS_A" "$NS_B" :: "$ll_a%$VETH_B"
+# A link-local destination without a scope id takes the scope of the given source (-I).
+ll_b=$(ip -n "$NS_B" -6 -o addr show dev "$VETH_B" scope link | awk '{ split($4, a, "/"); print a[1]; exit }')
+[[ -n "$ll_b" ]] || fail "$VETH_B has no link-local address"
+rping_pair rping_link_local_src "$NS_A" "$NS_B" "$ll_a%$VETH_A" "$ll_a" -I "$ll_b%$VETH_B"
 ucmatose_pair ucmatose_ula "$NS_A" "$NS_B" "$IP_A" "$IP_A"
 rstream_pair rstream_ula "$NS_A" "$NS_B" "$IP_A"
