@@ -93,7 +93,6 @@ std::vector<Device *> enumerate() {
     for (auto *d : out)  // one device per interface, with all its addresses
       if (d->ifname == p->ifa_name) {
         d->addrs.push_back(addr);
-        if (!d->ipv4 && IN6_IS_ADDR_V4MAPPED(&addr)) std::memcpy(&d->ipv4, addr.s6_addr + 12, 4);
         return;
       }
     auto *d = new Device();
@@ -101,7 +100,6 @@ std::vector<Device *> enumerate() {
     d->ifname = p->ifa_name;
     d->ifindex = if_nametoindex(p->ifa_name);
     d->addrs.push_back(addr);
-    if (IN6_IS_ADDR_V4MAPPED(&addr)) std::memcpy(&d->ipv4, addr.s6_addr + 12, 4);
     d->loopback = (p->ifa_flags & IFF_LOOPBACK) != 0;
     if (auto it = macs.find(d->ifname); it != macs.end()) d->mac = it->second;
     d->netdev_mtu = if_mtu(p->ifa_name);

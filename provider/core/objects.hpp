@@ -69,7 +69,6 @@ struct Device {
   VerbsDeviceAbi vdev;  // must be first
   std::string ifname;
   unsigned ifindex = 0;
-  in_addr_t ipv4 = 0;  // the first IPv4 address (network byte order), 0 if none
   // Every IP address of the interface at enumeration, IPv4 as IPv4-mapped IPv6 (getifaddrs
   // order: IPv4 first). Link-local IPv6 addresses are scoped to `ifindex`.
   std::vector<in6_addr> addrs;
