@@ -268,6 +268,28 @@ make_netns_pair() {
   fail "veth pair $VETH_A/$VETH_B did not come up within 10s"
 }
 
+# plain_tcp_echo HOST PORT: sends a few lines over a kernel TCP connection and prints
+# "echoed" if they come back within 5 s, else "not-echoed" (an rsocket server's port is
+# served by rdma_cm, which drops a peer that does not speak MPA).
+plain_tcp_echo() {
+  "$PYTHON" - "$1" "$2" <<'PY'
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+s.settimeout(5)
+s.sendall(b"plain tcp hello " * 16)
+data = b""
+try:
+    while len(data) < 256:
+        b = s.recv(4096)
+        if not b:
+            break
+        data += b
+except OSError:
+    pass
+print("echoed" if b"plain tcp hello" in data else "not-echoed")
+PY
+}
+
 # assert_pair_clean WHAT REGEX: no output of the last run_pair (both ends, stdout and
 # stderr) matches the extended REGEX (case-insensitive).
 assert_pair_clean() {

@@ -5,14 +5,16 @@
 # device whose GIDs list its addresses, and rping (to the ULA, and to the link-local
 # address with its %scope, against a server on the IPv6 wildcard, and from a scoped
 # source), ucmatose, rstream (rsockets over AF_INET6) and fi_pingpong -6 (libfabric's verbs
-# provider, msg and rdm endpoints) run across. rstream and riostream also run over ::1.
+# provider, msg and rdm endpoints) run across. rstream, riostream and Debian's librspreload.so
+# in an IPv6 socket program (tests/system/rsocket_echo.c) also run over ::1.
 # perftest 4.5-0.17 and qperf 0.4.11 (Debian 12) resolve the server with AF_INET only
 # (getaddrinfo fails for an IPv6 address before any RDMA call), so they cannot be run over
 # IPv6 unmodified; upstream perftest added --ipv6-addr in 23.07.
 # shellcheck source=tests/system/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_library
-require_program ip rping ucmatose rdma_server rdma_client rstream riostream ibv_devinfo ibv_devices
+require_program ip rping ucmatose rdma_server rdma_client rstream riostream ibv_devinfo ibv_devices \
+  fi_pingpong cc
 [[ $(id -u) == 0 ]] || fail "needs root to create network namespaces"
 [[ -n "$(ip -6 -o addr show dev lo scope host)" ]] || fail "lo has no ::1 (IPv6 disabled?)"
 
@@ -84,6 +86,25 @@ assert_contains "$SERVER_OUT" '^rdma_server: end 0' "rdma_server"
 log "rdma_server/rdma_client over ::1"
 rstream_pair rstream_lo "" "" ::1
 rstream_pair riostream_lo "" "" ::1 riostream
+
+# Debian's librspreload.so turns an IPv6 socket program's sockets into rsockets.
+ECHO="$TEST_TMP/rsocket_echo"
+"${CC:-cc}" -O2 -Wall -o "$ECHO" "$ECA_SRC/tests/system/rsocket_echo.c" || fail "cannot build rsocket_echo"
+PRELOAD=/usr/lib/x86_64-linux-gnu/rsocket/librspreload.so
+port=$(free_port)
+start_bg echo6.server timeout -k 5 150 "$ECA_RUN" env LD_PRELOAD="$PRELOAD" "$ECHO" server6 "$port"
+spid=$BG_PID
+wait_port "$port" 20 "" "$spid"
+got=$(plain_tcp_echo ::1 "$port")
+[[ "$got" == not-echoed ]] || fail "a plain TCP client was echoed: the preloaded IPv6 server did not use rsockets"
+start_bg echo6.client timeout -k 5 120 "$ECA_RUN" env LD_PRELOAD="$PRELOAD" "$ECHO" client6 "$port" 3000000
+cpid=$BG_PID
+wait_pid "$cpid" 130; crc=$WAIT_RC
+wait_pid "$spid" 30; src=$WAIT_RC
+[[ "$crc" == 0 && "$src" == 0 ]] || { show_outputs echo6.server echo6.client; fail "preloaded IPv6 echo: client $crc, server $src"; }
+assert_contains "$TEST_TMP/echo6.client.out" '^client verified 3000000 bytes$' "preloaded IPv6 echo client"
+assert_contains "$TEST_TMP/echo6.server.out" '^server echoed 3000000 bytes$' "preloaded IPv6 echo server"
+log "librspreload echo over ::1: 3000000 bytes verified"
 
 # --- two namespaces, IPv6 only
 make_netns_pair --ipv6-only
