@@ -91,20 +91,22 @@ EXPORT int ibv_query_port(ibv_context *ctx, uint8_t port, _compat_ibv_port_attr 
 }
 
 EXPORT int ibv_query_gid(ibv_context *ctx, uint8_t port, int index, ibv_gid *gid) {
-  if (port != 1 || index != 0) return fail_minus1(EINVAL);
-  *gid = Context::from(ctx)->dev->gid();
+  const std::vector<ibv_gid> t = Context::from(ctx)->dev->gids();
+  if (port != 1 || index < 0 || (size_t)index >= t.size()) return fail_minus1(EINVAL);
+  *gid = t[(size_t)index];
   return 0;
 }
 
 EXPORT int _ibv_query_gid_ex(ibv_context *ctx, uint32_t port, uint32_t index,
                              ibv_gid_entry *entry, uint32_t flags, size_t entry_size) {
   if (flags || port != 1) return EINVAL;
-  if (index != 0) return ENODATA;
   if (entry_size < sizeof(ibv_gid_entry)) return EINVAL;
   Device *d = Context::from(ctx)->dev;
+  const std::vector<ibv_gid> t = d->gids();
+  if (index >= t.size()) return ENODATA;
   std::memset(entry, 0, entry_size);
-  entry->gid = d->gid();
-  entry->gid_index = 0;
+  entry->gid = t[index];
+  entry->gid_index = index;
   entry->port_num = 1;
   entry->gid_type = IBV_GID_TYPE_IB;
   entry->ndev_ifindex = d->ifindex;
@@ -114,14 +116,18 @@ EXPORT int _ibv_query_gid_ex(ibv_context *ctx, uint32_t port, uint32_t index,
 EXPORT ssize_t _ibv_query_gid_table(ibv_context *ctx, ibv_gid_entry *entries, size_t max,
                                     uint32_t flags, size_t entry_size) {
   if (flags || entry_size < sizeof(ibv_gid_entry)) return -EINVAL;
-  if (max < 1) return -EINVAL;
-  int rc = _ibv_query_gid_ex(ctx, 1, 0, entries, 0, entry_size);
-  return rc ? -rc : 1;
+  const size_t n = Context::from(ctx)->dev->gids().size();
+  if (max < n) return -EINVAL;
+  for (size_t i = 0; i < n; i++) {
+    auto *e = reinterpret_cast<ibv_gid_entry *>(reinterpret_cast<char *>(entries) + i * entry_size);
+    if (int rc = _ibv_query_gid_ex(ctx, 1, (uint32_t)i, e, 0, entry_size)) return -rc;
+  }
+  return (ssize_t)n;
 }
 
 // IBVERBS_PRIVATE_34, used by ibv_devinfo: iWARP GIDs are of the IB/RoCEv1 sysfs type (0).
-EXPORT int ibv_query_gid_type(ibv_context *, uint8_t port, unsigned int index, int *type) {
-  if (port != 1 || index != 0) return EINVAL;
+EXPORT int ibv_query_gid_type(ibv_context *ctx, uint8_t port, unsigned int index, int *type) {
+  if (port != 1 || index >= Context::from(ctx)->dev->gids().size()) return EINVAL;
   *type = 0;
   return 0;
 }

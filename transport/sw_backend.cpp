@@ -66,7 +66,7 @@ class SoftwareBackend final : public Backend {
     p->state = IBV_PORT_ACTIVE;
     p->max_mtu = IBV_MTU_4096;
     p->active_mtu = mtu_enum(dev.netdev_mtu);
-    p->gid_tbl_len = 1;
+    p->gid_tbl_len = (int)dev.gids().size();
     p->port_cap_flags = IBV_PORT_CM_SUP;
     p->max_msg_sz = (uint32_t)kMaxMsgSize;
     p->pkey_tbl_len = 1;

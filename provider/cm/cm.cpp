@@ -130,7 +130,7 @@ struct Core : std::enable_shared_from_this<Core> {
   bool afonly = false;
   bool reserved = false;
   int backlog = 0;  // listener: pending connection requests allowed (rdma_listen)
-  in_addr_t resv_addr = 0;
+  asio::ip::address resv_addr;  // address of the reservation (and of bfd's family)
   uint16_t resv_port = 0;
 };
 
@@ -251,58 +251,66 @@ void set_device(Id *id, DevEntry *e) {
 // ---------------------------------------------------------------------------------------------
 // Addresses
 
-int to_sin(const sockaddr *a, sockaddr_in *out) {
+// An id's addresses are tcp::endpoints: IPv4, or IPv6 with its scope id. An IPv4-mapped IPv6
+// address is taken as the IPv4 address it maps, on the way in (rdma_bind_addr,
+// rdma_resolve_addr) and on the way out (an IPv4 connection accepted by a dual-stack IPv6
+// listener), as the kernel's rdma_cm reports an IPv4 request to an IPv6 listener.
+
+tcp::endpoint unmapped(const tcp::endpoint &e) {
+  if (e.address().is_v6() && e.address().to_v6().is_v4_mapped())
+    return {asio::ip::make_address_v4(asio::ip::v4_mapped, e.address().to_v6()), e.port()};
+  return e;
+}
+
+// `a` as an endpoint: EINVAL for null, EAFNOSUPPORT for families other than IPv4 and IPv6.
+int to_ep(const sockaddr *a, tcp::endpoint *out) {
   if (!a) return EINVAL;
-  std::memset(out, 0, sizeof *out);
-  out->sin_family = AF_INET;
-  if (a->sa_family == AF_INET) {
-    std::memcpy(out, a, sizeof *out);
-    return 0;
-  }
-  if (a->sa_family == AF_INET6) {
-    sockaddr_in6 s6;
-    std::memcpy(&s6, a, sizeof s6);
-    out->sin_port = s6.sin6_port;
-    if (IN6_IS_ADDR_V4MAPPED(&s6.sin6_addr)) {
-      std::memcpy(&out->sin_addr, &s6.sin6_addr.s6_addr[12], 4);
-      return 0;
-    }
-    if (IN6_IS_ADDR_UNSPECIFIED(&s6.sin6_addr)) return 0;  // :: listens on IPv4 any
-    return EAFNOSUPPORT;
-  }
-  return EINVAL;
+  if (a->sa_family != AF_INET && a->sa_family != AF_INET6) return EAFNOSUPPORT;
+  const size_t n = a->sa_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
+  tcp::endpoint e;
+  std::memcpy(e.data(), a, n);
+  e.resize(n);
+  *out = unmapped(e);
+  return 0;
 }
 
-tcp::endpoint to_ep(const sockaddr_in &s) {
-  return {asio::ip::address_v4(ntohl(s.sin_addr.s_addr)), ntohs(s.sin_port)};
+// The id's source address, if it has one (false: none set yet).
+bool src_ep(const Id *id, tcp::endpoint *out) {
+  return to_ep(reinterpret_cast<const sockaddr *>(&id->id.route.addr.src_storage), out) == 0;
 }
 
-sockaddr_in from_ep(const tcp::endpoint &e) {
-  sockaddr_in s{};
-  s.sin_family = AF_INET;
-  if (e.address().is_v4()) s.sin_addr.s_addr = htonl(e.address().to_v4().to_uint());
-  s.sin_port = htons(e.port());
-  return s;
+void store(sockaddr_storage *dst, const tcp::endpoint &e) {
+  std::memset(dst, 0, sizeof *dst);
+  std::memcpy(dst, e.data(), e.size());
+}
+void set_src(Id *id, const tcp::endpoint &e) { store(&id->id.route.addr.src_storage, e); }
+void set_dst(Id *id, const tcp::endpoint &e) { store(&id->id.route.addr.dst_storage, e); }
+
+tcp protocol_of(const asio::ip::address &a) { return a.is_v6() ? tcp::v6() : tcp::v4(); }
+
+// IP_TOS for IPv4, the traffic class for IPv6 (RDMA_OPTION_ID_TOS); tos < 0: leave it.
+void set_tos(int fd, const tcp &proto, int tos) {
+  if (tos < 0) return;
+  if (proto == tcp::v6())
+    ::setsockopt(fd, IPPROTO_IPV6, IPV6_TCLASS, &tos, sizeof tos);
+  else
+    ::setsockopt(fd, IPPROTO_IP, IP_TOS, &tos, sizeof tos);
 }
 
-void set_src(Id *id, const sockaddr_in &s) {
-  std::memset(&id->id.route.addr.src_storage, 0, sizeof id->id.route.addr.src_storage);
-  std::memcpy(&id->id.route.addr.src_sin, &s, sizeof s);
-}
-void set_dst(Id *id, const sockaddr_in &s) {
-  std::memset(&id->id.route.addr.dst_storage, 0, sizeof id->id.route.addr.dst_storage);
-  std::memcpy(&id->id.route.addr.dst_sin, &s, sizeof s);
+// The device whose interface holds the address of `e` (none: null).
+Device *device_of(const tcp::endpoint &e) {
+  in6_addr a;
+  uint32_t scope;
+  return ip_of(e.data(), &a, &scope) ? device_for_ip(a, scope) : nullptr;
 }
 
-bool is_loopback(in_addr_t a) { return (ntohl(a) >> 24) == 127; }
-
-// The device rdma_cm gives a local address (network order). Loopback addresses are served by
+// The device rdma_cm gives a local address. Loopback addresses (127/8, ::1) are served by
 // the first non-loopback device, and by the loopback device only when it is the only one: the
 // kernel binds a loopback connection to the first device with an active port, and libfabric's
 // verbs provider ignores devices of loopback interfaces for connected endpoints, so a look-up
 // of "localhost" must lead to a device it offers. Every device carries any TCP connection.
-Device *serving_device(in_addr_t a) {
-  if (!is_loopback(a)) return device_for_ipv4(a);
+Device *serving_device(const tcp::endpoint &e) {
+  if (!e.address().is_loopback()) return device_of(e);
   Device *lo = nullptr;
   for (Device *d : devices()) {
     if (!d->loopback) return d;
@@ -311,24 +319,23 @@ Device *serving_device(in_addr_t a) {
   return lo;
 }
 
-// The source address the routing table picks for `dst` (network order).
-int route_source(in_addr_t dst, in_addr_t *src) {
-  int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+// The source address the routing table picks for `dst` (a link-local IPv6 destination needs
+// its scope id, as with connect()).
+int route_source(const tcp::endpoint &dst, asio::ip::address *src) {
+  int fd = ::socket(dst.data()->sa_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return errno;
-  sockaddr_in d{};
-  d.sin_family = AF_INET;
-  d.sin_addr.s_addr = dst;
-  d.sin_port = htons(9);
+  tcp::endpoint d = dst;
+  d.port(9);
   int r = 0;
-  if (::connect(fd, reinterpret_cast<sockaddr *>(&d), sizeof d) < 0) {
+  tcp::endpoint s;
+  socklen_t l = (socklen_t)s.capacity();
+  if (::connect(fd, d.data(), (socklen_t)d.size()) < 0)
     r = errno;
-  } else {
-    sockaddr_in s{};
-    socklen_t l = sizeof s;
-    if (::getsockname(fd, reinterpret_cast<sockaddr *>(&s), &l) < 0)
-      r = errno;
-    else
-      *src = s.sin_addr.s_addr;
+  else if (::getsockname(fd, s.data(), &l) < 0)
+    r = errno;
+  else {
+    s.resize(l);
+    *src = s.address();
   }
   ::close(fd);
   return r;
@@ -338,17 +345,17 @@ int route_source(in_addr_t dst, in_addr_t *src) {
 // both ids set RDMA_OPTION_ID_REUSEADDR, even though our TCP sockets use SO_REUSEADDR so
 // that a restarted server can bind next to TIME_WAIT connections.
 struct Resv {
-  in_addr_t addr;
+  asio::ip::address addr;
   bool reuse;
   Core *core;
 };
 std::multimap<uint16_t, Resv> g_resv;
 
-bool resv_conflict(in_addr_t a, uint16_t port, bool reuse) {
+bool resv_conflict(const asio::ip::address &a, uint16_t port, bool reuse) {
   auto [b, e] = g_resv.equal_range(port);
   for (auto it = b; it != e; ++it) {
     const Resv &r = it->second;
-    if ((r.addr == a || r.addr == INADDR_ANY || a == INADDR_ANY) && !(r.reuse && reuse))
+    if ((r.addr == a || r.addr.is_unspecified() || a.is_unspecified()) && !(r.reuse && reuse))
       return true;
   }
   return false;
@@ -404,40 +411,40 @@ const PortRange &port_range() {
   return r;
 }
 
-// Binds `fd` to want.sin_addr and a free port of the ephemeral range, chosen here rather
+// Binds `fd` to want's address and a free port of the ephemeral range, chosen here rather
 // than by bind() to port 0: the kernel gives bind(0) only half the range and then scans
 // every busy port on each call, so beyond ~14000 bound ids each rdma_resolve_addr took tens
 // of milliseconds of kernel time and 16384 connections never finished setting up. Here a
 // cursor moves through the range and an explicit bind either succeeds or says EADDRINUSE
 // at once. EADDRNOTAVAIL when every port is taken. Progress thread.
-int bind_any_port(int fd, sockaddr_in want) {
+int bind_any_port(int fd, tcp::endpoint want) {
   const PortRange &r = port_range();
   static uint32_t cursor = (uint32_t)std::random_device{}();
   const uint32_t span = (uint32_t)(r.hi - r.lo) + 1;
   for (uint32_t tried = 0; tried < span; tried++) {
     const uint16_t port = (uint16_t)(r.lo + cursor++ % span);
     if (r.is_reserved(port) || g_resv.count(port)) continue;
-    want.sin_port = htons(port);
-    if (::bind(fd, reinterpret_cast<const sockaddr *>(&want), sizeof want) == 0) return 0;
+    want.port(port);
+    if (::bind(fd, want.data(), (socklen_t)want.size()) == 0) return 0;
     if (errno != EADDRINUSE && errno != EACCES) return errno;
   }
   return EADDRNOTAVAIL;
 }
 
-// Opens a TCP socket bound to `want` (port 0: a free ephemeral port) and records the
-// reservation. *got receives the bound address. Running out of descriptors (EMFILE,
+// Opens a TCP socket of want's family bound to `want` (port 0: a free ephemeral port) and
+// records the reservation. An IPv6 socket accepts IPv4 too unless RDMA_OPTION_ID_AFONLY. *got receives the bound address. Running out of descriptors (EMFILE,
 // ENFILE) or ports (EADDRNOTAVAIL) is returned as such: rdma_bind_addr / rdma_resolve_addr
 // fail with that errno.
-int bind_socket(Core &c, const sockaddr_in &want, sockaddr_in *got) {
-  uint16_t port = ntohs(want.sin_port);
-  if (port && resv_conflict(want.sin_addr.s_addr, port, c.reuseaddr)) return EADDRINUSE;
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+int bind_socket(Core &c, const tcp::endpoint &want, tcp::endpoint *got) {
+  uint16_t port = want.port();
+  if (port && resv_conflict(want.address(), port, c.reuseaddr)) return EADDRINUSE;
+  int fd = ::socket(want.data()->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return errno;
-  if (port) {
-    int one = 1;
-    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  }
-  const int be = port ? (::bind(fd, reinterpret_cast<const sockaddr *>(&want), sizeof want) < 0
+  int one = 1;
+  if (port) ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (c.afonly && want.address().is_v6())
+    ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+  const int be = port ? (::bind(fd, want.data(), (socklen_t)want.size()) < 0
                               ? errno
                               : 0)
                        : bind_any_port(fd, want);
@@ -446,16 +453,15 @@ int bind_socket(Core &c, const sockaddr_in &want, sockaddr_in *got) {
     if (be == EADDRNOTAVAIL) ECA_LOG(Warn, "rdma_cm: no free local port left");
     return be;
   }
-  sockaddr_in s{};
-  socklen_t l = sizeof s;
-  ::getsockname(fd, reinterpret_cast<sockaddr *>(&s), &l);
-  s.sin_family = AF_INET;
+  tcp::endpoint s = want;
+  socklen_t l = (socklen_t)s.capacity();
+  if (::getsockname(fd, s.data(), &l) == 0) s.resize(l);
   resv_release(c);
   if (c.bfd >= 0) ::close(c.bfd);
   c.bfd = fd;
   c.reserved = true;
-  c.resv_addr = s.sin_addr.s_addr;
-  c.resv_port = ntohs(s.sin_port);
+  c.resv_addr = s.address();
+  c.resv_port = s.port();
   g_resv.emplace(c.resv_port, Resv{c.resv_addr, c.reuseaddr, &c});
   *got = s;
   return 0;
@@ -670,24 +676,21 @@ void on_initiator_done(const std::shared_ptr<Core> &cp, MpaOutcome o) {
   }
 }
 
-void connect_attempt(const std::shared_ptr<Core> &cp, const sockaddr_in &dst, MpaParams p,
+void connect_attempt(const std::shared_ptr<Core> &cp, const tcp::endpoint &dst, MpaParams p,
                      std::chrono::steady_clock::time_point first, unsigned attempt);
 
-void start_connect(const std::shared_ptr<Core> &cp, const sockaddr_in &dst, MpaParams p) {
+void start_connect(const std::shared_ptr<Core> &cp, const tcp::endpoint &dst, MpaParams p) {
   Core &c = *cp;
   boost::system::error_code ec;
   c.sock.emplace(io());
   if (c.bfd >= 0) {
-    c.sock->assign(tcp::v4(), c.bfd, ec);
+    c.sock->assign(protocol_of(c.resv_addr), c.bfd, ec);
     c.bfd = -1;
   } else {
-    c.sock->open(tcp::v4(), ec);
+    c.sock->open(dst.protocol(), ec);
   }
   if (ec) return fail_conn(c, RDMA_CM_EVENT_UNREACHABLE, ec.value() > 0 ? ec.value() : EIO);
-  if (c.tos >= 0) {
-    int tos = c.tos;
-    ::setsockopt(c.sock->native_handle(), IPPROTO_IP, IP_TOS, &tos, sizeof tos);
-  }
+  set_tos(c.sock->native_handle(), dst.protocol(), c.tos);
   c.timed_out = false;
   c.timer = std::make_unique<asio::steady_timer>(io());
   c.timer->expires_after(transport::mpa_timeout());
@@ -712,10 +715,10 @@ std::chrono::milliseconds refused_backoff(unsigned attempt) {
                       : std::chrono::milliseconds(1u << std::min(attempt - 1, 8u));
 }
 
-void connect_attempt(const std::shared_ptr<Core> &cp, const sockaddr_in &dst, MpaParams p,
+void connect_attempt(const std::shared_ptr<Core> &cp, const tcp::endpoint &dst, MpaParams p,
                      std::chrono::steady_clock::time_point first, unsigned attempt) {
   Core &c = *cp;
-  c.sock->async_connect(to_ep(dst), [cp, dst, p = std::move(p), first, attempt](
+  c.sock->async_connect(dst, [cp, dst, p = std::move(p), first, attempt](
                                         const boost::system::error_code &e) mutable {
     Core &c = *cp;
     if (!c.owner || c.st != St::Connecting || !c.sock) return;
@@ -726,16 +729,13 @@ void connect_attempt(const std::shared_ptr<Core> &cp, const sockaddr_in &dst, Mp
       boost::system::error_code ig;
       const tcp::endpoint local = c.sock->local_endpoint(ig);
       c.sock.emplace(io());
-      c.sock->open(tcp::v4(), ig);
+      c.sock->open(dst.protocol(), ig);
       c.sock->set_option(asio::socket_base::reuse_address(true), ig);
       if (!ig) {
         c.sock->bind(local, ig);
         if (ig) c.sock->bind(tcp::endpoint(local.address(), 0), ig);
       }
-      if (c.tos >= 0) {
-        int tos = c.tos;
-        ::setsockopt(c.sock->native_handle(), IPPROTO_IP, IP_TOS, &tos, sizeof tos);
-      }
+      set_tos(c.sock->native_handle(), dst.protocol(), c.tos);
       auto t = std::make_shared<asio::steady_timer>(io(), refused_backoff(attempt));
       t->async_wait([cp, dst, p = std::move(p), first, attempt,
                      t](const boost::system::error_code &) mutable {
@@ -756,7 +756,7 @@ void connect_attempt(const std::shared_ptr<Core> &cp, const sockaddr_in &dst, Mp
     }
     boost::system::error_code ig;
     auto le = c.sock->local_endpoint(ig);
-    if (!ig) set_src(c.owner, from_ep(le));
+    if (!ig) set_src(c.owner, unmapped(le));
     c.mpa = MpaSession::create(std::move(*c.sock));
     c.sock.reset();
     c.mpa->start_initiator(p, [cp](MpaOutcome o) { on_initiator_done(cp, o); });
@@ -808,12 +808,12 @@ void new_request(const std::shared_ptr<Core> &L, const std::shared_ptr<MpaSessio
   boost::system::error_code ec;
   auto le = s->socket().local_endpoint(ec);
   auto re = s->socket().remote_endpoint(ec);
-  sockaddr_in ls = from_ep(le), rs = from_ep(re);
+  const tcp::endpoint ls = unmapped(le), rs = unmapped(re);
   set_src(cid, ls);
   set_dst(cid, rs);
-  Device *d = serving_device(ls.sin_addr.s_addr);
+  Device *d = serving_device(ls);
   if (!d)
-    ECA_LOG(Warn, "rdma_cm: no device for local address %s", inet_ntoa(ls.sin_addr));
+    ECA_LOG(Warn, "rdma_cm: no device for local address %s", ls.address().to_string().c_str());
   set_device(cid, dev_entry(d));
   const mpa::Frame &req = s->peer();
   if (req.rev == 2) {
@@ -1179,22 +1179,26 @@ int migrate_id(rdma_cm_id *cid, rdma_event_channel *ch) {
 int bind_addr(rdma_cm_id *cid, const sockaddr *addr) {
   Id *id = Id::live(cid);
   if (!id) return EINVAL;
-  sockaddr_in sin;
-  if (int r = to_sin(addr, &sin)) return r;
+  tcp::endpoint ep;
+  if (int r = to_ep(addr, &ep)) return r;
   // As the kernel (cma_any_addr): the wildcard and loopback addresses bind no device; a
   // connection made or accepted on the id later takes one.
   DevEntry *de = nullptr;
-  if (sin.sin_addr.s_addr != INADDR_ANY && !is_loopback(sin.sin_addr.s_addr)) {
-    Device *d = device_for_ipv4(sin.sin_addr.s_addr);
-    if (!d) return EADDRNOTAVAIL;
+  if (!ep.address().is_unspecified() && !ep.address().is_loopback()) {
+    Device *d = device_of(ep);
+    if (!d) {
+      ECA_LOG(Info, "rdma_bind_addr: no device has the address %s",
+              ep.address().to_string().c_str());
+      return EADDRNOTAVAIL;
+    }
     de = dev_entry(d);
     if (!de) return ENODEV;
   }
   return run([&] {
     Core &c = *id->core;
     if (c.st != St::Idle) return EINVAL;
-    sockaddr_in got{};
-    if (int r = bind_socket(c, sin, &got)) return r;
+    tcp::endpoint got;
+    if (int r = bind_socket(c, ep, &got)) return r;
     set_src(id, got);
     set_device(id, de);
     c.st = St::Bound;
@@ -1205,49 +1209,59 @@ int bind_addr(rdma_cm_id *cid, const sockaddr *addr) {
 int resolve_addr(rdma_cm_id *cid, const sockaddr *src, const sockaddr *dst, int /*timeout_ms*/) {
   Id *id = Id::live(cid);
   if (!id) return EINVAL;
-  sockaddr_in dsin, ssin{};
-  if (int r = to_sin(dst, &dsin)) return r;
+  tcp::endpoint dep, sep;
+  if (int r = to_ep(dst, &dep)) return r;
   bool have_src = false;
   if (src && src->sa_family != AF_UNSPEC) {
-    if (int r = to_sin(src, &ssin)) return r;
+    if (int r = to_ep(src, &sep)) return r;
     have_src = true;
   }
+  // As the kernel: the source (given or bound) must be of the destination's family; a
+  // link-local destination without a scope id takes the given source's.
+  tcp::endpoint bound;
+  const bool is_bound = src_ep(id, &bound);
+  if ((have_src && sep.protocol() != dep.protocol()) ||
+      (is_bound && bound.protocol() != dep.protocol()))
+    return EINVAL;
+  if (have_src && dep.address().is_v6() && sep.address().is_v6()) {
+    auto d6 = dep.address().to_v6();
+    if (d6.is_link_local() && !d6.scope_id()) {
+      d6.scope_id(sep.address().to_v6().scope_id());
+      dep.address(d6);
+    }
+  }
   // Choose the source address (and so the device) the way the kernel routes.
-  in_addr_t srcip = INADDR_ANY;
+  asio::ip::address srcip = dep.address().is_v6() ? asio::ip::address(asio::ip::address_v6())
+                                                  : asio::ip::address(asio::ip::address_v4());
   int aerr = 0;
-  const sockaddr_in &bound = id->id.route.addr.src_sin;
-  if (have_src && ssin.sin_addr.s_addr != INADDR_ANY)
-    srcip = ssin.sin_addr.s_addr;
-  else if (bound.sin_family == AF_INET && bound.sin_addr.s_addr != INADDR_ANY)
-    srcip = bound.sin_addr.s_addr;
+  if (have_src && !sep.address().is_unspecified())
+    srcip = sep.address();
+  else if (is_bound && !bound.address().is_unspecified())
+    srcip = bound.address();
   else
-    aerr = route_source(dsin.sin_addr.s_addr, &srcip);
+    aerr = route_source(dep, &srcip);
   DevEntry *de = nullptr;
   if (!aerr) {
-    Device *d = serving_device(srcip);
+    Device *d = serving_device(tcp::endpoint(srcip, 0));
     de = d ? dev_entry(d) : nullptr;
     if (!de) aerr = have_src ? EADDRNOTAVAIL : ENODEV;
   }
   int r = run([&] {
     Core &c = *id->core;
     if (c.st != St::Idle && c.st != St::Bound && c.st != St::AddrResolved) return EINVAL;
-    set_dst(id, dsin);
+    set_dst(id, dep);
     if (aerr) {
-      ECA_LOG(Info, "rdma_resolve_addr: %s unreachable: %s", inet_ntoa(dsin.sin_addr),
-              strerror(aerr));
+      ECA_LOG(Info, "rdma_resolve_addr: %s unreachable: %s",
+              dep.address().to_string().c_str(), strerror(aerr));
       push_simple(c, RDMA_CM_EVENT_ADDR_ERROR, -aerr);
       return 0;
     }
-    sockaddr_in s{};
+    tcp::endpoint s;
     if (c.st == St::Idle) {
-      sockaddr_in want{};
-      want.sin_family = AF_INET;
-      want.sin_addr.s_addr = srcip;
-      want.sin_port = have_src ? ssin.sin_port : 0;
-      if (int e = bind_socket(c, want, &s)) return e;
+      if (int e = bind_socket(c, tcp::endpoint(srcip, have_src ? sep.port() : 0), &s)) return e;
     } else {
-      s = id->id.route.addr.src_sin;
-      s.sin_addr.s_addr = srcip;
+      src_ep(id, &s);
+      s.address(srcip);
     }
     set_src(id, s);
     set_device(id, de);
@@ -1277,23 +1291,22 @@ int listen(rdma_cm_id *cid, int backlog) {
   Id *id = Id::live(cid);
   if (!id) return EINVAL;
   // Open every device's context now, so requests arriving on a wildcard listener find them.
-  const sockaddr_in &b = id->id.route.addr.src_sin;
-  if (b.sin_family != AF_INET || b.sin_addr.s_addr == INADDR_ANY)
+  tcp::endpoint b;
+  if (!src_ep(id, &b) || b.address().is_unspecified())
     for (Device *d : devices()) dev_entry(d);
   return run([&] {
     Core &c = *id->core;
     if (c.st == St::Listen) return 0;
     if (c.st == St::Idle) {
-      sockaddr_in any{}, got{};
-      any.sin_family = AF_INET;
-      if (int r = bind_socket(c, any, &got)) return r;
+      tcp::endpoint got;  // as the kernel: an unbound id listens on the IPv4 wildcard
+      if (int r = bind_socket(c, tcp::endpoint(tcp::v4(), 0), &got)) return r;
       set_src(id, got);
       c.st = St::Bound;
     }
     if (c.st != St::Bound || c.bfd < 0) return EINVAL;
     auto acc = std::make_unique<tcp::acceptor>(io());
     boost::system::error_code ec;
-    acc->assign(tcp::v4(), c.bfd, ec);
+    acc->assign(protocol_of(c.resv_addr), c.bfd, ec);
     if (ec) return ec.value() > 0 ? ec.value() : EIO;
     c.bfd = -1;
     // As the kernel's rdma_ucm: 0 or less, or more than max_backlog (1024), means 1024.
@@ -1358,7 +1371,9 @@ int connect(rdma_cm_id *cid, const rdma_conn_param *param) {
     c.qp_num = param ? param->qp_num : 0;
     c.st = St::Connecting;
     c.disc_delivered = false;
-    start_connect(id->core, id->id.route.addr.dst_sin, std::move(p));
+    tcp::endpoint dst;
+    to_ep(&id->id.route.addr.dst_addr, &dst);
+    start_connect(id->core, dst, std::move(p));
     return 0;
   });
   if (r) return r;
@@ -1605,8 +1620,9 @@ void set_pd_allocator(ibv_pd *(*alloc)(ibv_context *)) {
 //    copy of the hints' (libfabric's verbs provider builds its look-ups this way).
 //  - either way, a result without a source address takes the hints' ai_src_addr.
 //  - no node, no service and no hints: EINVAL.
-// Deviations, because the devices are IPv4 only: with no family required, the first IPv4
-// result is preferred over an earlier IPv6 one; AF_IB addresses (RAI_FAMILY + AF_IB +
+// Deviations: with no family required, the first IPv4 result is preferred over an earlier
+// IPv6 one (a name like "localhost" keeps meaning what it meant before the devices served
+// IPv6; ask for AF_INET6 or pass an IPv6 literal for IPv6); AF_IB addresses (RAI_FAMILY + AF_IB +
 // RAI_NUMERICHOST) are refused with EAI_FAMILY. Route resolution through ibacm does not exist.
 
 namespace {

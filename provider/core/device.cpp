@@ -1,5 +1,6 @@
-// Device enumeration: one device of the configured backend per IPv4 interface that is up,
-// named "<backend prefix>_<interface>" the way siw names its devices ("siw_lo", "siw_eth0").
+// Device enumeration: one device of the configured backend per interface that is up and has
+// an IPv4 or IPv6 address, named "<backend prefix>_<interface>" the way siw names its devices
+// ("siw_lo", "siw_eth0").
 #include <arpa/inet.h>
 #include <ifaddrs.h>
 #include <linux/if_packet.h>
@@ -36,20 +37,38 @@ uint32_t if_mtu(const char *ifname) {
   return mtu;
 }
 
-uint64_t make_guid(const std::array<uint8_t, 6> &mac, in_addr_t ip) {
+bool zero_mac(const std::array<uint8_t, 6> &mac) {
+  for (auto b : mac)
+    if (b) return false;
+  return true;
+}
+
+uint64_t make_guid(const std::array<uint8_t, 6> &mac, const in6_addr &ip) {
   uint8_t g[8];
-  bool zero_mac = true;
-  for (auto b : mac) zero_mac = zero_mac && b == 0;
-  if (!zero_mac) {  // EUI-64 from the MAC
+  if (!zero_mac(mac)) {  // EUI-64 from the MAC
     g[0] = mac[0] ^ 0x02; g[1] = mac[1]; g[2] = mac[2]; g[3] = 0xff;
     g[4] = 0xfe; g[5] = mac[3]; g[6] = mac[4]; g[7] = mac[5];
-  } else {  // no MAC (loopback): locally administered, from the address
-    std::memcpy(g + 4, &ip, 4);
+  } else {  // no MAC (loopback): locally administered, from the low 4 address bytes
+    std::memcpy(g + 4, ip.s6_addr + 12, 4);
     g[0] = 0x02; g[1] = 'E'; g[2] = 'C'; g[3] = 'A';
   }
   uint64_t v;
   std::memcpy(&v, g, 8);
   return v;  // byte order as on the wire = network order
+}
+
+bool is_loopback(const in6_addr &a) {
+  return IN6_IS_ADDR_LOOPBACK(&a) || (IN6_IS_ADDR_V4MAPPED(&a) && a.s6_addr[12] == 127);
+}
+
+// getifaddrs() walked over its IP addresses: f(entry, address) for each AF_INET/AF_INET6 one.
+template <typename F>
+void for_each_ip(ifaddrs *ifa, F &&f) {
+  for (ifaddrs *p = ifa; p; p = p->ifa_next) {
+    in6_addr a;
+    uint32_t scope;
+    if (p->ifa_addr && ip_of(p->ifa_addr, &a, &scope)) f(p, a);
+  }
 }
 
 std::vector<Device *> enumerate() {
@@ -69,21 +88,22 @@ std::vector<Device *> enumerate() {
     }
   }
   Backend &be = backend(config().backend);
-  for (ifaddrs *p = ifa; p; p = p->ifa_next) {
-    if (!p->ifa_addr || p->ifa_addr->sa_family != AF_INET) continue;
-    if (!(p->ifa_flags & IFF_UP)) continue;
-    bool dup = false;  // one device per interface, even with several addresses
-    for (auto *d : out) dup = dup || d->ifname == p->ifa_name;
-    if (dup) continue;
+  for_each_ip(ifa, [&](ifaddrs *p, const in6_addr &addr) {
+    if (!(p->ifa_flags & IFF_UP)) return;
+    for (auto *d : out)  // one device per interface, with all its addresses
+      if (d->ifname == p->ifa_name) {
+        d->addrs.push_back(addr);
+        return;
+      }
     auto *d = new Device();
     std::memset(&d->vdev, 0, sizeof(d->vdev));
     d->ifname = p->ifa_name;
     d->ifindex = if_nametoindex(p->ifa_name);
-    d->ipv4 = reinterpret_cast<sockaddr_in *>(p->ifa_addr)->sin_addr.s_addr;
+    d->addrs.push_back(addr);
     d->loopback = (p->ifa_flags & IFF_LOOPBACK) != 0;
     if (auto it = macs.find(d->ifname); it != macs.end()) d->mac = it->second;
     d->netdev_mtu = if_mtu(p->ifa_name);
-    d->guid = make_guid(d->mac, d->ipv4);
+    d->guid = make_guid(d->mac, addr);
     d->backend = &be;
     ibv_device &dev = d->vdev.device;
     dev.node_type = IBV_NODE_RNIC;
@@ -97,24 +117,50 @@ std::vector<Device *> enumerate() {
     d->vdev.refcount = 1;
     out.push_back(d);
     ECA_LOG(Info, "device %s on %s", dev.name, p->ifa_name);
-  }
+  });
   ::freeifaddrs(ifa);
   return out;
 }
 
 }  // namespace
 
-ibv_gid Device::gid() const {
-  ibv_gid g{};
-  bool zero_mac = true;
-  for (auto b : mac) zero_mac = zero_mac && b == 0;
-  if (!zero_mac) {
-    std::memcpy(g.raw, mac.data(), 6);  // iWARP GID: the MAC, zero padded (as siw)
-  } else {
-    g.raw[10] = 0xff; g.raw[11] = 0xff;  // IPv4-mapped address for interfaces without a MAC
-    std::memcpy(g.raw + 12, &ipv4, 4);
+// GIDs do not address anything on iWARP (rdma_cm connects by IP address); siw reports one,
+// the MAC zero-padded. Index 0 is that GID, so programs reading GID 0 see what they see on
+// siw; the IP addresses follow as GIDs, the way RoCE lists them, so that the table names every
+// address the device serves.
+std::vector<ibv_gid> Device::gids() const {
+  std::vector<ibv_gid> t;
+  if (!zero_mac(mac)) {
+    ibv_gid g{};
+    std::memcpy(g.raw, mac.data(), 6);
+    t.push_back(g);
   }
-  return g;
+  for (const in6_addr &a : addrs) {
+    ibv_gid g{};
+    std::memcpy(g.raw, a.s6_addr, 16);
+    t.push_back(g);
+  }
+  return t;
+}
+
+bool ip_of(const sockaddr *a, in6_addr *out, uint32_t *scope) {
+  *scope = 0;
+  if (a->sa_family == AF_INET) {
+    sockaddr_in s;
+    std::memcpy(&s, a, sizeof s);
+    std::memset(out, 0, sizeof *out);
+    out->s6_addr[10] = out->s6_addr[11] = 0xff;
+    std::memcpy(out->s6_addr + 12, &s.sin_addr, 4);
+    return true;
+  }
+  if (a->sa_family == AF_INET6) {
+    sockaddr_in6 s;
+    std::memcpy(&s, a, sizeof s);
+    *out = s.sin6_addr;
+    *scope = s.sin6_scope_id;
+    return true;
+  }
+  return false;
 }
 
 const std::vector<Device *> &devices() {
@@ -122,24 +168,26 @@ const std::vector<Device *> &devices() {
   return list;
 }
 
-Device *device_for_ipv4(in_addr_t addr) {
+Device *device_for_ip(const in6_addr &addr, uint32_t scope) {
   const auto &list = devices();
+  const bool link_local = IN6_IS_ADDR_LINKLOCAL(&addr);
+  auto on = [&](const Device *d) { return !link_local || !scope || d->ifindex == scope; };
   for (auto *d : list)
-    if (d->ipv4 == addr) return d;
-  // Any 127/8 address is served by the loopback interface.
-  if ((ntohl(addr) >> 24) == 127)
+    for (const in6_addr &a : d->addrs)
+      if (IN6_ARE_ADDR_EQUAL(&a, &addr) && on(d)) return d;
+  // Any 127/8 address (and ::1) is served by the loopback interface.
+  if (is_loopback(addr))
     for (auto *d : list)
       if (d->loopback) return d;
-  // A secondary address of an interface: ask the kernel which interface holds it.
+  // An address added since enumeration: ask the kernel which interface holds it.
   ifaddrs *ifa = nullptr;
   Device *found = nullptr;
   if (::getifaddrs(&ifa) == 0) {
-    for (ifaddrs *p = ifa; p && !found; p = p->ifa_next) {
-      if (!p->ifa_addr || p->ifa_addr->sa_family != AF_INET) continue;
-      if (reinterpret_cast<sockaddr_in *>(p->ifa_addr)->sin_addr.s_addr != addr) continue;
+    for_each_ip(ifa, [&](ifaddrs *p, const in6_addr &a) {
+      if (found || !IN6_ARE_ADDR_EQUAL(&a, &addr)) return;
       for (auto *d : list)
-        if (d->ifname == p->ifa_name) found = d;
-    }
+        if (d->ifname == p->ifa_name && on(d)) found = d;
+    });
     ::freeifaddrs(ifa);
   }
   return found;

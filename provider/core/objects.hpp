@@ -69,7 +69,9 @@ struct Device {
   VerbsDeviceAbi vdev;  // must be first
   std::string ifname;
   unsigned ifindex = 0;
-  in_addr_t ipv4 = 0;  // network byte order
+  // Every IP address of the interface at enumeration, IPv4 as IPv4-mapped IPv6 (getifaddrs
+  // order: IPv4 first). Link-local IPv6 addresses are scoped to `ifindex`.
+  std::vector<in6_addr> addrs;
   std::array<uint8_t, 6> mac{};
   uint32_t netdev_mtu = 1500;
   uint64_t guid = 0;  // network byte order, as ibv_get_device_guid returns it
@@ -78,14 +80,19 @@ struct Device {
 
   static Device *from(ibv_device *d) { return reinterpret_cast<Device *>(d); }
   ibv_device *ibv() { return &vdev.device; }
-  ibv_gid gid() const;
+  // The GID table of port 1: index 0 the MAC-based GID (as siw; an interface without a MAC
+  // has none), then one GID per IP address (`addrs`).
+  std::vector<ibv_gid> gids() const;
 };
 
-// Devices of the configured backend, one per IPv4 interface that is up. Enumerated once per
-// process; never freed (like rdma-core's device list).
+// Devices of the configured backend, one per interface that is up and has an IPv4 or IPv6
+// address. Enumerated once per process; never freed (like rdma-core's device list).
 const std::vector<Device *> &devices();
-// The device whose interface holds `addr` (network order); 127.0.0.0/8 maps to loopback.
-Device *device_for_ipv4(in_addr_t addr);
+// The device whose interface holds `addr` (IPv4 as IPv4-mapped IPv6); 127.0.0.0/8 and ::1
+// map to loopback. A link-local address matches only the interface `scope` names (0: any).
+Device *device_for_ip(const in6_addr &addr, uint32_t scope);
+// `a` as an IPv6 address (IPv4 as IPv4-mapped) and its scope id; false unless AF_INET/AF_INET6.
+bool ip_of(const sockaddr *a, in6_addr *out, uint32_t *scope);
 
 // ---------------------------------------------------------------------------------------------
 struct Context {

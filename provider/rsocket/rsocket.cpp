@@ -61,6 +61,7 @@ struct Sock {
   int id = -1;
   St st = St::Idle;
   bool nonblock = false;
+  int domain = AF_INET;  // AF_INET or AF_INET6 (accepted sockets: the listener's)
   rdma_event_channel *ch = nullptr;
   rdma_cm_id *cm = nullptr;
   // verbs resources (connected sockets)
@@ -85,6 +86,7 @@ struct Sock {
   bool draining = false;      // rclose waits for all send completions
   int backlog = 0;
   std::deque<std::shared_ptr<Sock>> accept_q;
+  int v6only = 0;  // IPV6_V6ONLY (AF_INET6 sockets): RDMA_OPTION_ID_AFONLY
   int reuseaddr = 0, keepalive = 0, nodelay = 0, keepidle = 0, maxseg = 1460, rdma_iomap = 0;
   linger lng{};
   std::vector<LocalMap> lmaps;
@@ -104,6 +106,42 @@ std::shared_ptr<Sock> lookup(int id) {
 inline int err(int e) {
   errno = e;
   return -1;
+}
+
+socklen_t addr_len(int family) {
+  return family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+}
+
+// An address given to rbind/rconnect: of the socket's family (an AF_INET6 socket reaches
+// IPv4 through IPv4-mapped addresses) and long enough.
+int check_addr(const Sock &s, const sockaddr *addr, socklen_t len) {
+  if (!addr || len < sizeof(sa_family_t)) return EINVAL;
+  if (addr->sa_family != s.domain) return EAFNOSUPPORT;
+  return len < addr_len(s.domain) ? EINVAL : 0;
+}
+
+// Copies rdma_cm's address `a` out as a socket of s's family reports it: an AF_INET6
+// socket sees an IPv4 peer (rdma_cm reports it as AF_INET) as IPv4-mapped.
+void put_addr(const Sock &s, const sockaddr *a, sockaddr *out, socklen_t *len) {
+  sockaddr_storage v{};
+  if (a && a->sa_family == AF_INET6) {
+    std::memcpy(&v, a, sizeof(sockaddr_in6));
+  } else if (a && a->sa_family == AF_INET && s.domain == AF_INET6) {
+    sockaddr_in in;
+    std::memcpy(&in, a, sizeof in);
+    auto *m = reinterpret_cast<sockaddr_in6 *>(&v);
+    m->sin6_family = AF_INET6;
+    m->sin6_port = in.sin_port;
+    m->sin6_addr.s6_addr[10] = m->sin6_addr.s6_addr[11] = 0xff;
+    std::memcpy(&m->sin6_addr.s6_addr[12], &in.sin_addr, 4);
+  } else if (a && a->sa_family == AF_INET) {
+    std::memcpy(&v, a, sizeof(sockaddr_in));
+  } else {
+    v.ss_family = (sa_family_t)s.domain;  // not bound yet: the wildcard
+  }
+  const socklen_t n = addr_len(v.ss_family);
+  std::memcpy(out, &v, std::min(*len, n));
+  *len = n;
 }
 
 void set_nonblock_fd(int fd) {
@@ -350,6 +388,7 @@ void handle_connect_request(Sock &l, rdma_cm_id *nid, const rdma_cm_event &ev) {
     return;
   }
   std::lock_guard<std::mutex> g(c->mu);
+  c->domain = l.domain;
   c->st = St::Connecting;
   c->nodelay = l.nodelay, c->keepalive = l.keepalive, c->keepidle = l.keepidle;
   Hello h{htonl(kMagic), kVersion, {}};
@@ -608,7 +647,7 @@ ssize_t do_recv(int id, const iovec *iov, int iovcnt, int flags) {
 }
 
 int do_connect(Sock &s, std::unique_lock<std::mutex> &lk, const sockaddr *addr, socklen_t len) {
-  if (!addr || len < sizeof(sockaddr_in)) return EINVAL;
+  if (int r = check_addr(s, addr, len)) return r;
   switch (s.st) {
     case St::Connected: return EISCONN;
     case St::Resolving:
@@ -702,6 +741,7 @@ constexpr IntOpt kIntOpts[] = {
     {SOL_SOCKET, SO_OOBINLINE, nullptr, 1, true},
     {SOL_SOCKET, SO_TYPE, nullptr, SOCK_STREAM, false},
     {IPPROTO_TCP, TCP_NODELAY, &Sock::nodelay, 0, true},
+    {IPPROTO_IPV6, IPV6_V6ONLY, &Sock::v6only, 0, true},
     {IPPROTO_TCP, TCP_MAXSEG, &Sock::maxseg, 0, true},
     {IPPROTO_TCP, TCP_KEEPIDLE, &Sock::keepidle, 0, true},
     {SOL_RDMA, RDMA_SQSIZE, nullptr, int(kSendSlots), true},
@@ -804,7 +844,7 @@ extern "C" {
 int rsocket(int domain, int type, int protocol) {
   if (t_inside || internal_thread()) return err(EOPNOTSUPP);
   Inside in;
-  if (domain != AF_INET) return err(domain == AF_INET6 || domain == AF_IB ? EAFNOSUPPORT : EAFNOSUPPORT);
+  if (domain != AF_INET && domain != AF_INET6) return err(EAFNOSUPPORT);
   int base = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
   if (base == SOCK_DGRAM) return err(EOPNOTSUPP);
   if (base != SOCK_STREAM) return err(EPROTOTYPE);
@@ -812,6 +852,7 @@ int rsocket(int domain, int type, int protocol) {
   std::shared_ptr<Sock> s;
   if (int r = sock_new(&s, nullptr)) return err(r);
   s->nonblock = type & SOCK_NONBLOCK;
+  s->domain = domain;
   return s->id;
 }
 
@@ -819,8 +860,8 @@ int rbind(int socket, const struct sockaddr *addr, socklen_t addrlen) {
   Inside in;
   auto sp = lookup(socket);
   if (!sp) return err(EBADF);
-  if (!addr || addrlen < sizeof(sockaddr_in)) return err(EINVAL);
   std::lock_guard<std::mutex> g(sp->mu);
+  if (int r = check_addr(*sp, addr, addrlen)) return err(r);
   if (sp->st != St::Idle) return err(EINVAL);
   if (rdma_bind_addr(sp->cm, const_cast<sockaddr *>(addr))) return -1;
   sp->st = St::Bound;
@@ -838,8 +879,8 @@ int rlisten(int socket, int backlog) {
   }
   if (sp->st != St::Idle && sp->st != St::Bound) return err(EINVAL);
   if (sp->st == St::Idle) {
-    sockaddr_in any{};
-    any.sin_family = AF_INET;
+    sockaddr_storage any{};  // the wildcard of the socket's family
+    any.ss_family = (sa_family_t)sp->domain;
     if (rdma_bind_addr(sp->cm, reinterpret_cast<sockaddr *>(&any))) return -1;
   }
   if (rdma_listen(sp->cm, backlog > 0 ? backlog : 1)) return -1;
@@ -858,11 +899,7 @@ int raccept(int socket, struct sockaddr *addr, socklen_t *addrlen) {
     return err(r);
   auto c = sp->accept_q.front();
   sp->accept_q.pop_front();
-  if (addr && addrlen) {
-    socklen_t n = std::min<socklen_t>(*addrlen, sizeof(sockaddr_in));
-    std::memcpy(addr, rdma_get_peer_addr(c->cm), n);
-    *addrlen = sizeof(sockaddr_in);
-  }
+  if (addr && addrlen) put_addr(*c, rdma_get_peer_addr(c->cm), addr, addrlen);
   return c->id;
 }
 
@@ -992,9 +1029,7 @@ int rgetpeername(int socket, struct sockaddr *addr, socklen_t *addrlen) {
   if (!addr || !addrlen) return err(EFAULT);
   std::lock_guard<std::mutex> g(sp->mu);
   if (sp->st != St::Connected && sp->st != St::Error) return err(ENOTCONN);
-  socklen_t n = std::min<socklen_t>(*addrlen, sizeof(sockaddr_in));
-  std::memcpy(addr, rdma_get_peer_addr(sp->cm), n);
-  *addrlen = sizeof(sockaddr_in);
+  put_addr(*sp, rdma_get_peer_addr(sp->cm), addr, addrlen);
   return 0;
 }
 
@@ -1003,13 +1038,7 @@ int rgetsockname(int socket, struct sockaddr *addr, socklen_t *addrlen) {
   if (!sp) return err(EBADF);
   if (!addr || !addrlen) return err(EFAULT);
   std::lock_guard<std::mutex> g(sp->mu);
-  sockaddr_in sin{};
-  sin.sin_family = AF_INET;
-  const sockaddr *la = rdma_get_local_addr(sp->cm);
-  if (la && la->sa_family == AF_INET) std::memcpy(&sin, la, sizeof sin);
-  socklen_t n = std::min<socklen_t>(*addrlen, sizeof sin);
-  std::memcpy(addr, &sin, n);
-  *addrlen = sizeof sin;
+  put_addr(*sp, rdma_get_local_addr(sp->cm), addr, addrlen);
   return 0;
 }
 
@@ -1024,9 +1053,16 @@ int rsetsockopt(int socket, int level, int optname, const void *optval, socklen_
     return 0;
   }
   const IntOpt *o = find_opt(level, optname);
-  if (!o || !o->settable) return err(ENOPROTOOPT);
+  if (!o || !o->settable || (level == IPPROTO_IPV6 && s.domain != AF_INET6))
+    return err(ENOPROTOOPT);
   int v;
   if (int r = get_int_opt(optval, optlen, &v)) return err(r);
+  if (level == IPPROTO_IPV6 && optname == IPV6_V6ONLY) {
+    int on = v ? 1 : 0;  // as a kernel socket: only before it is bound
+    if (s.st != St::Idle ||
+        rdma_set_option(s.cm, RDMA_OPTION_ID, RDMA_OPTION_ID_AFONLY, &on, sizeof on))
+      return err(EINVAL);
+  }
   if (o->field) s.*(o->field) = v;
   if (level == SOL_SOCKET && optname == SO_REUSEADDR && s.cm) {
     int one = v ? 1 : 0;
@@ -1051,7 +1087,7 @@ int rgetsockopt(int socket, int level, int optname, void *optval, socklen_t *opt
     return iret(put_int_opt(optval, optlen, std::exchange(s.so_error, 0)));
   }
   const IntOpt *o = find_opt(level, optname);
-  if (!o) return err(ENOPROTOOPT);
+  if (!o || (level == IPPROTO_IPV6 && s.domain != AF_INET6)) return err(ENOPROTOOPT);
   return iret(put_int_opt(optval, optlen, o->field ? s.*(o->field) : o->fixed));
 }
 

@@ -226,20 +226,35 @@ run_pair() {
   fi
 }
 
-# make_netns_pair: creates two namespaces joined by a veth pair, with lo and the veths
-# up and 10.212.R.1/24 (A) and 10.212.R.2/24 (B). Sets NS_A NS_B VETH_A VETH_B IP_A IP_B.
-# The namespaces (and with them the veths) are deleted at exit.
+# make_netns_pair [--ipv6-only]: creates two namespaces joined by a veth pair, with lo and
+# the veths up and 10.212.R.1/24 (A) and 10.212.R.2/24 (B); with --ipv6-only, no IPv4
+# address on the veths but the ULAs fd00:212:R::1/64 (A) and fd00:212:R::2/64 (B) and the
+# link-local addresses, usable at once (duplicate address detection is off inside the
+# namespaces). Sets NS_A NS_B VETH_A VETH_B IP_A IP_B. The namespaces (and with them the
+# veths) are deleted at exit.
 make_netns_pair() {
-  local id="$$${_ECA_NETNS_SEQ}" net=$((RANDOM % 250 + 1)) i
+  local id="$$${_ECA_NETNS_SEQ}" net=$((RANDOM % 250 + 1)) i v6=0 ns
+  [[ "${1:-}" == --ipv6-only ]] && v6=1
   _ECA_NETNS_SEQ=$((_ECA_NETNS_SEQ + 1))
   NS_A="eca-${id}-a"; NS_B="eca-${id}-b"
   VETH_A="ev${id}a"; VETH_B="ev${id}b"  # at most 15 characters
   IP_A="10.212.$net.1"; IP_B="10.212.$net.2"
+  ((v6)) && { IP_A="fd00:212:$net::1"; IP_B="fd00:212:$net::2"; }
   ip netns add "$NS_A"; _ECA_NETNS+=("$NS_A")
   ip netns add "$NS_B"; _ECA_NETNS+=("$NS_B")
+  if ((v6)); then  # before the veths exist, so that their link-local addresses skip DAD too
+    for ns in "$NS_A" "$NS_B"; do
+      ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+    done
+  fi
   ip link add "$VETH_A" netns "$NS_A" type veth peer name "$VETH_B" netns "$NS_B"
-  ip -n "$NS_A" addr add "$IP_A/24" dev "$VETH_A"
-  ip -n "$NS_B" addr add "$IP_B/24" dev "$VETH_B"
+  if ((v6)); then
+    ip -n "$NS_A" addr add "$IP_A/64" dev "$VETH_A" nodad
+    ip -n "$NS_B" addr add "$IP_B/64" dev "$VETH_B" nodad
+  else
+    ip -n "$NS_A" addr add "$IP_A/24" dev "$VETH_A"
+    ip -n "$NS_B" addr add "$IP_B/24" dev "$VETH_B"
+  fi
   for ns in "$NS_A" "$NS_B"; do ip -n "$ns" link set lo up; done
   ip -n "$NS_A" link set "$VETH_A" up
   ip -n "$NS_B" link set "$VETH_B" up
@@ -251,6 +266,37 @@ make_netns_pair() {
     sleep 0.05
   done
   fail "veth pair $VETH_A/$VETH_B did not come up within 10s"
+}
+
+# plain_tcp_echo HOST PORT: sends a few lines over a kernel TCP connection and prints
+# "echoed" if they come back within 5 s, else "not-echoed" (an rsocket server's port is
+# served by rdma_cm, which drops a peer that does not speak MPA).
+plain_tcp_echo() {
+  "$PYTHON" - "$1" "$2" <<'PY'
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+s.settimeout(5)
+s.sendall(b"plain tcp hello " * 16)
+data = b""
+try:
+    while len(data) < 256:
+        b = s.recv(4096)
+        if not b:
+            break
+        data += b
+except OSError:
+    pass
+print("echoed" if b"plain tcp hello" in data else "not-echoed")
+PY
+}
+
+# assert_pair_clean WHAT REGEX: no output of the last run_pair (both ends, stdout and
+# stderr) matches the extended REGEX (case-insensitive).
+assert_pair_clean() {
+  local f
+  for f in "$CLIENT_OUT" "$CLIENT_ERR" "$SERVER_OUT" "$SERVER_ERR"; do
+    assert_not_contains "$f" "$2" "$1 $(basename "$f")"
+  done
 }
 
 # assert_contains FILE REGEX [WHAT]: FILE has a line matching the extended REGEX.

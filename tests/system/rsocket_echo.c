@@ -3,6 +3,7 @@
  * turns its sockets into rsockets.
  *   rsocket_echo server PORT         echo one connection until end of stream (poll() driven)
  *   rsocket_echo client PORT BYTES   send BYTES of a pattern, read them back, verify
+ * on 127.0.0.1; "server6" and "client6" do the same with IPv6 sockets on ::1.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -19,17 +20,29 @@ int main(int argc, char **argv)
 {
 	if (argc < 3)
 		return 2;
-	struct sockaddr_in a = {0};
-	a.sin_family = AF_INET;
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	a.sin_port = htons((unsigned short)atoi(argv[2]));
+	const int v6 = argv[1][strlen(argv[1]) - 1] == '6';
+	struct sockaddr_storage st = {0};
+	struct sockaddr_in *a4 = (struct sockaddr_in *)&st;
+	struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&st;
+	const unsigned short port = htons((unsigned short)atoi(argv[2]));
+	if (v6) {
+		a6->sin6_family = AF_INET6;
+		a6->sin6_addr = in6addr_loopback;
+		a6->sin6_port = port;
+	} else {
+		a4->sin_family = AF_INET;
+		a4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		a4->sin_port = port;
+	}
+	struct sockaddr *a = (struct sockaddr *)&st;
+	const socklen_t alen = v6 ? sizeof *a6 : sizeof *a4;
 	static unsigned char buf[65536];
-	int s = socket(AF_INET, SOCK_STREAM, 0);
+	int s = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
 	if (s < 0) { perror("socket"); return 1; }
-	if (!strcmp(argv[1], "server")) {
+	if (!strncmp(argv[1], "server", 6)) {
 		int one = 1;
 		setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-		if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 4)) { perror("bind/listen"); return 1; }
+		if (bind(s, a, alen) || listen(s, 4)) { perror("bind/listen"); return 1; }
 		struct pollfd p = { s, POLLIN, 0 };
 		if (poll(&p, 1, 60000) != 1) { fprintf(stderr, "poll on listener timed out\n"); return 1; }
 		int c = accept(s, NULL, NULL);
@@ -54,7 +67,7 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	size_t want = argc > 3 ? strtoull(argv[3], NULL, 0) : 1 << 20;
-	if (connect(s, (struct sockaddr *)&a, sizeof a)) { perror("connect"); return 1; }
+	if (connect(s, a, alen)) { perror("connect"); return 1; }
 	size_t sent = 0, got = 0;
 	while (got < want) {
 		if (sent < want && sent - got < 32768) {

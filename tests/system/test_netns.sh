@@ -26,12 +26,7 @@ for side in A B; do
 done
 
 ERRORS='error|couldn.?t|failed|unable to|not supported|illegal|unsupported'
-check_clean() {
-  local f
-  for f in "$CLIENT_OUT" "$CLIENT_ERR" "$SERVER_OUT" "$SERVER_ERR"; do
-    assert_not_contains "$f" "$ERRORS" "$1 $(basename "$f")"
-  done
-}
+check_clean() { assert_pair_clean "$1" "$ERRORS"; }
 
 # rx_bytes NS IF: bytes received so far by interface IF in namespace NS.
 rx_bytes() { ip netns exec "$1" cat "/sys/class/net/$2/statistics/rx_bytes"; }

@@ -59,23 +59,7 @@ spid=$BG_PID
 wait_port "$port" 20 "" "$spid"
 # A kernel TCP client gets no echo from an rsocket server: the port is served by the
 # iWARP connection manager, which drops a peer that does not speak MPA.
-got=$("$PYTHON" - "$port" <<'PY'
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
-s.settimeout(5)
-s.sendall(b"plain tcp hello " * 16)
-data = b""
-try:
-    while len(data) < 256:
-        b = s.recv(4096)
-        if not b:
-            break
-        data += b
-except OSError:
-    pass
-print("echoed" if b"plain tcp hello" in data else "not-echoed")
-PY
-)
+got=$(plain_tcp_echo 127.0.0.1 "$port")
 [[ "$got" == not-echoed ]] || fail "a plain TCP client was echoed: the preloaded server did not use rsockets"
 start_bg echo.client timeout -k 5 120 "$ECA_RUN" env LD_PRELOAD="$PRELOAD" "$ECHO" client "$port" "$BYTES"
 cpid=$BG_PID

@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -56,16 +57,36 @@ rdma_cm_event *expect_event(rdma_event_channel *ch, rdma_cm_event_type t) {
   return ev;
 }
 
+sockaddr_in6 loopback6(uint16_t port = 0) {
+  sockaddr_in6 a{};
+  a.sin6_family = AF_INET6;
+  a.sin6_addr = in6addr_loopback;
+  a.sin6_port = htons(port);
+  return a;
+}
+
+// Whether lo has ::1 (IPv6 may be disabled on the test machine).
+bool have_ipv6_loopback() {
+  int fd = ::socket(AF_INET6, SOCK_STREAM, 0);
+  if (fd < 0) return false;
+  sockaddr_in6 a = loopback6();
+  bool ok = ::bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) == 0;
+  ::close(fd);
+  return ok;
+}
+
 struct Listener {
   rdma_event_channel *ch = nullptr;
   rdma_cm_id *id = nullptr;
   uint16_t port = 0;
-  Listener() {
+  // Listens on `bind_to` (port 0), by default 127.0.0.1.
+  explicit Listener(const sockaddr *bind_to = nullptr) {
     ch = rdma_create_event_channel();
     EXPECT_NE(ch, nullptr);
     EXPECT_EQ(0, rdma_create_id(ch, &id, nullptr, RDMA_PS_TCP));
     sockaddr_in a = loopback();
-    EXPECT_EQ(0, rdma_bind_addr(id, reinterpret_cast<sockaddr *>(&a)));
+    if (!bind_to) bind_to = reinterpret_cast<sockaddr *>(&a);
+    EXPECT_EQ(0, rdma_bind_addr(id, const_cast<sockaddr *>(bind_to)));
     EXPECT_EQ(0, rdma_listen(id, 8));
     port = ntohs(rdma_get_src_port(id));
     EXPECT_NE(port, 0);
@@ -76,16 +97,18 @@ struct Listener {
   }
 };
 
-// An active id resolved (addr + route) towards 127.0.0.1:port.
+// An active id resolved (addr + route) towards 127.0.0.1:port, or ::1:port when `v6`.
 struct Client {
   rdma_event_channel *ch = nullptr;
   rdma_cm_id *id = nullptr;
-  explicit Client(uint16_t port) {
+  explicit Client(uint16_t port, bool v6 = false) {
     ch = rdma_create_event_channel();
     EXPECT_NE(ch, nullptr);
     EXPECT_EQ(0, rdma_create_id(ch, &id, nullptr, RDMA_PS_TCP));
     sockaddr_in d = loopback(port);
-    EXPECT_EQ(0, rdma_resolve_addr(id, nullptr, reinterpret_cast<sockaddr *>(&d), 2000));
+    sockaddr_in6 d6 = loopback6(port);
+    sockaddr *dst = v6 ? reinterpret_cast<sockaddr *>(&d6) : reinterpret_cast<sockaddr *>(&d);
+    EXPECT_EQ(0, rdma_resolve_addr(id, nullptr, dst, 2000));
     if (auto *ev = expect_event(ch, RDMA_CM_EVENT_ADDR_RESOLVED)) rdma_ack_cm_event(ev);
     EXPECT_EQ(0, rdma_resolve_route(id, 2000));
     if (auto *ev = expect_event(ch, RDMA_CM_EVENT_ROUTE_RESOLVED)) rdma_ack_cm_event(ev);
@@ -335,7 +358,7 @@ TEST(RdmaCmGetAddrInfo, Families) {
     ASSERT_EQ(0, rdma_getaddrinfo("localhost", "9", &hints, &r.p));
     EXPECT_EQ(r.p->ai_family, AF_INET);
   }
-  // IPv6 resolves (as librdmacm); the devices are IPv4 only, so using it fails later.
+  // IPv6 literals resolve to AF_INET6 addresses an id binds to.
   hints = {};
   hints.ai_family = AF_INET6;
   hints.ai_flags = RAI_NUMERICHOST;
@@ -345,12 +368,33 @@ TEST(RdmaCmGetAddrInfo, Families) {
     EXPECT_EQ(r.p->ai_family, AF_INET6);
     ASSERT_NE(r.p->ai_dst_addr, nullptr);
     EXPECT_EQ(r.p->ai_dst_len, sizeof(sockaddr_in6));
+    ASSERT_TRUE(have_ipv6_loopback()) << "lo has no ::1";
     rdma_cm_id *id = nullptr;
     ASSERT_EQ(0, rdma_create_id(nullptr, &id, nullptr, RDMA_PS_TCP));
-    EXPECT_EQ(-1, rdma_bind_addr(id, r.p->ai_dst_addr));
-    EXPECT_EQ(errno, EAFNOSUPPORT);
+    EXPECT_EQ(0, rdma_bind_addr(id, r.p->ai_dst_addr)) << strerror(errno);
+    EXPECT_EQ(rdma_get_local_addr(id)->sa_family, AF_INET6);
     rdma_destroy_id(id);
   }
+  // A link-local address keeps its "%scope" as the scope id; a passive look-up without a
+  // node in the IPv6 family is the IPv6 wildcard.
+  {
+    Rai r;
+    ASSERT_EQ(0, rdma_getaddrinfo("fe80::1%lo", "9", &hints, &r.p));
+    ASSERT_EQ(r.p->ai_dst_len, sizeof(sockaddr_in6));
+    auto *a = reinterpret_cast<const sockaddr_in6 *>(r.p->ai_dst_addr);
+    EXPECT_EQ(a->sin6_scope_id, if_nametoindex("lo"));
+    EXPECT_EQ(a->sin6_port, htons(9));
+  }
+  hints.ai_flags = RAI_PASSIVE | RAI_FAMILY;
+  {
+    Rai r;
+    ASSERT_EQ(0, rdma_getaddrinfo(nullptr, "9", &hints, &r.p));
+    ASSERT_NE(r.p->ai_src_addr, nullptr);
+    ASSERT_EQ(r.p->ai_src_addr->sa_family, AF_INET6);
+    auto *a = reinterpret_cast<const sockaddr_in6 *>(r.p->ai_src_addr);
+    EXPECT_TRUE(IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr));
+  }
+  hints.ai_flags = RAI_NUMERICHOST;
   rdma_addrinfo *res = nullptr;
   EXPECT_NE(0, rdma_getaddrinfo("127.0.0.1", "9", &hints, &res));  // not an IPv6 literal
   // AF_IB: without RAI_FAMILY it only means "any IP family" to the resolver...
@@ -408,7 +452,7 @@ TEST(RdmaCmGetAddrInfo, PortSpacesAndQpTypes) {
   }
 }
 
-// Whether an IPv4 interface other than loopback is up (then it serves loopback addresses).
+// Whether an interface other than loopback is up (then it serves loopback addresses).
 bool have_non_loopback_device() {
   int n = 0;
   ibv_device **l = ibv_get_device_list(&n);
@@ -776,6 +820,143 @@ rdma_cm_id *connect_pair(Listener &l, Client &c) {
   if ((ev = expect_event(l.ch, RDMA_CM_EVENT_ESTABLISHED))) rdma_ack_cm_event(ev);
   if ((ev = expect_event(c.ch, RDMA_CM_EVENT_ESTABLISHED))) rdma_ack_cm_event(ev);
   return child;
+}
+
+// ---- IPv6 ----------------------------------------------------------------------------------
+
+bool is_v6_loopback(const sockaddr *a) {
+  return a->sa_family == AF_INET6 &&
+         IN6_IS_ADDR_LOOPBACK(&reinterpret_cast<const sockaddr_in6 *>(a)->sin6_addr);
+}
+bool is_v4_loopback(const sockaddr *a) {
+  return a->sa_family == AF_INET &&
+         reinterpret_cast<const sockaddr_in *>(a)->sin_addr.s_addr == htonl(INADDR_LOOPBACK);
+}
+
+TEST(RdmaCmIpv6, ConnectOverIpv6Loopback) {
+  ASSERT_TRUE(have_ipv6_loopback()) << "lo has no ::1";
+  sockaddr_in6 a = loopback6();
+  Listener l(reinterpret_cast<sockaddr *>(&a));
+  ASSERT_TRUE(is_v6_loopback(rdma_get_local_addr(l.id)));
+  EXPECT_EQ(l.id->verbs, nullptr) << "::1 binds no device, like 127.0.0.1";
+  Client c(l.port, true);
+  ASSERT_NE(c.id->verbs, nullptr) << "resolving ::1 picks a serving device";
+  EXPECT_TRUE(is_v6_loopback(rdma_get_local_addr(c.id)));
+  EXPECT_TRUE(is_v6_loopback(rdma_get_peer_addr(c.id)));
+  rdma_cm_id *child = connect_pair(l, c);
+  ASSERT_NE(child, nullptr);
+  EXPECT_EQ(c.id->qp->state, IBV_QPS_RTS);
+  EXPECT_EQ(child->qp->state, IBV_QPS_RTS);
+  EXPECT_NE(child->verbs, nullptr);
+  EXPECT_TRUE(is_v6_loopback(rdma_get_local_addr(child)));
+  EXPECT_TRUE(is_v6_loopback(rdma_get_peer_addr(child)));
+  EXPECT_EQ(rdma_get_src_port(child), htons(l.port));
+  EXPECT_EQ(rdma_get_dst_port(c.id), htons(l.port));
+  EXPECT_EQ(rdma_get_dst_port(child), rdma_get_src_port(c.id));
+  ASSERT_EQ(0, rdma_disconnect(c.id));
+  if (auto *ev = expect_event(c.ch, RDMA_CM_EVENT_DISCONNECTED)) rdma_ack_cm_event(ev);
+  if (auto *ev = expect_event(l.ch, RDMA_CM_EVENT_DISCONNECTED)) rdma_ack_cm_event(ev);
+  rdma_destroy_qp(child);
+  rdma_destroy_id(child);
+}
+
+// A listener on the IPv6 wildcard takes IPv4 connections too (as a dual-stack socket); the
+// IPv4 one reports IPv4 addresses, not IPv4-mapped ones (as the kernel's rdma_cm).
+TEST(RdmaCmIpv6, WildcardListenerTakesBothFamilies) {
+  ASSERT_TRUE(have_ipv6_loopback()) << "lo has no ::1";
+  sockaddr_in6 any = loopback6();
+  any.sin6_addr = in6addr_any;
+  Listener l(reinterpret_cast<sockaddr *>(&any));
+  ASSERT_EQ(rdma_get_local_addr(l.id)->sa_family, AF_INET6);
+  for (bool v6 : {false, true}) {
+    Client c(l.port, v6);
+    rdma_cm_id *child = connect_pair(l, c);
+    ASSERT_NE(child, nullptr);
+    if (v6) {
+      EXPECT_TRUE(is_v6_loopback(rdma_get_local_addr(child)));
+      EXPECT_TRUE(is_v6_loopback(rdma_get_peer_addr(child)));
+    } else {
+      EXPECT_TRUE(is_v4_loopback(rdma_get_local_addr(child)));
+      EXPECT_TRUE(is_v4_loopback(rdma_get_peer_addr(child)));
+    }
+    rdma_destroy_qp(child);
+    rdma_destroy_id(child);
+  }
+}
+
+TEST(RdmaCmIpv6, BindRules) {
+  ASSERT_TRUE(have_ipv6_loopback()) << "lo has no ::1";
+  rdma_event_channel *ch = rdma_create_event_channel();
+  rdma_cm_id *id = nullptr;
+  // An IPv4-mapped address is the IPv4 address it maps.
+  ASSERT_EQ(0, rdma_create_id(ch, &id, nullptr, RDMA_PS_TCP));
+  sockaddr_in6 m = loopback6();
+  ASSERT_EQ(1, inet_pton(AF_INET6, "::ffff:127.0.0.1", &m.sin6_addr));
+  ASSERT_EQ(0, rdma_bind_addr(id, reinterpret_cast<sockaddr *>(&m))) << strerror(errno);
+  EXPECT_TRUE(is_v4_loopback(rdma_get_local_addr(id)));
+  EXPECT_NE(rdma_get_src_port(id), 0);
+  rdma_destroy_id(id);
+  // An IPv6 address no interface holds: no device, EADDRNOTAVAIL (2001:db8::/32 is for
+  // documentation and never assigned).
+  ASSERT_EQ(0, rdma_create_id(ch, &id, nullptr, RDMA_PS_TCP));
+  sockaddr_in6 far = loopback6();
+  ASSERT_EQ(1, inet_pton(AF_INET6, "2001:db8::77", &far.sin6_addr));
+  errno = 0;
+  EXPECT_EQ(-1, rdma_bind_addr(id, reinterpret_cast<sockaddr *>(&far)));
+  EXPECT_EQ(errno, EADDRNOTAVAIL);
+  EXPECT_EQ(id->verbs, nullptr);
+  // ... and as the source of rdma_resolve_addr: an ADDR_ERROR event with that error.
+  sockaddr_in6 dst = loopback6(9);
+  ASSERT_EQ(0, rdma_resolve_addr(id, reinterpret_cast<sockaddr *>(&far),
+                                 reinterpret_cast<sockaddr *>(&dst), 2000));
+  rdma_cm_event *ev = expect_event(ch, RDMA_CM_EVENT_ADDR_ERROR);
+  ASSERT_NE(ev, nullptr);
+  EXPECT_EQ(ev->status, -EADDRNOTAVAIL);
+  rdma_ack_cm_event(ev);
+  rdma_destroy_id(id);
+  // As the kernel: source and destination of one family.
+  ASSERT_EQ(0, rdma_create_id(ch, &id, nullptr, RDMA_PS_TCP));
+  sockaddr_in6 lo6 = loopback6();
+  ASSERT_EQ(0, rdma_bind_addr(id, reinterpret_cast<sockaddr *>(&lo6)));
+  sockaddr_in d4 = loopback(9);
+  errno = 0;
+  EXPECT_EQ(-1, rdma_resolve_addr(id, nullptr, reinterpret_cast<sockaddr *>(&d4), 2000));
+  EXPECT_EQ(errno, EINVAL);
+  rdma_destroy_id(id);
+  // An address family rdma_cm does not serve.
+  ASSERT_EQ(0, rdma_create_id(ch, &id, nullptr, RDMA_PS_TCP));
+  sockaddr un{};
+  un.sa_family = AF_UNIX;
+  errno = 0;
+  EXPECT_EQ(-1, rdma_bind_addr(id, &un));
+  EXPECT_EQ(errno, EAFNOSUPPORT);
+  rdma_destroy_id(id);
+  rdma_destroy_event_channel(ch);
+}
+
+// RDMA_OPTION_ID_AFONLY: an IPv6 wildcard listener that does not take IPv4.
+TEST(RdmaCmIpv6, AfOnlyListenerRefusesIpv4) {
+  ASSERT_TRUE(have_ipv6_loopback()) << "lo has no ::1";
+  rdma_event_channel *ch = rdma_create_event_channel();
+  rdma_cm_id *l = nullptr;
+  ASSERT_EQ(0, rdma_create_id(ch, &l, nullptr, RDMA_PS_TCP));
+  int one = 1;
+  ASSERT_EQ(0, rdma_set_option(l, RDMA_OPTION_ID, RDMA_OPTION_ID_AFONLY, &one, sizeof one));
+  sockaddr_in6 any = loopback6();
+  any.sin6_addr = in6addr_any;
+  ASSERT_EQ(0, rdma_bind_addr(l, reinterpret_cast<sockaddr *>(&any)));
+  ASSERT_EQ(0, rdma_listen(l, 4));
+  const uint16_t port = ntohs(rdma_get_src_port(l));
+  Client c(port, false);
+  make_qp(c.id);
+  rdma_conn_param cp{};
+  ASSERT_EQ(0, rdma_connect(c.id, &cp));
+  rdma_cm_event *ev = expect_event(c.ch, RDMA_CM_EVENT_UNREACHABLE);
+  ASSERT_NE(ev, nullptr);
+  EXPECT_EQ(ev->status, -ECONNREFUSED);
+  rdma_ack_cm_event(ev);
+  rdma_destroy_id(l);
+  rdma_destroy_event_channel(ch);
 }
 
 TEST(RdmaCm, DisconnectAfterDestroyingTheQpStillDeliversDisconnected) {

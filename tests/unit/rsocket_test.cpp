@@ -50,6 +50,17 @@ std::pair<int, int> connect_pair(int l, uint16_t port) {
   return {c, s};
 }
 
+// Receives until n bytes arrived, end of stream or an error; returns the bytes received.
+size_t recv_exactly(int s, char *buf, size_t n) {
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = rrecv(s, buf + got, n - got, 0);
+    if (r <= 0) break;
+    got += size_t(r);
+  }
+  return got;
+}
+
 TEST(Rsocket, DatagramIsNotSupported) {
   errno = 0;
   EXPECT_EQ(-1, rsocket(AF_INET, SOCK_DGRAM, 0));
@@ -100,12 +111,7 @@ TEST(Rsocket, NonblockingRecvWithoutDataIsEagainThenPeerCloseIsEof) {
   ASSERT_EQ(ssize_t(sizeof msg), rsend(c, msg, sizeof msg, 0));
   ASSERT_EQ(0, rclose(c));
   // Data sent before the close is delivered, then end of stream.
-  size_t got = 0;
-  while (got < sizeof msg) {
-    ssize_t r = rrecv(s, buf + got, sizeof buf - got, 0);
-    ASSERT_GT(r, 0) << strerror(errno);
-    got += size_t(r);
-  }
+  ASSERT_EQ(sizeof msg, recv_exactly(s, buf, sizeof msg)) << strerror(errno);
   EXPECT_EQ(0, memcmp(buf, msg, sizeof msg));
   EXPECT_EQ(0, rrecv(s, buf, sizeof buf, 0));
   rclose(s);
@@ -184,3 +190,95 @@ TEST(Rsocket, BadDescriptorsAndOptions) {
 }
 
 }  // namespace
+
+namespace {
+
+sockaddr_in6 loopback6(uint16_t port) {
+  sockaddr_in6 a{};
+  a.sin6_family = AF_INET6;
+  a.sin6_addr = in6addr_loopback;
+  a.sin6_port = htons(port);
+  return a;
+}
+
+// Accepts one connection on l while `c` connects to `to`; returns the accepted rsocket and
+// fills `peer` with what raccept reports.
+int accept_from(int l, int c, const sockaddr *to, socklen_t to_len, sockaddr_in6 *peer,
+                socklen_t *peer_len) {
+  int rc = -1;
+  std::thread t([&] { rc = rconnect(c, to, to_len); });
+  *peer_len = sizeof *peer;
+  int s = raccept(l, reinterpret_cast<sockaddr *>(peer), peer_len);
+  t.join();
+  EXPECT_EQ(0, rc) << strerror(errno);
+  return s;
+}
+
+}  // namespace
+
+// AF_INET6 rsockets: over ::1 with IPv6 names, and an IPv6 wildcard listener that reports
+// an IPv4 client as IPv4-mapped (as a kernel socket) unless IPV6_V6ONLY.
+TEST(Rsocket, Ipv6StreamsAndDualStackListener) {
+  int l = rsocket(AF_INET6, SOCK_STREAM, 0);
+  ASSERT_GE(l, 0) << strerror(errno);
+  sockaddr_in v4 = loopback(0);
+  errno = 0;
+  EXPECT_EQ(-1, rbind(l, reinterpret_cast<sockaddr *>(&v4), sizeof v4));
+  EXPECT_EQ(EAFNOSUPPORT, errno) << "an AF_INET address on an AF_INET6 rsocket";
+  sockaddr_in6 any = loopback6(0);
+  any.sin6_addr = in6addr_any;
+  ASSERT_EQ(0, rbind(l, reinterpret_cast<sockaddr *>(&any), sizeof any)) << strerror(errno);
+  ASSERT_EQ(0, rlisten(l, 4));
+  sockaddr_in6 name{};
+  socklen_t n = sizeof name;
+  ASSERT_EQ(0, rgetsockname(l, reinterpret_cast<sockaddr *>(&name), &n));
+  ASSERT_EQ(n, sizeof(sockaddr_in6));
+  ASSERT_EQ(name.sin6_family, AF_INET6);
+  const uint16_t port = ntohs(name.sin6_port);
+  ASSERT_NE(port, 0);
+
+  // An IPv6 client over ::1: data both ways, IPv6 names on both ends.
+  int c6 = rsocket(AF_INET6, SOCK_STREAM, 0);
+  sockaddr_in6 to6 = loopback6(port);
+  sockaddr_in6 peer{};
+  socklen_t plen = 0;
+  int s6 = accept_from(l, c6, reinterpret_cast<sockaddr *>(&to6), sizeof to6, &peer, &plen);
+  ASSERT_GE(s6, 0) << strerror(errno);
+  EXPECT_EQ(plen, sizeof(sockaddr_in6));
+  EXPECT_EQ(peer.sin6_family, AF_INET6);
+  EXPECT_TRUE(IN6_IS_ADDR_LOOPBACK(&peer.sin6_addr));
+  const char msg[] = "over ::1";
+  ASSERT_EQ(ssize_t(sizeof msg), rsend(c6, msg, sizeof msg, 0));
+  char buf[64]{};
+  ASSERT_EQ(sizeof msg, recv_exactly(s6, buf, sizeof msg)) << strerror(errno);
+  EXPECT_EQ(0, memcmp(buf, msg, sizeof msg));
+  n = sizeof name;
+  ASSERT_EQ(0, rgetpeername(c6, reinterpret_cast<sockaddr *>(&name), &n));
+  EXPECT_EQ(name.sin6_family, AF_INET6);
+  EXPECT_EQ(ntohs(name.sin6_port), port);
+
+  // An IPv4 client reaches the IPv6 wildcard listener and is reported IPv4-mapped.
+  int c4 = rsocket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in to4 = loopback(port);
+  int s4 = accept_from(l, c4, reinterpret_cast<sockaddr *>(&to4), sizeof to4, &peer, &plen);
+  ASSERT_GE(s4, 0) << strerror(errno);
+  EXPECT_EQ(plen, sizeof(sockaddr_in6));
+  EXPECT_EQ(peer.sin6_family, AF_INET6);
+  EXPECT_TRUE(IN6_IS_ADDR_V4MAPPED(&peer.sin6_addr));
+
+  // IPV6_V6ONLY: an AF_INET6 option only, set before binding.
+  int one = 1;
+  errno = 0;
+  EXPECT_EQ(-1, rsetsockopt(c4, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one));
+  EXPECT_EQ(ENOPROTOOPT, errno);
+  errno = 0;
+  EXPECT_EQ(-1, rsetsockopt(l, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one));
+  EXPECT_EQ(EINVAL, errno) << "already bound";
+  int l6 = rsocket(AF_INET6, SOCK_STREAM, 0);
+  ASSERT_EQ(0, rsetsockopt(l6, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one));
+  int v = 0;
+  n = sizeof v;
+  ASSERT_EQ(0, rgetsockopt(l6, IPPROTO_IPV6, IPV6_V6ONLY, &v, &n));
+  EXPECT_EQ(1, v);
+  for (int fd : {s4, c4, s6, c6, l, l6}) rclose(fd);
+}

@@ -2,6 +2,13 @@
 // completion channels, QPs (creation checks, state machine, posting in wrong states) and SRQs.
 #include "tests/unit/fixture.hpp"
 
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netinet/in.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
 #include <set>
 
 using namespace ecatest;
@@ -100,8 +107,55 @@ TEST_P(VerbsObjects, QueryDevicePortGid) {
   bool nonzero = false;
   for (auto b : gid.raw) nonzero = nonzero || b;
   EXPECT_TRUE(nonzero) << "GID 0 is all zeros";
-  EXPECT_NE(0, ibv_query_gid(d.ctx, 1, 1, &gid));
+  EXPECT_NE(0, ibv_query_gid(d.ctx, 1, pa.gid_tbl_len, &gid)) << "beyond gid_tbl_len";
   EXPECT_EQ(d.ctx->device->transport_type, IBV_TRANSPORT_IWARP);
+}
+
+// The GID table: gid_tbl_len entries, the same through ibv_query_gid, ibv_query_gid_ex and
+// ibv_query_gid_table, and one GID for every IPv4 (IPv4-mapped) and IPv6 address of lo.
+TEST_P(VerbsObjects, GidTableListsEveryAddress) {
+  OpenDev d(GetParam());
+  ASSERT_NE(d.ctx, nullptr);
+  ibv_port_attr pa{};
+  ASSERT_EQ(0, ibv_query_port(d.ctx, 1, &pa));
+  ASSERT_GE(pa.gid_tbl_len, 1);
+  std::vector<ibv_gid_entry> table(pa.gid_tbl_len + 1);
+  ASSERT_EQ(pa.gid_tbl_len, ibv_query_gid_table(d.ctx, table.data(), table.size(), 0));
+  std::vector<std::array<uint8_t, 16>> gids;
+  for (int i = 0; i < pa.gid_tbl_len; i++) {
+    ibv_gid g{};
+    ASSERT_EQ(0, ibv_query_gid(d.ctx, 1, i, &g));
+    ibv_gid_entry e{};
+    ASSERT_EQ(0, ibv_query_gid_ex(d.ctx, 1, i, &e, 0));
+    EXPECT_EQ(0, std::memcmp(g.raw, e.gid.raw, 16)) << "index " << i;
+    EXPECT_EQ(0, std::memcmp(g.raw, table[i].gid.raw, 16)) << "index " << i;
+    EXPECT_EQ(e.gid_index, (uint32_t)i);
+    EXPECT_EQ(e.ndev_ifindex, if_nametoindex("lo"));
+    std::array<uint8_t, 16> a;
+    std::memcpy(a.data(), g.raw, 16);
+    gids.push_back(a);
+  }
+  ibv_gid_entry e{};
+  EXPECT_EQ(ENODATA, ibv_query_gid_ex(d.ctx, 1, pa.gid_tbl_len, &e, 0));
+  ifaddrs *ifa = nullptr;
+  ASSERT_EQ(0, getifaddrs(&ifa));
+  int checked = 0;
+  for (ifaddrs *p = ifa; p; p = p->ifa_next) {
+    if (!p->ifa_addr || std::string(p->ifa_name) != "lo") continue;
+    std::array<uint8_t, 16> want{};
+    if (p->ifa_addr->sa_family == AF_INET) {
+      want[10] = want[11] = 0xff;
+      std::memcpy(&want[12], &reinterpret_cast<sockaddr_in *>(p->ifa_addr)->sin_addr, 4);
+    } else if (p->ifa_addr->sa_family == AF_INET6) {
+      std::memcpy(want.data(), &reinterpret_cast<sockaddr_in6 *>(p->ifa_addr)->sin6_addr, 16);
+    } else {
+      continue;
+    }
+    EXPECT_NE(std::find(gids.begin(), gids.end(), want), gids.end()) << "an address of lo has no GID";
+    checked++;
+  }
+  freeifaddrs(ifa);
+  EXPECT_GE(checked, 1);
 }
 
 TEST_P(VerbsObjects, CreatedQpCapsAndQuery) {
