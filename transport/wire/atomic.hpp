@@ -24,10 +24,12 @@ inline constexpr uint32_t kAtomicOpMask = 0xf;
 inline constexpr uint64_t kAtomicAlign = 8;  // the Remote Tagged Offset names an aligned word
 inline constexpr uint64_t kAtomicLen = 8;
 
-// RDMAP TERMINATE codes RFC 7306 adds for Atomic Requests (Remote Operation Error type):
-// a reserved AOpCode or a misaligned Remote Tagged Offset. Remote STag, bounds, PD and
-// missing REMOTE_ATOMIC rights use the RFC 5040 Remote Protection codes (term_for_atomic).
-inline constexpr uint8_t kRdmapInvalidAtomicRequest = 0x0A;
+// The TERMINATE code for a malformed Atomic Request (a reserved AOpCode or a misaligned
+// Remote Tagged Offset). RFC 7306 registers no RDMAP error code of its own (IANA's RDDP
+// registry lists only RFC 5040's under "RDMAP Errors"), so this is the registered code that
+// fits: Remote Operation Error / Unspecified Error (layer 0, type 2, code 0xFF). Remote STag,
+// bounds, PD and missing REMOTE_ATOMIC rights use the RFC 5040 Remote Protection codes.
+inline constexpr uint8_t kRdmapInvalidAtomicRequest = kRdmapUnspecified;
 
 namespace off {
 inline constexpr size_t kAtomicCtrl = 20;
