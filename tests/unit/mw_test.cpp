@@ -480,6 +480,95 @@ TEST_P(MemoryWindow, Type2WindowServesItsQpOnly) {
   EXPECT_EQ(wc.status, IBV_WC_LOC_PROT_ERR) << wc_status_name(wc.status);
 }
 
+// The same on the wire: a second connection to the server, whose QP is in the window's PD,
+// cannot use a type 2 window bound through the first one (type 2B); a type 1 window serves
+// both.
+TEST_P(MemoryWindow, Type2WindowRefusedOnAnotherQpOfItsPd) {
+  ASSERT_NO_FATAL_FAILURE(Connect());
+  // Second pair: client (own channel, PD, CQ, QP) -> server QP in srv_.pd.
+  struct Pair2 {
+    rdma_event_channel *ch = nullptr;
+    rdma_cm_id *cid = nullptr, *sid = nullptr;
+    ibv_pd *cpd = nullptr;
+    ibv_cq *ccq = nullptr, *scq = nullptr;
+    ~Pair2() {
+      if (cid && cid->qp) rdma_disconnect(cid);
+      if (sid && sid->qp) rdma_destroy_qp(sid);
+      if (cid && cid->qp) rdma_destroy_qp(cid);
+      if (ch)
+        while (rdma_cm_event *ev = next_cm_event(ch, 0)) rdma_ack_cm_event(ev);
+      if (sid) rdma_destroy_id(sid);
+      if (cid) rdma_destroy_id(cid);
+      if (scq) ibv_destroy_cq(scq);
+      if (ccq) ibv_destroy_cq(ccq);
+      if (cpd) ibv_dealloc_pd(cpd);
+      if (ch) rdma_destroy_event_channel(ch);
+    }
+  };
+  auto p2 = std::make_unique<Pair2>();
+  p2->ch = rdma_create_event_channel();
+  ASSERT_NE(p2->ch, nullptr);
+  ASSERT_EQ(0, rdma_create_id(p2->ch, &p2->cid, nullptr, RDMA_PS_TCP));
+  sockaddr_in da = loopback_addr(port_);
+  ASSERT_EQ(0, rdma_resolve_addr(p2->cid, nullptr, reinterpret_cast<sockaddr *>(&da), 2000));
+  ASSERT_TRUE(wait_cm_event(p2->ch, RDMA_CM_EVENT_ADDR_RESOLVED));
+  ASSERT_EQ(0, rdma_resolve_route(p2->cid, 2000));
+  ASSERT_TRUE(wait_cm_event(p2->ch, RDMA_CM_EVENT_ROUTE_RESOLVED));
+  ASSERT_TRUE(make_rc_qp(p2->cid, 16, &p2->cpd, &p2->ccq));
+  rdma_conn_param cp{};
+  cp.initiator_depth = cp.responder_resources = 16;
+  ASSERT_EQ(0, rdma_connect(p2->cid, &cp));
+  ASSERT_TRUE(wait_cm_event(lch_, RDMA_CM_EVENT_CONNECT_REQUEST, kTimeoutMs, &p2->sid));
+  p2->scq = ibv_create_cq(p2->sid->verbs, 64, nullptr, nullptr, 0);
+  ASSERT_NE(p2->scq, nullptr);
+  ibv_qp_init_attr qa{};
+  qa.send_cq = qa.recv_cq = p2->scq;
+  qa.qp_type = IBV_QPT_RC;
+  qa.cap.max_send_wr = qa.cap.max_recv_wr = 16;
+  qa.cap.max_send_sge = qa.cap.max_recv_sge = 1;
+  ASSERT_EQ(p2->sid->verbs, srv_.ctx);
+  ASSERT_EQ(0, rdma_create_qp(p2->sid, srv_.pd, &qa));  // the window's PD
+  ASSERT_EQ(0, rdma_accept(p2->sid, &cp));
+  ASSERT_TRUE(wait_cm_event(lch_, RDMA_CM_EVENT_ESTABLISHED));
+  ASSERT_TRUE(wait_cm_event(p2->ch, RDMA_CM_EVENT_ESTABLISHED));
+
+  Guarded &g = NewGuarded(4096);
+  ibv_mr *mr = Reg(srv_.pd, g.region, g.len, kMwMr);
+  ibv_mw *m1 = AllocMw(srv_.pd, IBV_MW_TYPE_1), *m2 = AllocMw(srv_.pd, IBV_MW_TYPE_2);
+  ASSERT_TRUE(mr && m1 && m2);
+  ASSERT_EQ(Bind1(srv_.qp, srv_.scq, m1, mr, g.region, 2048, kRw).status, IBV_WC_SUCCESS);
+  uint32_t rkey2 = 0;
+  ASSERT_EQ(Bind2(srv_.qp, srv_.scq, m2, mr, g.region + 2048, 2048, kRw, &rkey2).status,
+            IBV_WC_SUCCESS);
+  std::vector<uint8_t> src(256, 0x61);
+  ibv_mr *smr = ibv_reg_mr(p2->cpd, src.data(), src.size(), kAllAccess);
+  ASSERT_NE(smr, nullptr);
+  // Type 1: any QP of the window's PD.
+  ibv_wc wc = post_and_wait(p2->cid->qp, p2->ccq,
+                            {IBV_WR_RDMA_READ, {sge(smr, src.data(), 64)}, IBV_SEND_SIGNALED, 1,
+                             (uint64_t)(uintptr_t)g.region, m1->rkey});
+  EXPECT_EQ(wc.status, IBV_WC_SUCCESS) << "type 1 window over the second QP: "
+                                       << wc_status_name(wc.status);
+  // Type 2: not through this QP. A WRITE then a READ: one of them reports the error.
+  std::vector<SendSpec> chain = {
+      {IBV_WR_RDMA_WRITE, {sge(smr, src.data(), 64)}, IBV_SEND_SIGNALED, 2,
+       (uint64_t)(uintptr_t)(g.region + 2048), rkey2},
+      {IBV_WR_RDMA_READ, {sge(smr, src.data() + 64, 8)}, IBV_SEND_SIGNALED, 3,
+       (uint64_t)(uintptr_t)g.region, m1->rkey}};
+  ASSERT_EQ(0, post_chain(p2->cid->qp, chain));
+  auto wcs = poll_n(p2->ccq, 2);
+  ASSERT_EQ(wcs.size(), 2u);
+  EXPECT_TRUE(wcs[0].status == IBV_WC_REM_ACCESS_ERR || wcs[1].status == IBV_WC_REM_ACCESS_ERR)
+      << wc_status_name(wcs[0].status) << " / " << wc_status_name(wcs[1].status);
+  EXPECT_TRUE(std::all_of(g.region + 2048, g.region + 4096, [](uint8_t b) { return b == 0xA5; }))
+      << "a type 2 window served another QP";
+  // Through its own QP it still works.
+  Local lsrc = MakeLocal(cli_.pd, 64, 0x62);
+  EXPECT_EQ(Write(rkey2, g.region + 2048, lsrc, 64).status, IBV_WC_SUCCESS);
+  EXPECT_EQ(0, ibv_dereg_mr(smr));
+  p2.reset();
+}
+
 // ibv_dereg_mr(3) fails while a window is bound to the MR (EINVAL, as rxe; IBA 10.6.7.2.6);
 // the window keeps working; once unbound, the MR deregisters.
 TEST_P(MemoryWindow, DeregisterMrWithBoundWindowFails) {
