@@ -17,12 +17,12 @@ namespace eca::transport {
 
 using namespace eca::wire;
 
-bool atomic_check(const Pd *pd, const AtomicRequest &r, MrRef *out, TermInfo *term) {
+bool atomic_check(const Pd *pd, uint32_t qpn, const AtomicRequest &r, MrRef *out, TermInfo *term) {
   if (!atomic_op_valid(r.aopcode) || r.to % kAtomicAlign) {
     *term = {TermLayer::Rdmap, kRdmapRemoteOperation, kRdmapInvalidAtomicRequest};
     return false;
   }
-  const AccessError e = mr_lookup(r.stag, pd, r.to, kAtomicLen, IBV_ACCESS_REMOTE_ATOMIC, out);
+  const AccessError e = mr_lookup(r.stag, pd, r.to, kAtomicLen, IBV_ACCESS_REMOTE_ATOMIC, out, qpn);
   if (e != AccessError::None) {
     *term = term_for_read_source(e);  // the RFC 5040 Remote Protection codes
     return false;
@@ -57,7 +57,7 @@ bool IwarpConn::rx_atomic_request() {
   const AtomicRequest r = get_atomic_request(rx_.hdr.data());
   IrqEntry e;
   TermInfo term;
-  if (!atomic_check(qp_.pd, r, &e.src, &term)) {
+  if (!atomic_check(qp_.pd, qp_.qpn, r, &e.src, &term)) {
     ECA_QP_LOG(Info, qp_.qpn, "Atomic Request (op %u) on STag 0x%x TO 0x%llx rejected",
                r.aopcode, r.stag, (unsigned long long)r.to);
     fail_terminate(term, IBV_WC_WR_FLUSH_ERR);

@@ -16,10 +16,11 @@
 
 namespace eca::transport {
 
-// Validates a received request for a QP in `pd`: AOpCode, 8-byte alignment of the Remote
+// Validates a received request for QP `qpn` in `pd` (a type 2 window serves only its QP): AOpCode, 8-byte alignment of the Remote
 // Tagged Offset (and of the host word behind it), STag, PD, REMOTE_ATOMIC rights, bounds.
 // Returns true and the target in *out, or false and the TERMINATE to send in *term.
-bool atomic_check(const Pd *pd, const wire::AtomicRequest &r, MrRef *out, wire::TermInfo *term);
+bool atomic_check(const Pd *pd, uint32_t qpn, const wire::AtomicRequest &r, MrRef *out,
+                  wire::TermInfo *term);
 
 // Executes a validated request on the aligned word at `host` (an MrUse must hold its MR).
 // Returns the original value. Any thread; lock-free.

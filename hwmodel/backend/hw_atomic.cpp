@@ -75,7 +75,7 @@ bool HwConn::handle_atomic_request_locked(const Frame &f) {
                                  : w::verbs_compare_swap(b.rkey, b.addr, b.compare, b.operand);
   MrRef target;
   w::TermInfo term;
-  if (!transport::atomic_check(qp_.pd, r, &target, &term)) {
+  if (!transport::atomic_check(qp_.pd, qp_.qpn, r, &target, &term)) {
     ECA_QP_LOG(Info, qp_.qpn, "atomic on rkey 0x%x addr 0x%llx rejected", b.rkey,
                (unsigned long long)b.addr);
     send_terminate_locked(term.etype == w::kRdmapRemoteProtection ? WireError::Access

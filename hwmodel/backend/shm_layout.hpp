@@ -18,7 +18,7 @@ namespace eca::hw {
 
 inline constexpr uint64_t kAdapterMagic = 0x4543414877416470ull;  // "ECAHwAdp"
 inline constexpr uint64_t kLinkMagic = 0x454341487754696eull;     // "ECAHwLin"
-inline constexpr uint32_t kLayoutVersion = 5;
+inline constexpr uint32_t kLayoutVersion = 6;
 
 inline constexpr uint32_t kMaxStags = 1u << 16;
 inline constexpr uint32_t kMaxRegions = 1u << 12;

@@ -569,6 +569,46 @@ TEST_P(MemoryWindow, Type2WindowRefusedOnAnotherQpOfItsPd) {
   p2.reset();
 }
 
+// RFC 7306 atomics through a window: the window's REMOTE_ATOMIC right is what counts (the MR
+// itself grants no remote access), and a window without it refuses the atomic.
+TEST_P(MemoryWindow, AtomicsThroughAWindow) {
+  ASSERT_NO_FATAL_FAILURE(Connect());
+  uint8_t *mem = Buf(4096, 0);
+  Win atomic = Bound(IBV_MW_TYPE_2, mem, 4096, mem, 64, IBV_ACCESS_REMOTE_ATOMIC);
+  Win rw = Bound(IBV_MW_TYPE_2, mem, 4096, mem + 64, 64, kRw);
+  ASSERT_TRUE(atomic.ok && rw.ok);
+  Local res = MakeLocal(cli_.pd, 8, 0xEE);
+  auto fetch_add = [&](uint32_t rkey, uint8_t *addr, uint64_t add) {
+    ibv_sge s = sge(res.mr, res.d, 8);
+    ibv_send_wr wr{}, *bad = nullptr;
+    wr.wr_id = 9;
+    wr.opcode = IBV_WR_ATOMIC_FETCH_AND_ADD;
+    wr.send_flags = IBV_SEND_SIGNALED;
+    wr.sg_list = &s;
+    wr.num_sge = 1;
+    wr.wr.atomic.remote_addr = (uint64_t)(uintptr_t)addr;
+    wr.wr.atomic.compare_add = add;
+    wr.wr.atomic.rkey = rkey;
+    ibv_wc wc{};
+    wc.status = IBV_WC_GENERAL_ERR;
+    EXPECT_EQ(0, ibv_post_send(cli_.qp, &wr, &bad));
+    EXPECT_TRUE(poll_one(cli_.scq, &wc)) << "no completion for the atomic";
+    return wc;
+  };
+  uint64_t word = 40;
+  std::memcpy(mem + 8, &word, 8);
+  ibv_wc wc = fetch_add(atomic.rkey, mem + 8, 2);
+  ASSERT_EQ(wc.status, IBV_WC_SUCCESS) << wc_status_name(wc.status);
+  std::memcpy(&word, res.d, 8);
+  EXPECT_EQ(word, 40u) << "original value returned";
+  std::memcpy(&word, mem + 8, 8);
+  EXPECT_EQ(word, 42u);
+  // Through the window without REMOTE_ATOMIC: refused, the word stays.
+  wc = fetch_add(rw.rkey, mem + 64, 1);
+  EXPECT_EQ(wc.status, IBV_WC_REM_ACCESS_ERR) << wc_status_name(wc.status);
+  EXPECT_TRUE(std::all_of(mem + 64, mem + 128, [](uint8_t b) { return b == 0; }));
+}
+
 // ibv_dereg_mr(3) fails while a window is bound to the MR (EINVAL, as rxe; IBA 10.6.7.2.6);
 // the window keeps working; once unbound, the MR deregisters.
 TEST_P(MemoryWindow, DeregisterMrWithBoundWindowFails) {
