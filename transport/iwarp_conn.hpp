@@ -146,6 +146,7 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   void fail_local_async();    // a local error: end the stream from the progress thread
   // ---- rx (qp_rx.cpp)
   void arm_read();
+  void rx_handler();  // progress thread: on_readable() under a try-lock of cb_mu
   void on_readable();
   bool rx_process(size_t budget);       // false: stop (closed, parked, or would block)
   bool rx_header_complete();
@@ -203,6 +204,7 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   RxState rx_;
   boost::asio::steady_timer park_timer_;
   boost::asio::steady_timer term_timer_;  // bounds a close that lingers for its TERMINATE
+  boost::asio::steady_timer rx_retry_timer_;  // progress thread only: a poller held cb_mu
 };
 
 class IwarpEngine final : public QpEngine {

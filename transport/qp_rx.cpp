@@ -27,6 +27,7 @@ constexpr size_t kRxBudget = 4u << 20;       // bytes per handler run before yie
 constexpr size_t kPollBudget = 256u << 10;   // bytes per ibv_poll_cq() call that receives
 constexpr size_t kDirectMin = 2048;          // payload left that is worth a direct recv
 constexpr auto kParkTick = std::chrono::milliseconds(1);
+constexpr auto kRxRetry = std::chrono::microseconds(50);  // a poller holds the receive side
 constexpr auto kTermLinger = std::chrono::seconds(1);  // a closed QP waits this long for its TERMINATE
 
 
@@ -118,10 +119,26 @@ void IwarpConn::arm_read() {
   auto self = shared_from_this();
   sock_.async_wait(boost::asio::ip::tcp::socket::wait_read,
                    [self](const boost::system::error_code &ec) {
-                     std::lock_guard cb(self->cb_mu_);
-                     if (self->closed_ || ec == boost::asio::error::operation_aborted) return;
-                     self->on_readable();
+                     if (ec == boost::asio::error::operation_aborted) return;
+                     self->rx_handler();
                    });
+}
+
+// Progress thread: receives, unless a polling application thread holds cb_mu (it is
+// receiving, and may have been preempted while at it). The progress thread never waits for an
+// application thread, which would stall every other connection: it comes back shortly.
+void IwarpConn::rx_handler() {
+  std::unique_lock cb(cb_mu_, std::try_to_lock);
+  if (!cb.owns_lock()) {
+    auto self = shared_from_this();
+    rx_retry_timer_.expires_after(kRxRetry);
+    rx_retry_timer_.async_wait([self](const boost::system::error_code &ec) {
+      if (!ec) self->rx_handler();
+    });
+    return;
+  }
+  if (closed_ || ended_ || rx_.parked) return;
+  on_readable();
 }
 
 // Progress thread, cb_mu held.
@@ -130,20 +147,30 @@ void IwarpConn::on_readable() {
     if (closed_ || ended_ || rx_.parked) return;
     // Budget used up: let other connections run, then continue.
     auto self = shared_from_this();
-    Progress::instance().post([self] {
-      std::lock_guard cb(self->cb_mu_);
-      if (self->closed_ || self->ended_ || self->rx_.parked) return;
-      self->on_readable();
-    });
+    Progress::instance().post([self] { self->rx_handler(); });
   }
 }
 
 // An application thread found one of our CQs empty (ibv_poll_cq): it transmits what waits
-// for socket room. Never blocks.
+// for socket room, and receives and places what has arrived, itself, instead of waiting for
+// the progress thread to be scheduled. Never blocks: cb_mu is only tried (when the progress
+// thread or another poller is receiving, they do it). System calls: none for transmission
+// unless the socket was full; one recv() when data may be due (rx_expected()).
 void IwarpConn::poll_progress() {
   if (tx_state_.load(std::memory_order_relaxed) & kTxBlocked) {
     if (closed_) return;
     tx_unblock_and_run();
+  }
+  if (closed_.load(std::memory_order_relaxed) || rx_.parked.load(std::memory_order_relaxed) ||
+      !rx_expected())
+    return;
+  std::unique_lock cb(cb_mu_, std::try_to_lock);
+  if (!cb.owns_lock() || closed_ || ended_ || rx_.parked) return;
+  if (rx_process(kPollBudget)) {
+    // Budget used up with more to come: the progress thread continues (its read wait only
+    // fires for new data).
+    auto self = shared_from_this();
+    Progress::instance().post([self] { self->rx_handler(); });
   }
 }
 
@@ -732,6 +759,7 @@ void IwarpConn::close(bool graceful) {
     if (!linger) {
       boost::system::error_code ec;
       self->park_timer_.cancel();
+      self->rx_retry_timer_.cancel();
       self->sock_.close(ec);
       return;
     }
@@ -759,6 +787,7 @@ void IwarpConn::end_linger() {
   boost::system::error_code ec;
   term_timer_.cancel();
   park_timer_.cancel();
+  rx_retry_timer_.cancel();
   sock_.close(ec);
 }
 

@@ -29,7 +29,8 @@ IwarpConn::IwarpConn(Qp &qp, LlpConnection &&llp)
       fpdu_payload_(config().fpdu_payload),
       qpn_(qp.qpn),
       park_timer_(Progress::instance().io()),
-      term_timer_(Progress::instance().io()) {
+      term_timer_(Progress::instance().io()),
+      rx_retry_timer_(Progress::instance().io()) {
   crc_ = llp.crc;
   ird_ = llp.ird;
   ord_ = llp.ord;
@@ -78,7 +79,6 @@ void IwarpConn::doorbell() {
   if (!config().tx_inline && !Progress::instance().on_progress_thread()) {
     auto self = shared_from_this();
     Progress::instance().post([self] {
-      std::lock_guard cb(self->cb_mu_);
       if (!self->closed_ || self->lingering_) self->tx_run();
     });
     return;
@@ -192,8 +192,9 @@ void IwarpConn::wait_writable_locked() {
   auto self = shared_from_this();
   auto arm = [self] {
     if (self->closed_ && !self->lingering_) return;
+    // No cb_mu: the transmitter checks closed_ under tx_mu (close() takes it after setting
+    // closed_), and the progress thread must not wait for a polling thread that holds cb_mu.
     auto on_writable = [self](const boost::system::error_code &ec) {
-      std::lock_guard cb(self->cb_mu_);
       self->tx_state_.fetch_and(~kTxArmed, std::memory_order_acq_rel);
       if ((self->closed_ && !self->lingering_) || ec) return;  // rx reports a dead connection
       self->tx_unblock_and_run();
@@ -206,7 +207,6 @@ void IwarpConn::wait_writable_locked() {
       // socket::cancel() also cancels the receive wait of arm_read(), whose handler then
       // returns without re-arming and the receive side stalls for good.
       Progress::instance().post([self] {
-        std::lock_guard cb(self->cb_mu_);
         if (!self->closed_ || self->lingering_) self->tx_unblock_and_run();
       });
     }
