@@ -140,7 +140,7 @@ bool Cq::push(const ibv_wc &wc, bool solicited) {
 int Cq::poll(int n, ibv_wc *out) {
   if (n < 0) return -EINVAL;
   int k = 0;
-  {
+  auto take = [&] {
     std::lock_guard lk(mu);
     const uint32_t cap = (uint32_t)ring.size();
     while (k < n && count) {
@@ -148,7 +148,8 @@ int Cq::poll(int n, ibv_wc *out) {
       head = head + 1 == cap ? 0 : head + 1;
       count--;
     }
-  }
+  };
+  take();
   if (k == 0 && n > 0 && nhooks.load(std::memory_order_relaxed) &&
       pthread_rwlock_tryrdlock(&hooks_rw.rw) == 0) {
     // A QP in the list is alive (remove_hook waits for us); its engine is pinned by EngineRef.
@@ -157,13 +158,7 @@ int Cq::poll(int n, ibv_wc *out) {
     pthread_rwlock_unlock(&hooks_rw.rw);
     // The engines may have placed data and completed work: look again, so that a busy poller
     // gets what its own call produced without another round trip.
-    std::lock_guard lk(mu);
-    const uint32_t cap = (uint32_t)ring.size();
-    while (k < n && count) {
-      out[k++] = ring[head];
-      head = head + 1 == cap ? 0 : head + 1;
-      count--;
-    }
+    take();
   }
   return k;
 }

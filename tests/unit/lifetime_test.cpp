@@ -21,6 +21,16 @@ struct Pair {
   rdma_cm_id *sid = nullptr;  // server id (QP through rdma_create_qp)
 };
 
+ibv_qp_init_attr rc_attr(ibv_cq *scq, ibv_cq *rcq, uint32_t depth) {
+  ibv_qp_init_attr a{};
+  a.send_cq = scq;
+  a.recv_cq = rcq;
+  a.qp_type = IBV_QPT_RC;
+  a.cap.max_send_wr = a.cap.max_recv_wr = depth;
+  a.cap.max_send_sge = a.cap.max_recv_sge = 1;
+  return a;
+}
+
 class Lifetime : public EcaTest {};
 
 TEST_P(Lifetime, ResetAndReuseQpsWhileOthersPollArmAndPost) {
@@ -54,14 +64,7 @@ TEST_P(Lifetime, ResetAndReuseQpsWhileOthersPollArmAndPost) {
   ASSERT_NE(mr, nullptr);
   std::vector<ibv_qp *> qps(kQps);
   for (auto &q : qps) {
-    ibv_qp_init_attr a{};
-    a.send_cq = cq;
-    a.recv_cq = cq;
-    a.qp_type = IBV_QPT_RC;
-    a.cap.max_send_wr = 256;
-    a.cap.max_recv_wr = 256;
-    a.cap.max_send_sge = 1;
-    a.cap.max_recv_sge = 1;
+    ibv_qp_init_attr a = rc_attr(cq, cq, 256);
     q = ibv_create_qp(pd, &a);
     ASSERT_NE(q, nullptr);
   }
@@ -119,14 +122,7 @@ TEST_P(Lifetime, ResetAndReuseQpsWhileOthersPollArmAndPost) {
       cp.initiator_depth = cp.responder_resources = 4;
       ASSERT_EQ(0, rdma_connect(p.cid, &cp));
       ASSERT_TRUE(wait_cm_event(lch_, RDMA_CM_EVENT_CONNECT_REQUEST, kTimeoutMs, &p.sid));
-      ibv_qp_init_attr sa{};
-      sa.send_cq = scq_srv;
-      sa.recv_cq = rcq_srv;
-      sa.qp_type = IBV_QPT_RC;
-      sa.cap.max_send_wr = 16;
-      sa.cap.max_recv_wr = 16;
-      sa.cap.max_send_sge = 1;
-      sa.cap.max_recv_sge = 1;
+      ibv_qp_init_attr sa = rc_attr(scq_srv, rcq_srv, 16);
       ASSERT_EQ(0, rdma_create_qp(p.sid, pd, &sa));
       rdma_conn_param ap{};
       ap.initiator_depth = ap.responder_resources = 4;

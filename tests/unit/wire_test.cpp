@@ -4,6 +4,8 @@
 // untagged queue 2) where one is due, and the process must survive.
 #include "tests/unit/fixture.hpp"
 
+#include <sys/ioctl.h>
+
 #include <netinet/tcp.h>
 
 #include <random>
@@ -626,6 +628,15 @@ TEST_P(Hostile, BlockedTerminateDoesNotStallOtherConnections) {
   sp.remote_addr = 0;
   sp.flags = 0;
   ASSERT_EQ(0, post(a.qp(), sp));
+  // Wait until the raw peer's receive queue stops growing: both socket buffers are full.
+  int queued = -1, prev = -2;
+  for (int i = 0; i < 2000 && queued != prev; i++) {
+    prev = queued;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));  // sampling, not synchronisation
+    ASSERT_EQ(0, ::ioctl(a.fd, FIONREAD, &queued));
+  }
+  ASSERT_GT(queued, 0);
+  ASSERT_LT((size_t)queued, big.size()) << "the socket never filled";
   // The bad frame: a's receive side detects it while its transmit side is stuck.
   auto t0 = Clock::now();
   ASSERT_TRUE(send_all(a.fd, fpdu(untagged_hdr(w::Opcode::Send, 0, 7, 0), {1}, a.crc)));
