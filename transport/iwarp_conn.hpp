@@ -177,6 +177,7 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   std::recursive_mutex cb_mu_;
   std::atomic<bool> closed_{false};
   std::atomic<bool> lingering_{false};  // closed, but a queued TERMINATE is still going out
+  bool qp_detached_ = false;  // close() took tx_mu: the transmitter leaves the Qp alone (tx_mu)
   bool ended_ = false;  // the end was found; reported or about to be (cb_mu)
 
   // tx. The hand-off between threads that want transmission is one atomic word

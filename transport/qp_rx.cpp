@@ -748,6 +748,7 @@ void IwarpConn::close(bool graceful) {
   bool linger;
   {
     std::lock_guard lk(tx_mu_);  // waits for a transmitter that may still call into the Qp
+    qp_detached_ = true;
     linger = term_want_ && !term_sent_;
     if (linger) lingering_ = true;
     else if (graceful && !term_sent_) ::shutdown(fd_, SHUT_WR);

@@ -457,7 +457,10 @@ void IwarpConn::frame_sent_locked() {
         msg_.msn = msn_send_++;
         return;
       }
-      if (!closed_) qp_.sq_done(msg_.wqe, IBV_WC_SUCCESS);  // else flushed; the Qp may be gone
+      // Handed to the socket in full: a success, even if close() began meanwhile (closed_ is
+      // set before close() waits for tx_mu, and the flush that follows must not claim this
+      // WQE). Only once close() holds tx_mu may the Qp be gone: then it was flushed.
+      if (!qp_detached_) qp_.sq_done(msg_.wqe, IBV_WC_SUCCESS);
       break;
     case TxMsg::Kind::ReadResponse:
       irq_.pop_front();
