@@ -391,6 +391,12 @@ struct Qp {
   static Qp *from(ibv_qp *q) { return reinterpret_cast<Qp *>(q); }
   static Qp *from(ibv_qp_ex *q) { return reinterpret_cast<Qp *>(q); }
   ibv_qp *ibv() { return &qpx.qp_base; }
+  // ibv_qp::state, the field applications may read directly: written by the thread that
+  // changes the state (often the progress thread) and by ibv_query_qp, so always atomically.
+  static void set_public_state(ibv_qp *q, ibv_qp_state s) {
+    std::atomic_ref<ibv_qp_state>(q->state).store(s, std::memory_order_relaxed);
+  }
+  void set_public_state(ibv_qp_state s) { set_public_state(ibv(), s); }
 
   // ---- used by the verbs layer
   int post_send(const ibv_send_wr *wr, const ibv_send_wr **bad);

@@ -403,7 +403,7 @@ void Qp::enter_error() {
   // that may itself be on its way into enter_error().
   if (EngineRef e(*this); e) e->close(false);
   state.store(IBV_QPS_ERR);
-  qpx.qp_base.state = IBV_QPS_ERR;
+  set_public_state(IBV_QPS_ERR);
   {
     std::lock_guard lk(sq_mu);
     flush_locked_sq();
@@ -447,7 +447,7 @@ void Qp::attach_engine(std::unique_ptr<QpEngine> e) {
   // RESET) say nothing about this one.
   err_completed.store(false, std::memory_order_release);
   state.store(IBV_QPS_RTS);
-  qpx.qp_base.state = IBV_QPS_RTS;
+  set_public_state(IBV_QPS_RTS);
 }
 
 void Qp::disconnect() {
@@ -496,7 +496,7 @@ int Qp::modify(const ibv_qp_attr &attr, int mask) {
         publish_sq_locked();
         publish_rq_locked();
         state.store(IBV_QPS_RESET);
-        qpx.qp_base.state = IBV_QPS_RESET;
+        set_public_state(IBV_QPS_RESET);
       }
       // Destroyed only when no poller, poster or notifier is inside it any more (EngineRef),
       // outside the queue locks that such a thread may be waiting for.
@@ -504,7 +504,7 @@ int Qp::modify(const ibv_qp_attr &attr, int mask) {
       err_completed.store(false, std::memory_order_release);
     } else {
       state.store(to);
-      qpx.qp_base.state = to;
+      set_public_state(to);
     }
   }
   return 0;
