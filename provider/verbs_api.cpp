@@ -341,7 +341,7 @@ EXPORT int ibv_modify_qp(ibv_qp *qp, ibv_qp_attr *attr, int mask) {
 
 EXPORT int ibv_query_qp(ibv_qp *qp, ibv_qp_attr *attr, int mask, ibv_qp_init_attr *init) {
   int rc = Qp::from(qp)->query(attr, mask, init);
-  if (!rc && (mask & IBV_QP_STATE)) qp->state = attr->qp_state;  // as libibverbs does
+  if (!rc && (mask & IBV_QP_STATE)) Qp::set_public_state(qp, attr->qp_state);  // as libibverbs does
   return rc;
 }
 

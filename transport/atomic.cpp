@@ -139,6 +139,7 @@ bool IwarpConn::rx_atomic_response() {
   {
     std::lock_guard lk(tx_mu_);
     orq_.pop_front();
+    orq_size_.store((uint32_t)orq_.size(), std::memory_order_release);
   }
   qp_.sq_done(w, IBV_WC_SUCCESS);
   doorbell();  // ORD room or a fence may let the send queue move on

@@ -5,9 +5,15 @@
 //  - cb_mu (recursive) is held by every progress-thread handler that may call into the Qp;
 //    close() takes it, so once close() returns no handler runs against the Qp any more.
 //    It is recursive because a handler's error path reaches Qp::enter_error() -> close().
-//  - tx_mu guards the transmit state, the ORQ and the IRQ. Posting threads take it (never
-//    cb_mu) to transmit inline. Order: cb_mu -> tx_mu -> Qp::sq_mu -> Cq::mu.
-//  - rx state is touched only by the progress thread under cb_mu.
+//  - rx state is touched only under cb_mu: by the progress thread, or by an application
+//    thread polling one of the QP's CQs, which only try-locks it (poll_progress()). The
+//    end of a connection found by a polling thread is reported from the progress thread.
+//  - tx_mu guards the transmit state, the ORQ and the IRQ. The thread that owns the
+//    transmitter (tx_state_ kTxRunning: a poster, a poller or the progress thread) holds it
+//    while it pumps; the receive side takes it briefly for the ORQ/IRQ.
+//    Order: cb_mu -> tx_mu -> Qp::sq_mu -> Cq::mu.
+//  - The progress thread never blocks on the network: TERMINATE goes out through the
+//    ordinary transmitter, and a closed connection lingers for it at most kTermLinger.
 #pragma once
 
 #include <sys/uio.h>
@@ -112,8 +118,8 @@ struct RxState {
   std::vector<uint8_t> buf;
   size_t buf_pos = 0, buf_end = 0;
   bool large_mode = false;  // the last payload was large: read headers exactly
-  // waiting for a receive buffer
-  bool parked = false;
+  // waiting for a receive buffer (written under cb_mu; rq_doorbell() peeks without it)
+  std::atomic<bool> parked{false};
   std::chrono::steady_clock::time_point park_deadline;
 };
 
@@ -123,7 +129,7 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   void start();                 // begin receiving (progress thread)
   void doorbell();              // SQ has work (any thread)
   void rq_doorbell();           // RQ has buffers (any thread)
-  void poll_progress();         // an application thread polls our send CQ (must not block)
+  void poll_progress();         // an application thread polls one of our CQs (never blocks)
   void close(bool graceful);    // any thread; idempotent
   bool crc_on() const { return crc_; }
   uint16_t ird() const { return ird_; }
@@ -138,13 +144,16 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   void frame_sent_locked();
   void wait_writable_locked();
   bool start_wqe_locked(SendWqe *w);
-  void queue_terminate_locked(const wire::TermInfo &t);
-  void tx_run(bool blocking);
-  bool send_terminate_now(const wire::TermInfo &t);  // progress thread; bounded blocking
+  void tx_run();              // becomes the transmitter if work is pending and nobody is
+  void tx_unblock_and_run();  // the socket may have room again
+  bool tx_stopped_locked() const { return (closed_ && !lingering_) || term_sent_; }
+  void term_sent_locked();    // the TERMINATE left: FIN, and end a lingering close
+  void end_linger();          // cb_mu held: close the socket for good
   ssize_t send_frame_rest();  // one sendmsg() of the rest of frame_ (tx_mu held)
   void fail_local_async();    // a local error: end the stream from the progress thread
   // ---- rx (qp_rx.cpp)
   void arm_read();
+  void rx_handler();  // progress thread: on_readable() under a try-lock of cb_mu
   void on_readable();
   bool rx_process(size_t budget);       // false: stop (closed, parked, or would block)
   bool rx_header_complete();
@@ -158,11 +167,14 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   bool rx_atomic_request();   // responder: validate, queue on the IRQ (false: stream ended)
   bool rx_atomic_response();  // requester: place the original value, complete the WQE
   bool start_atomic_response_locked(IrqEntry &e);  // tx_mu held: execute, frame the answer
+  bool rx_expected() const;  // a polling thread has reason to look at the socket
   // ---- errors (qp_rx.cpp)
   // A protocol/access error detected locally: send TERMINATE, end the connection.
   void fail_terminate(const wire::TermInfo &t, ibv_wc_status sq_status);
-  // The connection died or closed: end it, report to the Qp (progress thread, cb_mu held).
+  // The connection died or closed: end it, report to the Qp (cb_mu held; from a polling
+  // thread the report is deferred to the progress thread).
   void fail_llp(LlpEnd why, ibv_wc_status sq_status);
+  void report_end(LlpEnd why, ibv_wc_status sq_status);  // progress thread, cb_mu held
   void fail_from_tx(int err);  // tx path error from any thread: deferred to the progress thread
 
   Qp &qp_;
@@ -172,22 +184,30 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   uint16_t ird_, ord_;     // negotiated inbound/outbound READ depth
   Rtr rtr_recv_;           // RFC 6581 RTR still to be consumed (responder, p2p mode)
   uint32_t fpdu_payload_;
+  const uint32_t qpn_;     // for log lines after close (the Qp may be gone by then)
   std::recursive_mutex cb_mu_;
   std::atomic<bool> closed_{false};
-  bool ended_ = false;  // Qp::llp_ended already reported (cb_mu)
+  std::atomic<bool> lingering_{false};  // closed, but a queued TERMINATE is still going out
+  bool qp_detached_ = false;  // close() took tx_mu: the transmitter leaves the Qp alone (tx_mu)
+  bool ended_ = false;  // the end was found; reported or about to be (cb_mu)
 
-  // tx
+  // tx. The hand-off between threads that want transmission is one atomic word
+  // (qp_tx.cpp, "Doorbell", has the protocol and its proof).
+  static constexpr uint32_t kTxPending = 1;  // work may be queued that no transmitter has seen
+  static constexpr uint32_t kTxRunning = 2;  // a thread owns the transmitter
+  static constexpr uint32_t kTxBlocked = 4;  // the socket was full with work queued
+  static constexpr uint32_t kTxArmed = 8;    // a writability wait is armed or being armed
+  std::atomic<uint32_t> tx_state_{0};
   std::mutex tx_mu_;
-  std::atomic<bool> tx_pending_{false};
-  std::atomic<bool> tx_blocked_{false};     // the socket was full with work queued
-  std::atomic<bool> writable_armed_{false};  // a writability wait is armed or being armed
   TxMsg msg_;
   TxFrame frame_;
   std::deque<OrqEntry> orq_;
   std::deque<IrqEntry> irq_;
-  bool term_queued_ = false;
+  bool term_queued_ = false;  // the stream is ending: take no more work
+  bool term_want_ = false;    // term_ goes out after the FPDU in flight
   bool term_sent_ = false;
   wire::TermInfo term_;
+  std::atomic<uint32_t> orq_size_{0};  // orq_.size(), for polling threads (rx_expected)
   uint32_t msn_send_ = 1, msn_rreq_ = 1, msn_aresp_ = 1;
   uint32_t atomic_req_id_ = 0;      // Request Identifier of our last Atomic Request
   SendWqe *blocked_wqe_ = nullptr;  // taken from the SQ but waiting for ORD room or a fence
@@ -196,6 +216,8 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   // rx
   RxState rx_;
   boost::asio::steady_timer park_timer_;
+  boost::asio::steady_timer term_timer_;  // bounds a close that lingers for its TERMINATE
+  boost::asio::steady_timer rx_retry_timer_;  // progress thread only: a poller held cb_mu
 };
 
 class IwarpEngine final : public QpEngine {

@@ -24,8 +24,11 @@ using namespace eca::wire;
 namespace {
 
 constexpr size_t kRxBudget = 4u << 20;       // bytes per handler run before yielding
+constexpr size_t kPollBudget = 256u << 10;   // bytes per ibv_poll_cq() call that receives
 constexpr size_t kDirectMin = 2048;          // payload left that is worth a direct recv
 constexpr auto kParkTick = std::chrono::milliseconds(1);
+constexpr auto kRxRetry = std::chrono::microseconds(50);  // a poller holds the receive side
+constexpr auto kTermLinger = std::chrono::seconds(1);  // a closed QP waits this long for its TERMINATE
 
 
 // Copies n bytes into the segment list `t` starting at byte offset `off`.
@@ -120,10 +123,26 @@ void IwarpConn::arm_read() {
   auto self = shared_from_this();
   sock_.async_wait(boost::asio::ip::tcp::socket::wait_read,
                    [self](const boost::system::error_code &ec) {
-                     std::lock_guard cb(self->cb_mu_);
-                     if (self->closed_ || ec == boost::asio::error::operation_aborted) return;
-                     self->on_readable();
+                     if (ec == boost::asio::error::operation_aborted) return;
+                     self->rx_handler();
                    });
+}
+
+// Progress thread: receives, unless a polling application thread holds cb_mu (it is
+// receiving, and may have been preempted while at it). The progress thread never waits for an
+// application thread, which would stall every other connection: it comes back shortly.
+void IwarpConn::rx_handler() {
+  std::unique_lock cb(cb_mu_, std::try_to_lock);
+  if (!cb.owns_lock()) {
+    auto self = shared_from_this();
+    rx_retry_timer_.expires_after(kRxRetry);
+    rx_retry_timer_.async_wait([self](const boost::system::error_code &ec) {
+      if (!ec) self->rx_handler();
+    });
+    return;
+  }
+  if (closed_ || ended_ || rx_.parked) return;
+  on_readable();
 }
 
 // Progress thread, cb_mu held.
@@ -132,12 +151,39 @@ void IwarpConn::on_readable() {
     if (closed_ || ended_ || rx_.parked) return;
     // Budget used up: let other connections run, then continue.
     auto self = shared_from_this();
-    Progress::instance().post([self] {
-      std::lock_guard cb(self->cb_mu_);
-      if (self->closed_ || self->ended_ || self->rx_.parked) return;
-      self->on_readable();
-    });
+    Progress::instance().post([self] { self->rx_handler(); });
   }
+}
+
+// An application thread found one of our CQs empty (ibv_poll_cq): it transmits what waits
+// for socket room, and receives and places what has arrived, itself, instead of waiting for
+// the progress thread to be scheduled. Never blocks: cb_mu is only tried (when the progress
+// thread or another poller is receiving, they do it). System calls: none for transmission
+// unless the socket was full; one recv() when data may be due (rx_expected()).
+void IwarpConn::poll_progress() {
+  if (tx_state_.load(std::memory_order_relaxed) & kTxBlocked) {
+    if (closed_) return;
+    tx_unblock_and_run();
+  }
+  if (closed_.load(std::memory_order_relaxed) || rx_.parked.load(std::memory_order_relaxed) ||
+      !rx_expected())
+    return;
+  std::unique_lock cb(cb_mu_, std::try_to_lock);
+  if (!cb.owns_lock() || closed_ || ended_ || rx_.parked) return;
+  if (rx_process(kPollBudget)) {
+    // Budget used up with more to come: the progress thread continues (its read wait only
+    // fires for new data).
+    auto self = shared_from_this();
+    Progress::instance().post([self] { self->rx_handler(); });
+  }
+}
+
+// Whether the peer may have sent something the application waits for: a receive is posted
+// (a SEND, or an RDMA WRITE with immediate data, can arrive), one of our RDMA READs awaits
+// its response, or a frame is half received. Otherwise an empty poll makes no system call:
+// an RDMA WRITE that completes nothing here is placed by the progress thread.
+bool IwarpConn::rx_expected() const {
+  return qp_.rq_maybe_posted() || orq_size_.load(std::memory_order_relaxed) != 0;
 }
 
 // Returns true when the budget ran out with more to do; false when it stopped (would block:
@@ -203,7 +249,9 @@ bool IwarpConn::rx_process(size_t budget) {
     }
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      arm_read();
+      // A polling thread arms nothing: the progress thread's read wait is still armed (it is
+      // re-armed whenever the progress thread stops short of an ended or parked stream).
+      if (Progress::instance().on_progress_thread()) arm_read();
       return false;
     }
     ECA_QP_LOG(Info, qp_.qpn, "receive failed: %s", strerror(errno));
@@ -419,7 +467,15 @@ bool IwarpConn::rx_begin_payload() {
             rx_.parked = true;
             rx_.park_deadline = std::chrono::steady_clock::now() +
                                 std::chrono::milliseconds(config().recv_wait_ms);
-            rx_unpark_check();
+            if (Progress::instance().on_progress_thread()) {
+              rx_unpark_check();
+            } else {  // a polling thread: the park timer belongs to the progress thread
+              auto self = shared_from_this();
+              Progress::instance().post([self] {
+                std::lock_guard cb(self->cb_mu_);
+                self->rx_unpark_check();
+              });
+            }
           }
           return false;
         }
@@ -481,8 +537,7 @@ bool IwarpConn::rx_begin_payload() {
         ECA_QP_LOG(Info, qp_.qpn, "peer exceeded IRD %u", ird_);
         // handled below, outside tx_mu
       } else {
-        irq_.push_back(std::move(e));
-        tx_pending_.store(true, std::memory_order_release);
+        irq_.push_back(std::move(e));  // answered when the request is complete
         return true;
       }
       break;
@@ -545,6 +600,7 @@ bool IwarpConn::rx_segment_done() {
         {
           std::lock_guard lk(tx_mu_);
           orq_.pop_front();
+          orq_size_.store((uint32_t)orq_.size(), std::memory_order_release);
         }
         rx_.orq = nullptr;
         qp_.sq_done(w, IBV_WC_SUCCESS);
@@ -554,7 +610,7 @@ bool IwarpConn::rx_segment_done() {
     }
     case Opcode::ReadRequest:
       rx_.msn_rreq++;
-      tx_run(true);  // answer it now
+      doorbell();  // answer it now
       break;
     case Opcode::AtomicRequest:
       rx_.msn_rreq++;
@@ -646,7 +702,8 @@ void IwarpConn::rx_unpark_check() {
 }
 
 void IwarpConn::rq_doorbell() {
-  if (!rx_.parked) return;  // racy read is fine: the timer polls too
+  // A stale "not parked" is harmless: parking arms a timer that looks for receives.
+  if (!rx_.parked.load(std::memory_order_relaxed)) return;
   auto self = shared_from_this();
   Progress::instance().post([self] {
     std::lock_guard cb(self->cb_mu_);
@@ -660,17 +717,38 @@ void IwarpConn::rq_doorbell() {
 // ---------------------------------------------------------------------------------------------
 // Ending the connection
 
+// cb_mu held (progress thread or a polling thread). The TERMINATE is queued behind the FPDU in
+// flight and sent by the transmitter without waiting for socket room; close() lingers for it.
 void IwarpConn::fail_terminate(const TermInfo &t, ibv_wc_status sq_status) {
   if (ended_ || closed_) return;
   ECA_QP_LOG(Info, qp_.qpn, "sending TERMINATE: layer %u etype %u code 0x%02x",
              (unsigned)t.layer, t.etype, t.code);
-  if (!send_terminate_now(t)) ECA_QP_LOG(Info, qp_.qpn, "TERMINATE could not be sent");
+  {
+    std::lock_guard lk(tx_mu_);
+    if (!term_sent_) {
+      term_ = t;
+      term_queued_ = true;
+      term_want_ = true;
+    }
+  }
+  doorbell();
   fail_llp(LlpEnd::TerminateSent, sq_status);
 }
 
 void IwarpConn::fail_llp(LlpEnd why, ibv_wc_status sq_status) {
   if (ended_ || closed_) return;
   ended_ = true;
+  if (Progress::instance().on_progress_thread()) return report_end(why, sq_status);
+  // Found by a polling thread: the QP's teardown (and rdma_cm) run on the progress thread,
+  // never inside the application's ibv_poll_cq().
+  auto self = shared_from_this();
+  Progress::instance().post([self, why, sq_status] {
+    std::lock_guard cb(self->cb_mu_);
+    if (!self->closed_) self->report_end(why, sq_status);
+  });
+}
+
+void IwarpConn::report_end(LlpEnd why, ibv_wc_status sq_status) {
   if (sq_status != IBV_WC_WR_FLUSH_ERR && sq_status != IBV_WC_SUCCESS) {
     // A posting thread may be between handing a message's last byte to the socket and
     // retiring its WQE (pump_locked holds tx_mu for both): wait for it, so that a WQE that
@@ -685,24 +763,57 @@ void IwarpConn::fail_llp(LlpEnd why, ibv_wc_status sq_status) {
   qp_.llp_ended(why);  // QP to ERROR, flush, async event, rdma_cm; calls close() (recursive)
 }
 
+// After close() returns, nothing calls into the Qp. A TERMINATE that has not left yet (the
+// socket was full) is still sent, from memory the transmitter holds references to, and the
+// socket closes when it is out or after kTermLinger, whichever comes first.
 void IwarpConn::close(bool graceful) {
   std::lock_guard cb(cb_mu_);
   if (closed_.exchange(true)) return;
+  bool linger;
   {
-    std::lock_guard lk(tx_mu_);
-    if (graceful && !term_sent_) ::shutdown(fd_, SHUT_WR);
+    std::lock_guard lk(tx_mu_);  // waits for a transmitter that may still call into the Qp
+    qp_detached_ = true;
+    linger = term_want_ && !term_sent_;
+    if (linger) lingering_ = true;
+    else if (graceful && !term_sent_) ::shutdown(fd_, SHUT_WR);
     else ::shutdown(fd_, SHUT_RDWR);
   }
   auto self = shared_from_this();
-  auto finish = [self] {
-    boost::system::error_code ec;
-    self->park_timer_.cancel();
-    self->sock_.close(ec);
+  auto finish = [self, linger] {
+    std::lock_guard cb(self->cb_mu_);
+    if (!linger) {
+      boost::system::error_code ec;
+      self->park_timer_.cancel();
+      self->rx_retry_timer_.cancel();
+      self->sock_.close(ec);
+      return;
+    }
+    if (!self->lingering_) return;  // the TERMINATE left meanwhile
+    self->term_timer_.expires_after(kTermLinger);
+    self->term_timer_.async_wait([self](const boost::system::error_code &ec) {
+      if (ec) return;
+      std::lock_guard cb(self->cb_mu_);
+      if (self->lingering_) ECA_QP_LOG(Info, self->qpn_, "TERMINATE could not be sent");
+      self->end_linger();
+    });
   };
   if (Progress::instance().on_progress_thread())
     finish();
   else
     Progress::instance().post(finish);
+}
+
+void IwarpConn::end_linger() {
+  if (!lingering_.exchange(false)) return;
+  {
+    std::lock_guard lk(tx_mu_);  // a transmitter still sending sees lingering_ cleared
+    ::shutdown(fd_, SHUT_RDWR);
+  }
+  boost::system::error_code ec;
+  term_timer_.cancel();
+  park_timer_.cancel();
+  rx_retry_timer_.cancel();
+  sock_.close(ec);
 }
 
 }  // namespace eca::transport

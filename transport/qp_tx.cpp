@@ -36,7 +36,10 @@ IwarpConn::IwarpConn(Qp &qp, LlpConnection &&llp)
       sock_(std::move(llp.sock)),
       fd_(sock_.native_handle()),
       fpdu_payload_(config().fpdu_payload),
-      park_timer_(Progress::instance().io()) {
+      qpn_(qp.qpn),
+      park_timer_(Progress::instance().io()),
+      term_timer_(Progress::instance().io()),
+      rx_retry_timer_(Progress::instance().io()) {
   crc_ = llp.crc;
   ird_ = llp.ird;
   ord_ = llp.ord;
@@ -58,40 +61,72 @@ IwarpConn::IwarpConn(Qp &qp, LlpConnection &&llp)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Doorbell: transmit inline when the TX lock is free; otherwise the holder sees tx_pending_.
+// Doorbell: the thread that rings it transmits inline, unless another thread owns the
+// transmitter; then that one transmits the new work before it lets go.
+//
+// The hand-off is the word tx_state_. Every access to it is a read-modify-write (the relaxed
+// loads only seed compare-exchange loops), so all of them lie in one modification order and
+// each reads the value the one before it wrote:
+//  - doorbell(): publishes the work (the SQ tail under sq_mu, or the IRQ/ORQ under tx_mu),
+//    then fetch_or(kTxPending), acq_rel.
+//  - a transmitter claims with a CAS that clears kTxPending and sets kTxRunning, and leaves
+//    with a CAS that clears kTxRunning, but only from a value without kTxPending (or with
+//    kTxBlocked); from a value with kTxPending it clears that bit and pumps again.
+// No lost wake-up: if a doorbell's fetch_or precedes the transmitter's leaving CAS, that CAS
+// reads kTxPending and the transmitter pumps again; if it follows, the fetch_or reads a
+// value without kTxRunning and the doorbell's thread claims the transmitter itself. The
+// claim or re-pump CAS is an acquire RMW reading from the doorbell's release RMW (or from
+// its release sequence, made only of RMWs), so the work published before the doorbell
+// happens before the transmitter looks for it (Qp::sq_take's lock-free emptiness check
+// included). At most one thread owns the transmitter: kTxRunning is set only by a CAS from
+// a value without it. kTxBlocked (socket full) holds doorbells off until writability or a
+// polling thread clears it and sets kTxPending in one CAS (tx_unblock_and_run()).
 
 void IwarpConn::doorbell() {
-  tx_pending_.store(true, std::memory_order_seq_cst);  // pairs with the fence in Qp::sq_take
+  const uint32_t s = tx_state_.fetch_or(kTxPending, std::memory_order_acq_rel);
+  if (s & (kTxRunning | kTxBlocked)) return;  // the owner, or writability, takes it from here
   if (!config().tx_inline && !Progress::instance().on_progress_thread()) {
     auto self = shared_from_this();
     Progress::instance().post([self] {
-      std::lock_guard cb(self->cb_mu_);
-      if (!self->closed_) self->tx_run(true);
+      if (!self->closed_ || self->lingering_) self->tx_run();
     });
     return;
   }
-  tx_run(false);
+  tx_run();
 }
 
-// Runs the transmitter until no work is pending. tx_pending_ is re-checked only after tx_mu
-// is released: a poster whose try_lock failed while we held the lock has set it, and counts
-// on us to see it.
-void IwarpConn::tx_run(bool blocking) {
+void IwarpConn::tx_run() {
+  uint32_t s = tx_state_.load(std::memory_order_relaxed);
+  do {
+    if ((s & (kTxRunning | kTxBlocked)) || !(s & kTxPending)) return;
+  } while (!tx_state_.compare_exchange_weak(s, (s & ~kTxPending) | kTxRunning,
+                                            std::memory_order_acq_rel,
+                                            std::memory_order_relaxed));
   for (;;) {
     {
-      std::unique_lock lk(tx_mu_, std::defer_lock);
-      if (blocking)
-        lk.lock();
-      else if (!lk.try_lock())
-        return;  // the holder re-checks tx_pending_ after it lets go
-      if (closed_) return;
-      pump_locked();
+      std::lock_guard lk(tx_mu_);
+      if (!tx_stopped_locked()) pump_locked();
     }
-    if (!tx_pending_.load(std::memory_order_acquire) ||
-        tx_blocked_.load(std::memory_order_acquire))
-      return;  // blocked: writability or an ibv_poll_cq() resumes it
-    blocking = false;
+    s = tx_state_.load(std::memory_order_relaxed);
+    for (;;) {
+      if ((s & kTxPending) && !(s & kTxBlocked)) {
+        if (tx_state_.compare_exchange_weak(s, s & ~kTxPending, std::memory_order_acq_rel,
+                                            std::memory_order_relaxed))
+          break;  // new work was announced while we pumped: pump again
+      } else if (tx_state_.compare_exchange_weak(s, s & ~kTxRunning, std::memory_order_acq_rel,
+                                                 std::memory_order_relaxed)) {
+        return;
+      }
+    }
   }
+}
+
+void IwarpConn::tx_unblock_and_run() {
+  uint32_t s = tx_state_.load(std::memory_order_relaxed);
+  while (!tx_state_.compare_exchange_weak(s, (s & ~kTxBlocked) | kTxPending,
+                                          std::memory_order_acq_rel, std::memory_order_relaxed)) {
+  }
+  tx_run();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -123,14 +158,19 @@ ssize_t IwarpConn::send_frame_rest() {
   return r;
 }
 
+// Transmits until there is nothing to send or the socket is full. tx_mu held, by the owner
+// of the transmitter (kTxRunning).
 void IwarpConn::pump_locked() {
-  while (!closed_ && !term_sent_) {
+  while (!tx_stopped_locked()) {
     if (!frame_.active) {
-      tx_pending_.store(false, std::memory_order_relaxed);
-      if (!build_frame_locked()) {
-        if (!tx_pending_.load(std::memory_order_acquire)) return;
-        continue;
+      if (term_want_ && msg_.kind != TxMsg::Kind::Terminate) {
+        // FPDUs cannot interleave: the TERMINATE follows the frame that was in flight, and
+        // the rest of that message is dropped (its work request is flushed).
+        msg_ = TxMsg{};
+        msg_.kind = TxMsg::Kind::Terminate;
+        msg_.op = Opcode::Terminate;
       }
+      if (!build_frame_locked()) return;
     }
     // Send what is left of the current frame.
     const ssize_t r = send_frame_rest();
@@ -145,9 +185,8 @@ void IwarpConn::pump_locked() {
         return;
       }
       fail_from_tx(errno);
-      // Stop here: with tx_pending_ still set, tx_run() would retry the failed frame in a
-      // loop, and on the progress thread the posted failure handler would never run.
-      tx_pending_.store(false, std::memory_order_release);
+      // Stop here: the failure handler on the progress thread ends the connection.
+      term_sent_ = true;  // nothing more goes out on this stream
       return;
     }
     if (frame_.sent == frame_.total) frame_sent_locked();
@@ -156,34 +195,28 @@ void IwarpConn::pump_locked() {
 
 // The socket is full. Writability is awaited on the progress thread with an Asio wait; the
 // epoll reactor reports it edge-triggered, so an edge between our EAGAIN and the arming could
-// go unseen: after arming, a zero-timeout poll() catches that case. The handler only tries
-// tx_mu: whoever holds it is transmitting already and re-checks tx_pending_ when done.
+// go unseen: after arming, a zero-timeout poll() catches that case.
 void IwarpConn::wait_writable_locked() {
-  tx_blocked_.store(true, std::memory_order_release);
-  if (writable_armed_.exchange(true)) return;
+  if (tx_state_.fetch_or(kTxBlocked | kTxArmed, std::memory_order_acq_rel) & kTxArmed) return;
   auto self = shared_from_this();
   auto arm = [self] {
-    if (self->closed_) return;
+    if (self->closed_ && !self->lingering_) return;
+    // No cb_mu: the transmitter checks closed_ under tx_mu (close() takes it after setting
+    // closed_), and the progress thread must not wait for a polling thread that holds cb_mu.
     auto on_writable = [self](const boost::system::error_code &ec) {
-      std::lock_guard cb(self->cb_mu_);
-      self->writable_armed_.store(false);
-      if (self->closed_ || ec) return;  // a dead connection is reported by the rx side
-      self->tx_blocked_.store(false, std::memory_order_release);
-      self->tx_pending_.store(true, std::memory_order_release);
-      self->tx_run(false);
+      self->tx_state_.fetch_and(~kTxArmed, std::memory_order_acq_rel);
+      if ((self->closed_ && !self->lingering_) || ec) return;  // rx reports a dead connection
+      self->tx_unblock_and_run();
     };
     self->sock_.async_wait(boost::asio::ip::tcp::socket::wait_write, on_writable);
     pollfd p{self->fd_, POLLOUT, 0};
     if (::poll(&p, 1, 0) == 1) {
-      // Writable already: transmit now. The wait stays armed (writable_armed_ stays set) and
-      // fires harmlessly on a later writability edge. It must not be cancelled:
+      // Writable already: transmit now. The wait stays armed (kTxArmed stays set) and fires
+      // harmlessly on a later writability edge. It must not be cancelled:
       // socket::cancel() also cancels the receive wait of arm_read(), whose handler then
       // returns without re-arming and the receive side stalls for good.
-      self->tx_blocked_.store(false, std::memory_order_release);
-      self->tx_pending_.store(true, std::memory_order_release);
       Progress::instance().post([self] {
-        std::lock_guard cb(self->cb_mu_);
-        if (!self->closed_) self->tx_run(false);
+        if (!self->closed_ || self->lingering_) self->tx_unblock_and_run();
       });
     }
   };
@@ -193,21 +226,12 @@ void IwarpConn::wait_writable_locked() {
     Progress::instance().post(arm);
 }
 
-// Transmit progress from a polling application thread: only when the socket was full (there
-// is queued work) and nobody else is transmitting. A failed attempt costs one sendmsg().
-void IwarpConn::poll_progress() {
-  if (!tx_blocked_.load(std::memory_order_relaxed) || closed_) return;
-  tx_blocked_.store(false, std::memory_order_relaxed);
-  tx_pending_.store(true, std::memory_order_release);
-  tx_run(false);
-}
-
 // ---------------------------------------------------------------------------------------------
 // Message selection: TERMINATE first, then READ responses (the peer waits on them), then the
 // send queue in order, honouring ORD and fences.
 
 bool IwarpConn::next_message_locked() {
-  if (term_queued_) return false;  // a local error is ending the stream: take no more work
+  if (term_queued_ || closed_) return false;  // the stream is ending: take no more work
   if (!irq_.empty() && !irq_active_) {
     IrqEntry &e = irq_.front();
     if (e.atomic) return start_atomic_response_locked(e);
@@ -317,6 +341,7 @@ bool IwarpConn::start_wqe_locked(SendWqe *w) {
       o.sink_iov = std::move(msg_.src);
       msg_.src.clear();
       orq_.push_back(std::move(o));
+      orq_size_.store((uint32_t)orq_.size(), std::memory_order_release);
       msg_.op = Opcode::ReadRequest;
       msg_.length = 0;  // the request carries no payload
       msg_.msn = msn_rreq_++;
@@ -333,6 +358,7 @@ bool IwarpConn::start_wqe_locked(SendWqe *w) {
       o.sink_iov = std::move(msg_.src);
       msg_.src.clear();
       orq_.push_back(std::move(o));
+      orq_size_.store((uint32_t)orq_.size(), std::memory_order_release);
       msg_.areq = w->opcode == IBV_WR_ATOMIC_FETCH_AND_ADD
                       ? verbs_fetch_add(w->rkey, w->remote_addr, w->compare_add)
                       : verbs_compare_swap(w->rkey, w->remote_addr, w->compare_add, w->swap);
@@ -483,7 +509,10 @@ void IwarpConn::frame_sent_locked() {
         msg_.msn = msn_send_++;
         return;
       }
-      qp_.sq_done(msg_.wqe, IBV_WC_SUCCESS);
+      // Handed to the socket in full: a success, even if close() began meanwhile (closed_ is
+      // set before close() waits for tx_mu, and the flush that follows must not claim this
+      // WQE). Only once close() holds tx_mu may the Qp be gone: then it was flushed.
+      if (!qp_detached_) qp_.sq_done(msg_.wqe, IBV_WC_SUCCESS);
       break;
     case TxMsg::Kind::ReadResponse:
     case TxMsg::Kind::AtomicResponse:
@@ -491,7 +520,7 @@ void IwarpConn::frame_sent_locked() {
       irq_active_ = false;
       break;
     case TxMsg::Kind::Terminate:
-      term_sent_ = true;
+      term_sent_locked();
       break;
     case TxMsg::Kind::None:
       break;
@@ -500,41 +529,24 @@ void IwarpConn::frame_sent_locked() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// TERMINATE: sent from the progress thread on a detected error. The FPDU in flight is finished
-// first (FPDUs cannot interleave); the wait for socket room is bounded.
+// TERMINATE: queued by fail_terminate() and sent by the ordinary transmitter after the FPDU in
+// flight; nobody waits for the socket. A close() that comes before it left lingers for it,
+// bounded by term_timer_.
 
-bool IwarpConn::send_terminate_now(const TermInfo &t) {
-  std::lock_guard lk(tx_mu_);
-  if (term_sent_) return true;
-  // Sends the rest of frame_, waiting at most a second each time the socket is full.
-  auto finish_frame = [this] {
-    while (frame_.sent < frame_.total) {
-      if (send_frame_rest() >= 0) continue;
-      if (errno == EINTR) continue;
-      if (errno != EAGAIN) return false;
-      pollfd p{fd_, POLLOUT, 0};
-      if (::poll(&p, 1, 1000) != 1 || (p.revents & (POLLERR | POLLHUP))) return false;
-    }
-    return true;
-  };
-  if (frame_.active && !finish_frame()) return false;  // FPDUs cannot interleave
-  frame_.active = false;
-  // The TERMINATE itself: untagged, QN 2, MSN 1, no payload.
-  term_ = t;
-  msg_ = TxMsg{};
-  msg_.kind = TxMsg::Kind::Terminate;
-  msg_.op = Opcode::Terminate;
-  build_frame_locked();
-  if (!finish_frame()) return false;
-  frame_.active = false;
+void IwarpConn::term_sent_locked() {
   term_sent_ = true;
-  msg_ = TxMsg{};
   ::shutdown(fd_, SHUT_WR);  // FIN after the TERMINATE: the peer reads it, then sees EOF
-  return true;
+  if (lingering_) {
+    auto self = shared_from_this();
+    Progress::instance().post([self] {
+      std::lock_guard cb(self->cb_mu_);
+      self->end_linger();
+    });
+  }
 }
 
 void IwarpConn::fail_from_tx(int err) {
-  ECA_QP_LOG(Info, qp_.qpn, "transmit failed: %s", strerror(err));
+  ECA_QP_LOG(Info, qpn_, "transmit failed: %s", strerror(err));
   auto self = shared_from_this();
   Progress::instance().post([self] {
     std::lock_guard cb(self->cb_mu_);

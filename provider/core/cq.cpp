@@ -2,6 +2,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -139,7 +140,7 @@ bool Cq::push(const ibv_wc &wc, bool solicited) {
 int Cq::poll(int n, ibv_wc *out) {
   if (n < 0) return -EINVAL;
   int k = 0;
-  {
+  auto take = [&] {
     std::lock_guard lk(mu);
     const uint32_t cap = (uint32_t)ring.size();
     while (k < n && count) {
@@ -147,25 +148,43 @@ int Cq::poll(int n, ibv_wc *out) {
       head = head + 1 == cap ? 0 : head + 1;
       count--;
     }
-  }
-  if (k == 0 && n > 0 && nhooks.load(std::memory_order_relaxed)) {
-    std::lock_guard lk(hooks_mu);
+  };
+  take();
+  if (k == 0 && n > 0 && nhooks.load(std::memory_order_relaxed) &&
+      pthread_rwlock_tryrdlock(&hooks_rw.rw) == 0) {
+    // A QP in the list is alive (remove_hook waits for us); its engine is pinned by EngineRef.
     for (Qp *qp : hooks)
-      if (QpEngine *e = qp->current_engine()) e->poll_progress();
+      if (EngineRef e(*qp); e) e->poll_progress();
+    pthread_rwlock_unlock(&hooks_rw.rw);
+    // The engines may have placed data and completed work: look again, so that a busy poller
+    // gets what its own call produced without another round trip.
+    take();
   }
   return k;
 }
 
+Cq::HookLock::HookLock() {
+  pthread_rwlockattr_t a;
+  pthread_rwlockattr_init(&a);
+  // Writer preferred: pollers only try the lock, so a remove_hook() waits for the pollers
+  // inside, never for a stream of new ones.
+  pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init(&rw, &a);
+  pthread_rwlockattr_destroy(&a);
+}
+
 void Cq::add_hook(Qp *qp) {
-  std::lock_guard lk(hooks_mu);
-  hooks.push_back(qp);
+  pthread_rwlock_wrlock(&hooks_rw.rw);
+  if (std::find(hooks.begin(), hooks.end(), qp) == hooks.end()) hooks.push_back(qp);
   nhooks.store((int)hooks.size());
+  pthread_rwlock_unlock(&hooks_rw.rw);
 }
 
 void Cq::remove_hook(Qp *qp) {
-  std::lock_guard lk(hooks_mu);
+  pthread_rwlock_wrlock(&hooks_rw.rw);
   std::erase(hooks, qp);
   nhooks.store((int)hooks.size());
+  pthread_rwlock_unlock(&hooks_rw.rw);
 }
 
 int cq_req_notify(Cq *cq, bool solicited_only) {
@@ -178,10 +197,12 @@ int cq_req_notify(Cq *cq, bool solicited_only) {
       cq->armed = Cq::Arm::Next;
     }
   }
+  // Blocking read lock: ibv_req_notify_cq may wait, and an arm must reach every engine.
   if (cq->nhooks.load(std::memory_order_relaxed)) {
-    std::lock_guard lk(cq->hooks_mu);
+    pthread_rwlock_rdlock(&cq->hooks_rw.rw);
     for (Qp *qp : cq->hooks)
-      if (QpEngine *e = qp->current_engine()) e->cq_armed();
+      if (EngineRef e(*qp); e) e->cq_armed();
+    pthread_rwlock_unlock(&cq->hooks_rw.rw);
   }
   return 0;
 }

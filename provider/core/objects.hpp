@@ -21,7 +21,9 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <pthread.h>
 #include <shared_mutex>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -217,11 +219,18 @@ struct Cq {
   std::shared_ptr<ModTimer> mod_timer;
   // ibv_cq_ex polling cursor (valid between start_poll and end_poll)
   ibv_wc cur{};
-  // QPs whose send completions land here; an empty poll lets them make transmit progress.
-  std::mutex hooks_mu;
-  std::vector<Qp *> hooks;
+  // QPs whose completions land here; an empty poll lets them make progress (transmit, and
+  // receive in the polling thread). Pollers hold hooks_rw shared, and only try it: a poll
+  // never blocks, and a waiting remove_hook() (writer preferred) is not starved by pollers.
+  // remove_hook() returns when no poller is inside that QP any more.
+  struct HookLock {
+    pthread_rwlock_t rw;
+    HookLock();
+    ~HookLock() { pthread_rwlock_destroy(&rw); }
+  } hooks_rw;
+  std::vector<Qp *> hooks;  // each QP once (hooks_rw)
   std::atomic<int> nhooks{0};
-  void add_hook(Qp *qp);
+  void add_hook(Qp *qp);  // idempotent
   void remove_hook(Qp *qp);
   bool is_armed();
 
@@ -345,9 +354,10 @@ struct Qp {
   uint32_t qpn = 0;
   bool atomics = false;  // the device executes RFC 7306 atomics (atomic_cap != NONE)
 
-  // iWARP connection attributes (set by rdma_cm before/at connection)
-  uint32_t ord = 0;  // outstanding RDMA READs we may issue
-  uint32_t ird = 0;  // inbound RDMA READs we accept
+  // iWARP connection attributes (set by rdma_cm before/at connection, read by the engines and
+  // ibv_query_qp from other threads: atomics, relaxed; they carry no other data).
+  std::atomic<uint32_t> ord{0};  // outstanding RDMA READs we may issue
+  std::atomic<uint32_t> ird{0};  // inbound RDMA READs we accept
   std::atomic<ibv_qp_state> state{IBV_QPS_RESET};
   // An error completion was generated: from then on the QP reports ERR (ibv_query_qp,
   // ibv_modify_qp's current state) even before the device layer has moved `state` there.
@@ -369,20 +379,47 @@ struct Qp {
   }
   std::mutex rq_mu;
   WqRing<RecvWqe> rq;
+  // rq.head and rq.tail as last published under rq_mu: "a receive may be posted", for a
+  // polling thread deciding whether to look at the socket (a hint: stale is harmless).
+  std::atomic<uint64_t> rq_head_pub{0}, rq_tail_pub{0};
+  void publish_rq_locked() {
+    rq_head_pub.store(rq.head, std::memory_order_relaxed);
+    rq_tail_pub.store(rq.tail, std::memory_order_relaxed);
+  }
+  bool rq_maybe_posted() const {
+    return srq || rq_head_pub.load(std::memory_order_relaxed) !=
+                      rq_tail_pub.load(std::memory_order_relaxed);
+  }
 
   // ibv_wr_* API: WQEs being built between wr_start and wr_complete
   std::vector<SendWqe> wr_batch;
   int wr_error = 0;
 
-  std::unique_ptr<QpEngine> engine;  // null until connected
-  std::mutex engine_mu;              // guards engine replacement only
-  std::atomic<QpEngine *> engine_fast{nullptr};  // lock-free read of `engine`
+  // The engine and its lifetime. Application threads (post, poll, req_notify) and the
+  // progress thread reach the engine without a lock, through EngineRef, which counts them in
+  // engine_gate: bit 0 = closed (no engine, or one being detached), bits 1.. = threads inside.
+  // detach_engine() closes the gate and waits until the count drains to zero before it hands
+  // the engine out to be destroyed: an engine outlives every thread that entered it (see
+  // EngineRef::enter for the argument). engine_swap_mu serialises attach and detach; the
+  // drain runs without engine_mu, which threads inside the engine may need.
+  std::unique_ptr<QpEngine> engine;  // null until connected (engine_mu)
+  std::mutex engine_mu;              // `engine` and on_llp_end
+  std::mutex engine_swap_mu;         // attach_engine / detach_engine
+  static constexpr uint32_t kGateClosed = 1, kGateOne = 2;
+  std::atomic<uint32_t> engine_gate{kGateClosed};
+  std::atomic<QpEngine *> engine_fast{nullptr};  // stable while the gate admits a reader
   // rdma_cm's hook: called once (from the progress thread) when the connection ends.
   std::function<void(LlpEnd)> on_llp_end;
 
   static Qp *from(ibv_qp *q) { return reinterpret_cast<Qp *>(q); }
   static Qp *from(ibv_qp_ex *q) { return reinterpret_cast<Qp *>(q); }
   ibv_qp *ibv() { return &qpx.qp_base; }
+  // ibv_qp::state, the field applications may read directly: written by the thread that
+  // changes the state (often the progress thread) and by ibv_query_qp, so always atomically.
+  static void set_public_state(ibv_qp *q, ibv_qp_state s) {
+    std::atomic_ref<ibv_qp_state>(q->state).store(s, std::memory_order_relaxed);
+  }
+  void set_public_state(ibv_qp_state s) { set_public_state(ibv(), s); }
 
   // ---- used by the verbs layer
   int post_send(const ibv_send_wr *wr, const ibv_send_wr **bad);
@@ -418,12 +455,53 @@ struct Qp {
   void llp_ended(LlpEnd why);
   // QP to ERROR and flush everything outstanding. Idempotent.
   void enter_error();
-  QpEngine *current_engine();
+  // Closes the gate, waits for the threads inside the engine to leave and returns the engine
+  // (null if none). The caller destroys it. No lock may be held that an engine call needs.
+  std::unique_ptr<QpEngine> detach_engine();
 
  private:
   void flush_locked_sq();
   void flush_rq();
   void retire_locked(const SendWqe &w);  // completion for a retiring send WQE (sq_mu held)
+};
+
+// A counted use of a QP's engine: while it exists, the engine it names is not destroyed.
+// Empty (false) when the QP has no engine or the engine is being detached.
+//
+// Why the engine stays alive (C++ memory model): every access to engine_gate is a
+// read-modify-write except the readers' first, relaxed peek, so all of them lie in one
+// modification order. A reader whose fetch_add returned the gate open precedes detach's
+// fetch_or in that order; detach then waits until an acquire load reads a count of zero. That
+// value is written by an RMW after the reader's release fetch_sub, in its release sequence
+// (only RMWs follow), so the reader's use of the engine happens before the load, and so
+// before the destruction. A reader whose fetch_add saw the gate closed touches nothing.
+// attach_engine() stores engine_fast, then opens the gate with a release RMW; a reader's
+// acquire fetch_add reads from its release sequence and sees the new engine. A reader that
+// peeked at an open gate just before it closed does one counted no-op at most, so the drain
+// is bounded by the number of threads, never starved by a stream of new readers.
+class EngineRef {
+ public:
+  explicit EngineRef(Qp &qp) : qp_(&qp) {
+    if (qp.engine_gate.load(std::memory_order_relaxed) & Qp::kGateClosed) return;
+    if (qp.engine_gate.fetch_add(Qp::kGateOne, std::memory_order_acquire) & Qp::kGateClosed) {
+      qp.engine_gate.fetch_sub(Qp::kGateOne, std::memory_order_release);
+      return;
+    }
+    e_ = qp.engine_fast.load(std::memory_order_relaxed);
+    counted_ = true;
+  }
+  ~EngineRef() {
+    if (counted_) qp_->engine_gate.fetch_sub(Qp::kGateOne, std::memory_order_release);
+  }
+  EngineRef(const EngineRef &) = delete;
+  EngineRef &operator=(const EngineRef &) = delete;
+  explicit operator bool() const { return e_ != nullptr; }
+  QpEngine *operator->() const { return e_; }
+
+ private:
+  Qp *qp_;
+  QpEngine *e_ = nullptr;
+  bool counted_ = false;
 };
 
 int qp_create(Context *ctx, const ibv_qp_init_attr_ex &attr, Qp **out);

@@ -166,12 +166,7 @@ int qp_destroy(Qp *qp) {
   }
   qp->scq->remove_hook(qp);  // waits for an ibv_poll_cq() that is inside this QP's engine
   if (qp->rcq != qp->scq) qp->rcq->remove_hook(qp);
-  std::unique_ptr<QpEngine> eng;
-  {
-    std::lock_guard lk(qp->engine_mu);
-    eng = std::move(qp->engine);
-    qp->engine_fast.store(nullptr, std::memory_order_release);
-  }
+  std::unique_ptr<QpEngine> eng = qp->detach_engine();  // no thread is inside it any more
   if (eng) eng->close(false);  // after this, nothing calls back into the QP
   eng.reset();
   qp->pd->users--;
@@ -299,7 +294,7 @@ int Qp::post_send(const ibv_send_wr *wr, const ibv_send_wr **bad) {
     ECA_QP_LOG(Debug, qpn, "post_send failed: %s", strerror(rc));
   }
   if (posted)
-    if (QpEngine *e = current_engine()) e->sq_doorbell();
+    if (EngineRef e(*this); e) e->sq_doorbell();
   return rc;
 }
 
@@ -327,11 +322,12 @@ int Qp::post_recv(const ibv_recv_wr *wr, const ibv_recv_wr **bad) {
       rq.at(rq.tail).assign(*wr);
       rq.tail++;
     }
+    publish_rq_locked();
   }
   if (rc) *bad = wr;
   if (state.load() == IBV_QPS_ERR)
     flush_rq();
-  else if (QpEngine *e = current_engine())
+  else if (EngineRef e(*this); e)
     e->rq_doorbell();
   return rc;
 }
@@ -340,10 +336,11 @@ int Qp::post_recv(const ibv_recv_wr *wr, const ibv_recv_wr **bad) {
 // Device-layer side
 
 SendWqe *Qp::sq_take() {
-  // Nothing new? Checked without sq_mu. The device cleared its "work pending" flag just
-  // before coming here, and a poster publishes the tail before setting that flag: the
-  // fence (with the posters' seq_cst flag stores) makes sure that either this load sees the
-  // new tail or the poster's flag survives the clear, so a post is never stranded.
+  // Nothing new? Checked without sq_mu. A poster publishes the tail (release, under sq_mu)
+  // before it rings the doorbell; the device's hand-off protocol makes the ring happen
+  // before this look (software: IwarpConn's tx_state_, an acquire RMW reading from the
+  // doorbell's release RMW; the modeled adapter: its seq_cst work flag, which this fence
+  // pairs with), so a post is never stranded.
   std::atomic_thread_fence(std::memory_order_seq_cst);
   if (sq_tx_pub.load(std::memory_order_acquire) == sq_tail_pub.load(std::memory_order_acquire))
     return nullptr;
@@ -381,6 +378,7 @@ bool Qp::rq_take(RecvWqe *out) {
   std::lock_guard lk(rq_mu);
   if (rq.head == rq.tail) return false;
   *out = rq.at(rq.head++);
+  publish_rq_locked();
   return true;
 }
 
@@ -426,16 +424,32 @@ void Qp::flush_rq() {
     wc.qp_num = qpn;
     rcq->push(wc, false);
   }
+  publish_rq_locked();
 }
 
-QpEngine *Qp::current_engine() { return engine_fast.load(std::memory_order_acquire); }
+std::unique_ptr<QpEngine> Qp::detach_engine() {
+  std::lock_guard swap(engine_swap_mu);
+  std::unique_ptr<QpEngine> old;
+  {
+    std::lock_guard lk(engine_mu);
+    if (!engine) return nullptr;
+    engine_gate.fetch_or(kGateClosed, std::memory_order_relaxed);
+    old = std::move(engine);
+  }
+  // Drain: the threads inside are in non-blocking engine calls or in close(), which waits
+  // only for a progress-thread handler; none of them needs engine_swap_mu.
+  for (unsigned spins = 0; engine_gate.load(std::memory_order_acquire) != kGateClosed; spins++)
+    if (spins > 64) std::this_thread::yield();
+  engine_fast.store(nullptr, std::memory_order_relaxed);
+  return old;
+}
 
 void Qp::enter_error() {
   // The engine is closed without engine_mu held: close() waits for a progress-thread handler
   // that may itself be on its way into enter_error().
-  if (QpEngine *e = current_engine()) e->close(false);
+  if (EngineRef e(*this); e) e->close(false);
   state.store(IBV_QPS_ERR);
-  qpx.qp_base.state = IBV_QPS_ERR;
+  set_public_state(IBV_QPS_ERR);
   {
     std::lock_guard lk(sq_mu);
     flush_locked_sq();
@@ -464,18 +478,22 @@ void Qp::llp_ended(LlpEnd why) {
 }
 
 void Qp::attach_engine(std::unique_ptr<QpEngine> e) {
+  std::unique_ptr<QpEngine> replaced = detach_engine();  // normally none (RESET detached it)
   {
+    std::lock_guard swap(engine_swap_mu);
     std::lock_guard lk(engine_mu);
     engine = std::move(e);
-    engine_fast.store(engine.get(), std::memory_order_release);
+    engine_fast.store(engine.get(), std::memory_order_relaxed);
+    engine_gate.fetch_and(~kGateClosed, std::memory_order_release);  // see EngineRef
   }
+  if (replaced) replaced->close(false);
   scq->add_hook(this);
   if (rcq != scq) rcq->add_hook(this);
   // A new connection: error completions of an earlier life (flushes that landed after a
   // RESET) say nothing about this one.
   err_completed.store(false, std::memory_order_release);
   state.store(IBV_QPS_RTS);
-  qpx.qp_base.state = IBV_QPS_RTS;
+  set_public_state(IBV_QPS_RTS);
 }
 
 void Qp::disconnect() {
@@ -483,7 +501,7 @@ void Qp::disconnect() {
     std::lock_guard lk(engine_mu);
     on_llp_end = nullptr;
   }
-  if (QpEngine *e = current_engine()) e->close(true);
+  if (EngineRef e(*this); e) e->close(true);
   enter_error();
 }
 
@@ -517,22 +535,22 @@ int Qp::modify(const ibv_qp_attr &attr, int mask) {
       enter_error();
     } else if (to == IBV_QPS_RESET) {
       enter_error();  // stops the data path and flushes; RESET then empties the queues
-      std::scoped_lock lk(sq_mu, rq_mu);
-      sq.head = sq.tx = sq.tail = 0;
-      rq.head = rq.tx = rq.tail = 0;
-      publish_sq_locked();
-      std::unique_ptr<QpEngine> old;
       {
-        std::lock_guard le(engine_mu);
-        old = std::move(engine);
-        engine_fast.store(nullptr, std::memory_order_release);
+        std::scoped_lock lk(sq_mu, rq_mu);
+        sq.head = sq.tx = sq.tail = 0;
+        rq.head = rq.tx = rq.tail = 0;
+        publish_sq_locked();
+        publish_rq_locked();
+        state.store(IBV_QPS_RESET);
+        set_public_state(IBV_QPS_RESET);
       }
-      state.store(IBV_QPS_RESET);
+      // Destroyed only when no poller, poster or notifier is inside it any more (EngineRef),
+      // outside the queue locks that such a thread may be waiting for.
+      std::unique_ptr<QpEngine> old = detach_engine();
       err_completed.store(false, std::memory_order_release);
-      qpx.qp_base.state = IBV_QPS_RESET;
     } else {
       state.store(to);
-      qpx.qp_base.state = to;
+      set_public_state(to);
     }
   }
   return 0;
@@ -546,8 +564,8 @@ int Qp::query(ibv_qp_attr *attr, int, ibv_qp_init_attr *init) {
   attr->qp_access_flags = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE |
                           IBV_ACCESS_REMOTE_READ;
   attr->cap = cap;
-  attr->max_rd_atomic = (uint8_t)ord;
-  attr->max_dest_rd_atomic = (uint8_t)ird;
+  attr->max_rd_atomic = (uint8_t)ord.load(std::memory_order_relaxed);
+  attr->max_dest_rd_atomic = (uint8_t)ird.load(std::memory_order_relaxed);
   attr->port_num = 1;
   attr->sq_draining = 0;
   if (init) {

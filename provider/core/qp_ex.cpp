@@ -73,7 +73,7 @@ int wr_complete(ibv_qp_ex *x) {
   qp->wr_batch.clear();
   qp->wr_error = 0;
   if (posted)
-    if (QpEngine *e = qp->current_engine()) e->sq_doorbell();
+    if (EngineRef e(*qp); e) e->sq_doorbell();
   return rc;
 }
 

@@ -4,6 +4,8 @@
 // untagged queue 2) where one is due, and the process must survive.
 #include "tests/unit/fixture.hpp"
 
+#include <sys/ioctl.h>
+
 #include <netinet/tcp.h>
 
 #include <random>
@@ -751,6 +753,46 @@ TEST_P(Hostile, PeerTerminateEndsConnection) {
   ASSERT_TRUE(send_all(c.fd, fpdu(t, {}, c.crc)));
   ExpectTerminated(c, false, 3);  // no TERMINATE in answer to a TERMINATE
   Close(c);
+}
+
+// A TERMINATE that cannot leave (the peer reads nothing and our socket is full) must not hold
+// up the progress thread: the erring QP reaches ERR at once and another connection is served
+// meanwhile. (A transmitter that waited for socket room on the progress thread, up to a
+// second per attempt, fails both: nothing happens on any connection for that second.)
+TEST_P(Hostile, BlockedTerminateDoesNotStallOtherConnections) {
+  Conn a, b;
+  ASSERT_NO_FATAL_FAILURE(Open(a));
+  ASSERT_NO_FATAL_FAILURE(Open(b));
+  // Fill a's socket: a large RDMA WRITE towards the raw peer, which never reads.
+  std::vector<uint8_t> big(32u << 20, 0x33);
+  ibv_mr *bmr = ibv_reg_mr(a.pd, big.data(), big.size(), IBV_ACCESS_LOCAL_WRITE);
+  ASSERT_NE(bmr, nullptr);
+  SendSpec sp;
+  sp.opcode = IBV_WR_RDMA_WRITE;
+  sp.sges = {sge(bmr, big.data(), (uint32_t)big.size())};
+  sp.rkey = 0x1234;
+  sp.remote_addr = 0;
+  sp.flags = 0;
+  ASSERT_EQ(0, post(a.qp(), sp));
+  // Wait until the raw peer's receive queue stops growing: both socket buffers are full.
+  int queued = -1, prev = -2;
+  for (int i = 0; i < 2000 && queued != prev; i++) {
+    prev = queued;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));  // sampling, not synchronisation
+    ASSERT_EQ(0, ::ioctl(a.fd, FIONREAD, &queued));
+  }
+  ASSERT_GT(queued, 0);
+  ASSERT_LT((size_t)queued, big.size()) << "the socket never filled";
+  // The bad frame: a's receive side detects it while its transmit side is stuck.
+  auto t0 = Clock::now();
+  ASSERT_TRUE(send_all(a.fd, fpdu(untagged_hdr(w::Opcode::Send, 0, 7, 0), {1}, a.crc)));
+  ASSERT_TRUE(wait_qp_state(a.qp(), IBV_QPS_ERR)) << "the erring QP did not reach ERR";
+  ASSERT_NO_FATAL_FAILURE(ValidSend(b, 1, "served meanwhile"));
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+  EXPECT_LT(ms, 900) << "the progress thread waited for socket room (" << ms << " ms)";
+  EXPECT_EQ(0, ibv_dereg_mr(bmr));
+  Close(a);
+  Close(b);
 }
 
 TEST_P(Hostile, RandomBytesAfterHandshake) {
