@@ -68,8 +68,7 @@ bool IwarpConn::rx_atomic_request() {
   {
     std::lock_guard lk(tx_mu_);
     if (irq_.size() < std::max<uint16_t>(ird_, 1)) {
-      irq_.push_back(std::move(e));
-      tx_pending_.store(true, std::memory_order_release);
+      irq_.push_back(std::move(e));  // answered by the doorbell after the request
       return true;
     }
   }

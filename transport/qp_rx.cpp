@@ -615,7 +615,7 @@ bool IwarpConn::rx_segment_done() {
     case Opcode::AtomicRequest:
       rx_.msn_rreq++;
       if (!rx_atomic_request()) return false;
-      tx_run(true);
+      doorbell();  // answer it now
       break;
     case Opcode::AtomicResponse:
       rx_.msn_aresp++;

@@ -215,7 +215,7 @@ int mw_bind_type1(Qp *qp, Mw *mw, const ibv_mw_bind &bind) {
   }
   if (rc) return rc;
   mw->ibmw.rkey = w.rkey;  // ibv_bind_mw(3): the R_Key after the bind
-  if (QpEngine *e = qp->current_engine()) e->sq_doorbell();
+  if (EngineRef e(*qp); e) e->sq_doorbell();
   return 0;
 }
 
