@@ -216,28 +216,49 @@ void HwConn::handshake() {
                   ::memchr(in->path, 0, sizeof in->path) == nullptr)
                 return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
               self->peer_pd_ = in->pd;
-              int link_fd = -1;
-              self->peer_ = Adapter::instance().connect_peer(in->path, in->nonce, &link_fd);
-              if (!self->peer_) return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
-              if (self->initiator_) {
-                if (link_fd >= 0) ::close(link_fd);  // we made the link; keep ours
-              } else {
-                void *p = link_fd < 0 ? MAP_FAILED
-                                      : ::mmap(nullptr, sizeof(LinkShm), PROT_READ | PROT_WRITE,
-                                               MAP_SHARED, link_fd, 0);
-                if (link_fd >= 0) ::close(link_fd);
-                if (p == MAP_FAILED) return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
-                self->link_ = static_cast<LinkShm *>(p);
-                if (self->link_->magic != kLinkMagic || self->link_->version != kLayoutVersion)
-                  return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
-                LinkSide &me = self->link_->side[1];
-                me.pid.store(Adapter::instance().pid());
-                me.qpn.store(self->qp_.qpn);
-                me.pd.store(self->qp_.pd->ibpd.handle);
-              }
-              self->become_ready();
+              // The peer's control socket may take up to its timeout to answer: asked from a
+              // thread of its own, never from the process-wide progress thread.
+              std::thread([self, in] {
+                int link_fd = -1;
+                auto peer = Adapter::instance().connect_peer(in->path, in->nonce, &link_fd);
+                Progress::instance().post([self, peer = std::move(peer), link_fd] {
+                  std::lock_guard cb3(self->cb_mu_);
+                  if (self->closed_) {
+                    if (link_fd >= 0) ::close(link_fd);
+                    return;
+                  }
+                  self->on_peer_proven(peer, link_fd);
+                });
+              }).detach();
             });
       });
+}
+
+// The peer's adapter answered on its control socket (peer null: it did not, or offered no
+// valid memory). Progress thread, cb_mu_ held.
+void HwConn::on_peer_proven(std::shared_ptr<PeerAdapter> peer, int link_fd) {
+  peer_ = std::move(peer);
+  if (!peer_) {
+    if (link_fd >= 0) ::close(link_fd);
+    return fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+  }
+  if (initiator_) {
+    if (link_fd >= 0) ::close(link_fd);  // we made the link; keep ours
+  } else {
+    void *p = link_fd < 0 ? MAP_FAILED
+                          : ::mmap(nullptr, sizeof(LinkShm), PROT_READ | PROT_WRITE,
+                                   MAP_SHARED, link_fd, 0);
+    if (link_fd >= 0) ::close(link_fd);
+    if (p == MAP_FAILED) return fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+    link_ = static_cast<LinkShm *>(p);
+    if (link_->magic != kLinkMagic || link_->version != kLayoutVersion)
+      return fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+    LinkSide &me = link_->side[1];
+    me.pid.store(Adapter::instance().pid());
+    me.qpn.store(qp_.qpn);
+    me.pd.store(qp_.pd->ibpd.handle);
+  }
+  become_ready();
 }
 
 void HwConn::become_ready() {

@@ -63,6 +63,7 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
  private:
   void handshake();
   void on_peer_hello();
+  void on_peer_proven(std::shared_ptr<PeerAdapter> peer, int link_fd);
   void become_ready();
   void watch_socket();
 
