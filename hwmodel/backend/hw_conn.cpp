@@ -902,11 +902,8 @@ void HwConn::do_fail(LlpEnd why, ibv_wc_status st) {
 }
 
 void HwConn::close(bool graceful) {
-  // Closed already (Qp::enter_error closes before RESET or destroy drops the engine): no lock
-  // is taken, so ~HwEngine under the QP's queue locks puts no order between those and cb_mu_
-  // (the progress thread takes cb_mu_, then the queue locks, in do_fail). closed_ is set under
-  // cb_mu_, so no handler can still be inside once it reads true.
-  if (closed_.load(std::memory_order_acquire)) return;
+  // Always through cb_mu_, even when closed already: a close() or handler still running on
+  // another thread (do_fail -> Qp::llp_ended) uses the Qp, which the caller may free next.
   std::lock_guard cb(cb_mu_);
   if (closed_.exchange(true)) return;
   {
