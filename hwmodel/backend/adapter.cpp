@@ -335,7 +335,13 @@ void privatize_in_child() {
     const uint64_t n = v.end - v.start;
     void *copy = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (copy == MAP_FAILED) continue;
-    std::memcpy(copy, reinterpret_cast<void *>(v.start), n);
+    // The kernel copies, as fork() itself would: the pages may hold memory the application
+    // freed after deregistering (or allocator bookkeeping), which is no business of ours to
+    // read; a sanitizer would rightly report a plain copy of it.
+    if (!cross_memory_read((uint32_t)::getpid(), v.start, copy, n)) {
+      ::munmap(copy, n);
+      continue;
+    }
     ::mprotect(copy, n, v.prot);
     ::mremap(copy, n, n, MREMAP_MAYMOVE | MREMAP_FIXED, reinterpret_cast<void *>(v.start));
   }
@@ -479,10 +485,30 @@ int Adapter::register_mr(uint32_t key, uint32_t pd, int access, uint64_t iova, v
 void Adapter::unregister_mr(uint32_t key) {
   const uint32_t sidx = (key >> 8) - 1;
   if (!shm_ || (key >> 8) == 0 || sidx >= kMaxStags) return;
-  std::lock_guard lk(mu_);
+  {
+    std::lock_guard lk(mu_);
+    if (!retire_stag_locked(sidx, key)) return;
+  }
+  // No peer validates the STag any more; wait for those that validated it before.
+  std::vector<std::shared_ptr<HwConn>> live;
+  {
+    std::lock_guard lk(conns_mu_);
+    std::erase_if(links_, [&](const std::weak_ptr<HwConn> &w) {
+      auto s = w.lock();
+      if (!s) return true;
+      live.push_back(std::move(s));
+      return false;
+    });
+  }
+  for (auto &c : live) c->await_peer_untouched(key);
+}
+
+// Clears the STag entry (seq_cst: pairs with the peers' LinkSide::touching stores) and drops
+// the MR's share of its region. False if `key` is not registered. mu_ held.
+bool Adapter::retire_stag_locked(uint32_t sidx, uint32_t key) {
   StagEntry &se = shm_->stags[sidx];
   uint32_t expect = key;
-  if (!se.key.compare_exchange_strong(expect, 0, std::memory_order_acq_rel)) return;
+  if (!se.key.compare_exchange_strong(expect, 0, std::memory_order_seq_cst)) return false;
   int access = 0;
   if (auto a = g_mr_access.find(key); a != g_mr_access.end()) {
     access = a->second;
@@ -505,6 +531,7 @@ void Adapter::unregister_mr(uint32_t key) {
     }
     break;
   }
+  return true;
 }
 
 // A remotely invalidated STag stops working at once; the MR (and its region reference)
@@ -521,20 +548,17 @@ void Adapter::invalidate_mr(uint32_t key) {
   se.key.store(k, std::memory_order_release);
 }
 
-bool Adapter::local_region(const void *addr, uint64_t len, uint32_t *idx, uint32_t *gen,
-                           uint64_t *off, uint32_t reader) {
+void Adapter::name_for(uint32_t key, uint32_t reader) {
+  const uint32_t sidx = (key >> 8) - 1;
+  if (!shm_ || (key >> 8) == 0 || sidx >= kMaxStags) return;
   std::lock_guard lk(mu_);
-  const uint64_t a = (uint64_t)addr;
-  auto it = g_regions.upper_bound(a);
-  if (it == g_regions.begin()) return false;
-  --it;
-  LocalRegion &r = it->second;
-  if (a < r.base || len > r.len || a - r.base > r.len - len) return false;
-  it->second.named_for.insert(reader);
-  *idx = r.idx;
-  *gen = r.gen;
-  *off = a - r.base;
-  return true;
+  const StagEntry &se = shm_->stags[sidx];
+  if (se.key.load(std::memory_order_relaxed) != key || se.region >= kMaxRegions) return;
+  for (auto &[base, r] : g_regions)
+    if (r.idx == se.region) {
+      r.named_for.insert(reader);
+      return;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -690,6 +714,8 @@ void Adapter::attach(const std::shared_ptr<HwConn> &c) {
   {
     std::lock_guard lk(conns_mu_);
     conns_.push_back(c);
+    std::erase_if(links_, [](const std::weak_ptr<HwConn> &w) { return w.expired(); });
+    links_.push_back(c);
   }
   kick();
 }

@@ -75,13 +75,14 @@ class Adapter {
   // remote access to that QP of ours.
   int register_mr(uint32_t key, uint32_t pd, int access, uint64_t iova, void *addr,
                   uint64_t len, uint32_t qpn = 0);
+  // Retires the STag, then returns once no peer adapter is inside an access to it (each
+  // link's LinkSide::touching; bounded, see HwConn::await_peer_untouched). Takes mu_ for the
+  // tables only, never while waiting: a peer inside an access may need our control socket.
   void unregister_mr(uint32_t key);
   void invalidate_mr(uint32_t key);
-  // Our own region lookup, for Send frames that reference our source buffers: the region
-  // wholly containing [addr, addr+len), if any. `reader` (the peer the frame goes to) may
-  // then ask for that region read-only.
-  bool local_region(const void *addr, uint64_t len, uint32_t *idx, uint32_t *gen,
-                    uint64_t *off, uint32_t reader);
+  // A Send frame to peer `reader` names our MR `key` as its source: the region behind the
+  // MR's interior (if any) may then be handed to that peer read-only.
+  void name_for(uint32_t key, uint32_t reader);
 
   // Set-up of one connection. expect_hello: a peer that presents `nonce` on our control
   // socket gets our adapter table, our doorbell and (link_fd >= 0) the link memory; the pid
@@ -106,6 +107,7 @@ class Adapter {
  private:
   Adapter();
   void firmware_loop();
+  bool retire_stag_locked(uint32_t sidx, uint32_t key);
   ctl::Reply serve(const ctl::Request &rq, const ctl::Server::Caller &who, std::vector<int> *fds);
 
   AdapterShm *shm_ = nullptr;
@@ -124,7 +126,10 @@ class Adapter {
   std::mutex mu_;  // regions and STags (control path)
   uint32_t next_gen_ = 1;
   std::mutex conns_mu_;
-  std::vector<std::weak_ptr<HwConn>> conns_;
+  std::vector<std::weak_ptr<HwConn>> conns_;  // served by the firmware thread
+  // Every connection whose peer may still be inside an access to our memory: attached ones
+  // and closed ones not yet destroyed (unregister_mr waits for them).
+  std::vector<std::weak_ptr<HwConn>> links_;
   std::thread fw_;
 };
 

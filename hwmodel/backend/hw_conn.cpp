@@ -1,6 +1,7 @@
 #include "hwmodel/backend/hw_conn.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -15,6 +16,7 @@
 #include <cstring>
 #include <ctime>
 #include <random>
+#include <thread>
 
 #include "provider/core/config.hpp"
 #include "provider/core/log.hpp"
@@ -29,6 +31,20 @@ namespace {
 using transport::Progress;
 constexpr uint64_t kRingMask = kRingSlots - 1;
 constexpr size_t kMaxInflight = 4096;  // work requests the adapter holds at once
+
+// The process exited or was killed (it may still be a zombie). Control path: system calls.
+bool process_gone(uint32_t pid) {
+  if (::kill((pid_t)pid, 0) != 0) return errno == ESRCH;
+  char path[64], buf[256];
+  std::snprintf(path, sizeof path, "/proc/%u/stat", pid);
+  FILE *f = std::fopen(path, "re");
+  if (!f) return true;
+  const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+  std::fclose(f);
+  buf[n] = 0;
+  const char *paren = std::strrchr(buf, ')');  // "pid (comm) S ...": comm may hold anything
+  return paren && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X');
+}
 
 uint64_t mono_ns() {
   timespec ts;
@@ -58,6 +74,19 @@ void scatter_range(const uint8_t *src, std::span<const Seg> dst, uint64_t from, 
     pos += d.n;
     if (pos >= to) break;
   }
+}
+
+// Bytes [from, to) of the concatenation of `segs`, as segments of their own.
+std::vector<Seg> slice(std::span<const Seg> segs, uint64_t from, uint64_t to) {
+  std::vector<Seg> out;
+  uint64_t pos = 0;
+  for (const Seg &s : segs) {
+    const uint64_t a = std::max(from, pos), b = std::min(to, pos + s.n);
+    if (a < b) out.push_back({s.p + (a - pos), b - a});
+    pos += s.n;
+    if (pos >= to) break;
+  }
+  return out;
 }
 
 // Scatters contiguous src over dst segments.
@@ -189,28 +218,49 @@ void HwConn::handshake() {
                 return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
               self->peer_pd_ = in->pd;
               self->peer_qpn_ = in->qpn;
-              int link_fd = -1;
-              self->peer_ = Adapter::instance().connect_peer(in->path, in->nonce, &link_fd);
-              if (!self->peer_) return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
-              if (self->initiator_) {
-                if (link_fd >= 0) ::close(link_fd);  // we made the link; keep ours
-              } else {
-                void *p = link_fd < 0 ? MAP_FAILED
-                                      : ::mmap(nullptr, sizeof(LinkShm), PROT_READ | PROT_WRITE,
-                                               MAP_SHARED, link_fd, 0);
-                if (link_fd >= 0) ::close(link_fd);
-                if (p == MAP_FAILED) return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
-                self->link_ = static_cast<LinkShm *>(p);
-                if (self->link_->magic != kLinkMagic || self->link_->version != kLayoutVersion)
-                  return self->fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
-                LinkSide &me = self->link_->side[1];
-                me.pid.store(Adapter::instance().pid());
-                me.qpn.store(self->qp_.qpn);
-                me.pd.store(self->qp_.pd->ibpd.handle);
-              }
-              self->become_ready();
+              // The peer's control socket may take up to its timeout to answer: asked from a
+              // thread of its own, never from the process-wide progress thread.
+              std::thread([self, in] {
+                int link_fd = -1;
+                auto peer = Adapter::instance().connect_peer(in->path, in->nonce, &link_fd);
+                Progress::instance().post([self, peer = std::move(peer), link_fd] {
+                  std::lock_guard cb3(self->cb_mu_);
+                  if (self->closed_) {
+                    if (link_fd >= 0) ::close(link_fd);
+                    return;
+                  }
+                  self->on_peer_proven(peer, link_fd);
+                });
+              }).detach();
             });
       });
+}
+
+// The peer's adapter answered on its control socket (peer null: it did not, or offered no
+// valid memory). Progress thread, cb_mu_ held.
+void HwConn::on_peer_proven(std::shared_ptr<PeerAdapter> peer, int link_fd) {
+  peer_ = std::move(peer);
+  if (!peer_) {
+    if (link_fd >= 0) ::close(link_fd);
+    return fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+  }
+  if (initiator_) {
+    if (link_fd >= 0) ::close(link_fd);  // we made the link; keep ours
+  } else {
+    void *p = link_fd < 0 ? MAP_FAILED
+                          : ::mmap(nullptr, sizeof(LinkShm), PROT_READ | PROT_WRITE,
+                                   MAP_SHARED, link_fd, 0);
+    if (link_fd >= 0) ::close(link_fd);
+    if (p == MAP_FAILED) return fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+    link_ = static_cast<LinkShm *>(p);
+    if (link_->magic != kLinkMagic || link_->version != kLayoutVersion)
+      return fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+    LinkSide &me = link_->side[1];
+    me.pid.store(Adapter::instance().pid());
+    me.qpn.store(qp_.qpn);
+    me.pd.store(qp_.pd->ibpd.handle);
+  }
+  become_ready();
 }
 
 void HwConn::become_ready() {
@@ -220,9 +270,11 @@ void HwConn::become_ready() {
     in_ = &link_->ring[1 - side_];
     out_tail_ = out_->tail.load(std::memory_order_acquire);
   }
+  // Attached first: from the moment we can publish a frame naming our memory, a
+  // deregistration must find this link (Adapter::unregister_mr).
+  Adapter::instance().attach(shared_from_this());
   ready_.store(true, std::memory_order_release);
   ECA_QP_LOG(Info, qp_.qpn, "modeled adapter link up (peer process %u)", peer_->pid());
-  Adapter::instance().attach(shared_from_this());
   watch_socket();
   doorbell();  // work posted while the link came up
 }
@@ -283,7 +335,7 @@ void HwConn::cq_armed() {
   if (!ready_.load(std::memory_order_acquire) || closed_ || !link_) return;
   link_->side[side_].want_intr.store(1, std::memory_order_seq_cst);
   if (in_->tail.load(std::memory_order_seq_cst) != in_->head.load(std::memory_order_relaxed) ||
-      !inflight_.empty() || acks_pending())
+      tx_queued_.load(std::memory_order_relaxed) || acks_pending())
     doorbell();
 }
 
@@ -292,7 +344,8 @@ void HwConn::poll_progress() {
   app_visits_.fetch_add(1, std::memory_order_relaxed);
   // Cheap test first: anything arrived, or anything waiting to go out?
   if (in_->tail.load(std::memory_order_acquire) == in_->head.load(std::memory_order_relaxed) &&
-      inflight_.empty() && !acks_pending() && !work_pending_.load(std::memory_order_relaxed))
+      !tx_queued_.load(std::memory_order_relaxed) && !acks_pending() &&
+      !work_pending_.load(std::memory_order_relaxed))
     return;
   doorbell();
 }
@@ -307,15 +360,16 @@ HwConn::FwResult HwConn::firmware_poll() {
   const bool app_driven = visits != fw_seen_visits_;
   fw_seen_visits_ = visits;
   if (app_driven && !qp_.scq->is_armed() && !qp_.rcq->is_armed()) return {false, false};
-  bool did;
+  bool did, tick;
   {
     std::lock_guard lk(mu_);
     did = work_locked();
+    tick = !inflight_.empty() || rqe_deadline_ns_ != 0;
   }
   // Interrupt mode: ask the peer to wake our firmware when one of our CQs is armed.
   const bool armed = qp_.scq->is_armed() || qp_.rcq->is_armed();
   link_->side[side_].want_intr.store(armed ? 1 : 0, std::memory_order_release);
-  return {did, !inflight_.empty() || rqe_deadline_ns_ != 0};
+  return {did, tick};
 }
 
 bool HwConn::work_locked() {
@@ -379,11 +433,14 @@ bool HwConn::tx_locked() {
     did = true;
   }
   pending_due_ = 0;
+  tx_queued_.store(!inflight_.empty(), std::memory_order_relaxed);
   return did;
 }
 
 // Moves `len` bytes between the peer's MR (rkey, addr) and our local segments, validating
 // the access against the peer adapter's published STag table first (the peer NIC's check).
+// 0, EACCES (the access fails the owner's checks or the kernel's), or EPIPE (the peer closed
+// the link).
 // The MR's interior pages are shared memory (plain copies); its partial edge pages are
 // reached with cross-memory reads/writes. A WRITE's last bytes are placed last.
 uint8_t *HwConn::peer_region(uint32_t idx, uint32_t gen, uint64_t off, uint64_t len,
@@ -400,19 +457,30 @@ uint8_t *HwConn::peer_region(uint32_t idx, uint32_t gen, uint64_t off, uint64_t 
   return c.base + off;
 }
 
-bool HwConn::remote_copy(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t need,
+int HwConn::remote_copy(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t need,
                          bool write, std::span<const Seg> local) {
   const uint32_t idx = (rkey >> 8) - 1;
-  if ((rkey >> 8) == 0 || idx >= kMaxStags) return false;
+  if ((rkey >> 8) == 0 || idx >= kMaxStags) return EACCES;
+  // Announce the access first, then validate (see LinkSide::touching): the owner's
+  // ibv_dereg_mr either makes the check below fail or waits until the guard clears the word.
+  std::atomic<uint32_t> &touching = link_->side[side_].touching;
+  touching.store(rkey, std::memory_order_seq_cst);
+  struct Leave {
+    std::atomic<uint32_t> &w;
+    ~Leave() { w.store(0, std::memory_order_release); }
+  } leave{touching};
+  // The peer closed the link: what it still had outstanding is flushed on its side, so none
+  // of its memory may be touched any more (its close() waits for an access already running).
+  if (link_->side[1 - side_].closed.load(std::memory_order_seq_cst)) return EPIPE;
   const StagEntry &e = peer_->shm()->stags[idx];
-  if (e.key.load(std::memory_order_acquire) != rkey) return false;
+  if (e.key.load(std::memory_order_seq_cst) != rkey) return EACCES;
   const uint32_t pd = e.pd, access = e.access, region = e.region, qpn = e.qpn;
   const uint64_t iova = e.iova, length = e.length, host0 = e.host;
   std::atomic_thread_fence(std::memory_order_acquire);
-  if (e.key.load(std::memory_order_relaxed) != rkey) return false;  // changed under us
-  if (pd != peer_pd_ || (access & need) != need) return false;
-  if (qpn && qpn != peer_qpn_) return false;  // a type 2 window serves its own QP only
-  if (addr < iova || len > length || addr - iova > length - len) return false;
+  if (e.key.load(std::memory_order_relaxed) != rkey) return EACCES;  // changed under us
+  if (pd != peer_pd_ || (access & need) != need) return EACCES;
+  if (qpn && qpn != peer_qpn_) return EACCES;  // a type 2 window serves its own QP only
+  if (addr < iova || len > length || addr - iova > length - len) return EACCES;
   const uint64_t host = host0 + (addr - iova);
   // The shared interior, if any.
   uint64_t rb = 0, re = 0;
@@ -434,7 +502,7 @@ bool HwConn::remote_copy(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t ne
   if (gen && m_from < m_to) {
     if (host < m_from) pieces[np++] = {0, m_from - host, nullptr};
     uint8_t *p = peer_region(region, gen, m_from - rb, m_to - m_from, write);
-    if (!p) return false;
+    if (!p) return EACCES;
     pieces[np++] = {m_from - host, m_to - host, p};
     if (m_to < h_end) pieces[np++] = {m_to - host, len, nullptr};
   } else {
@@ -459,14 +527,14 @@ bool HwConn::remote_copy(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t ne
       stats_.adapter_path_copies++;
       if (write) {
         copy_range(local, pc.from, pc.to, tmp.data());
-        if (!cross_memory_write(peer_->pid(), host + pc.from, tmp.data(), n)) return false;
+        if (!cross_memory_write(peer_->pid(), host + pc.from, tmp.data(), n)) return EACCES;
       } else {
-        if (!cross_memory_read(peer_->pid(), host + pc.from, tmp.data(), n)) return false;
+        if (!cross_memory_read(peer_->pid(), host + pc.from, tmp.data(), n)) return EACCES;
         scatter_range(tmp.data(), local, pc.from, pc.to);
       }
     }
   }
-  return true;
+  return 0;
 }
 
 bool HwConn::exec_wqe_locked(SendWqe *w) {
@@ -496,26 +564,34 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
   Frame *f = nullptr;
   if (needs_frame && !(f = ring_slot_locked())) return false;  // peer ring full: wait
 
-  // Local buffers (validated like a NIC validates the lkeys of a descriptor).
+  // Local buffers (validated like a NIC validates the lkeys of a descriptor), held registered
+  // (MrUse) while this function reads or writes them: ibv_dereg_mr waits for that.
   std::array<Seg, kMaxSge> segs;
+  std::array<const Sge *, kMaxSge> from;  // the work request's SGE of each segment
+  std::array<MrRef, kMaxSge> refs;
   size_t nseg = 0;
+  MrUse use;
+  auto local_error = [&](uint32_t lkey) {
+    ECA_QP_LOG(Info, qp_.qpn, "local protection error (lkey 0x%x)", lkey);
+    qp_.sq_done(w, IBV_WC_LOC_PROT_ERR);
+    send_terminate_locked(WireError::Ended);
+    fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
+    return true;
+  };
   if (w->flags & IBV_SEND_INLINE) {
     if (w->inline_len) segs[nseg++] = {w->inline_data.data(), w->inline_len};
   } else {
     for (uint32_t i = 0; i < w->num_sge; i++) {
       const Sge &s = w->sge[i];
       if (!s.length) continue;
-      uint8_t *host = nullptr;
-      if (mr_check(s.lkey, qp_.pd, s.addr, s.length, is_read ? IBV_ACCESS_LOCAL_WRITE : 0,
-                   &host) != AccessError::None) {
-        ECA_QP_LOG(Info, qp_.qpn, "local protection error (lkey 0x%x)", s.lkey);
-        qp_.sq_done(w, IBV_WC_LOC_PROT_ERR);
-        send_terminate_locked(WireError::Ended);
-        fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
-        return true;
-      }
-      segs[nseg++] = {host, s.length};
+      if (mr_lookup(s.lkey, qp_.pd, s.addr, s.length, is_read ? IBV_ACCESS_LOCAL_WRITE : 0,
+                    &refs[nseg]) != AccessError::None)
+        return local_error(s.lkey);
+      from[nseg] = &s;
+      segs[nseg] = {refs[nseg].host, s.length};
+      nseg++;
     }
+    if (!use.enter(refs.data(), nseg)) return local_error(w->sge[0].lkey);  // being deregistered
   }
   const std::span<const Seg> local(segs.data(), nseg);
   stats_.ops++;
@@ -526,9 +602,15 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
     case IBV_WR_RDMA_WRITE:
     case IBV_WR_RDMA_WRITE_WITH_IMM:
     case IBV_WR_RDMA_READ: {
-      if (len && !remote_copy(w->rkey, w->remote_addr, len,
-                              is_read ? IBV_ACCESS_REMOTE_READ : IBV_ACCESS_REMOTE_WRITE,
-                              !is_read, local)) {
+      const int rc = len ? remote_copy(w->rkey, w->remote_addr, len,
+                                       is_read ? IBV_ACCESS_REMOTE_READ : IBV_ACCESS_REMOTE_WRITE,
+                                       !is_read, local)
+                         : 0;
+      if (rc == EPIPE) {  // stays outstanding: flushed with the connection
+        fail(LlpEnd::PeerClosed, IBV_WC_WR_FLUSH_ERR);
+        return false;
+      }
+      if (rc) {
         ECA_QP_LOG(Info, qp_.qpn, "remote access error (rkey 0x%x addr 0x%llx len %llu)",
                    w->rkey, (unsigned long long)w->remote_addr, (unsigned long long)len);
         qp_.sq_done(w, IBV_WC_REM_ACCESS_ERR);
@@ -570,24 +652,16 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
     await_ack_.push_back(w);  // a Send completes when the peer has placed it
     return true;
   }
-  // Larger payloads are fetched by the receiving adapter from our registered memory.
-  uint32_t n = 0;
-  for (const Seg &s : local) {
-    if (n == kFrameSges) {
-      qp_.sq_done(w, IBV_WC_LOC_PROT_ERR);
-      send_terminate_locked(WireError::Ended);
-      fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
-      return true;
-    }
-    uint32_t idx = kMaxRegions, gen = 0;
-    uint64_t off = 0;
-    if (!Adapter::instance().local_region(s.p, s.n, &idx, &gen, &off, peer_->pid()))
-      idx = kMaxRegions;
-    f->sge[n] = {idx, (uint32_t)s.n, (uint64_t)(uintptr_t)s.p};
-    f->region_gen[n] = gen;
-    n++;
+  // Larger payloads are fetched by the receiving adapter from our registered memory: the
+  // frame names each piece by our MR (lkey) and its address there, which the peer validates
+  // against our STag table as it would an RDMA READ. The region behind each MR is granted to
+  // the peer read-only (the owner's decision: it was named in a Send to that peer).
+  if (nseg > kFrameSges) return local_error(w->sge[0].lkey);
+  for (uint32_t n = 0; n < nseg; n++) {
+    f->sge[n] = {from[n]->lkey, (uint32_t)from[n]->length, from[n]->addr};
+    Adapter::instance().name_for(from[n]->lkey, peer_->pid());
   }
-  f->nsge = n;
+  f->nsge = (uint32_t)nseg;
   ring_publish_locked();
   await_ack_.push_back(w);
   return true;
@@ -607,28 +681,31 @@ void HwConn::ack_placed_locked() {
 
 bool HwConn::harvest_acks_locked() {
   const uint64_t placed = link_->side[1 - side_].placed.load(std::memory_order_acquire);
-  if (placed == acked_seen_) return false;
-  if (placed - acked_seen_ > await_ack_.size()) {  // acknowledges what we never sent
+  uint64_t seen = acked_seen_.load(std::memory_order_relaxed);
+  if (placed == seen) return false;
+  if (placed - seen > await_ack_.size()) {  // acknowledges what we never sent
     if (!failing_) {
       ECA_QP_LOG(Warn, qp_.qpn, "peer acknowledged %llu messages, %zu were outstanding",
-                 (unsigned long long)(placed - acked_seen_), await_ack_.size());
+                 (unsigned long long)(placed - seen), await_ack_.size());
       send_terminate_locked(WireError::Protocol);
       fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
     }
-    acked_seen_ = placed;  // report it once
+    acked_seen_.store(placed, std::memory_order_relaxed);  // report it once
     return false;
   }
-  while (acked_seen_ != placed) {
+  while (seen != placed) {
     SendWqe *w = await_ack_.front();
     await_ack_.pop_front();
-    acked_seen_++;
+    seen++;
     qp_.sq_done(w, IBV_WC_SUCCESS);
   }
+  acked_seen_.store(seen, std::memory_order_relaxed);
   return true;
 }
 
 bool HwConn::acks_pending() const {
-  return link_ && link_->side[1 - side_].placed.load(std::memory_order_relaxed) != acked_seen_;
+  return link_ && link_->side[1 - side_].placed.load(std::memory_order_relaxed) !=
+                       acked_seen_.load(std::memory_order_relaxed);
 }
 
 bool HwConn::rx_locked() {
@@ -685,13 +762,16 @@ bool HwConn::handle_frame_locked(const Frame &f) {
       for (uint32_t i = 0; ok && i < f.nsge; i++) sum += f.sge[i].len;
       ok = ok && (f.nsge == 0 || sum == f.len);
       std::vector<Seg> dst;
+      std::vector<MrRef> refs;
+      MrUse use;  // the receive buffers stay registered while we place into them
       uint64_t cap = 0;
       for (uint32_t i = 0; ok && i < rqe_.num_sge; i++) {
         const Sge &s = rqe_.sge[i];
         if (!s.length) continue;
-        MrRef ref;
+        MrRef &ref = refs.emplace_back();
         if (mr_lookup(s.lkey, qp_.pd, s.addr, s.length, IBV_ACCESS_LOCAL_WRITE, &ref) !=
-            AccessError::None) {
+                AccessError::None ||
+            !use.enter(ref)) {
           qp_.rq_done(rqe_, IBV_WC_LOC_PROT_ERR, 0, false, 0);
           have_rqe_ = false;
           send_terminate_locked(WireError::Protocol);
@@ -717,37 +797,26 @@ bool HwConn::handle_frame_locked(const Frame &f) {
       if (f.nsge == 0) {
         scatter(f.data, f.len, dst);
       } else {
-        std::vector<Seg> src;
-        std::vector<std::vector<uint8_t>> fetched;  // bytes from the sender's private pages
+        // Each piece is fetched like an RDMA READ of the sender's MR: only memory the sender's
+        // adapter still has registered, in the sender's PD, within bounds (remote_copy).
+        uint64_t pos = 0;
         for (uint32_t i = 0; i < f.nsge; i++) {
           const FrameSge &g = f.sge[i];
-          uint8_t *p = nullptr;
-          if (g.region < kMaxRegions) {
-            const RegionEntry &r = peer_->shm()->regions[g.region];
-            const uint64_t base = r.base;
-            if (g.addr >= base)
-              p = peer_->region_ptr(g.region, f.region_gen[i], g.addr - base, g.len, false);
+          if (!g.len) continue;
+          const std::vector<Seg> part = slice(dst, pos, pos + g.len);
+          const int rc = remote_copy(g.stag, g.addr, g.len, 0, false, part);
+          if (rc == EPIPE) {  // the sender flushes this Send: it must not arrive either
+            fail(LlpEnd::PeerClosed, IBV_WC_WR_FLUSH_ERR);
+            return false;
           }
-          if (!p) {
-            auto &buf = fetched.emplace_back(g.len);
-            stats_.adapter_path_copies++;
-            if (!cross_memory_read(peer_->pid(), g.addr, buf.data(), g.len)) {
-              ECA_QP_LOG(Warn, qp_.qpn, "Send frame names memory the peer cannot provide");
-              send_terminate_locked(WireError::Protocol);
-              fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
-              return true;
-            }
-            p = buf.data();
+          if (rc) {
+            ECA_QP_LOG(Warn, qp_.qpn,
+                       "Send frame names memory the peer has not registered (lkey 0x%x)", g.stag);
+            send_terminate_locked(WireError::Protocol);
+            fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
+            return true;
           }
-          src.push_back({p, g.len});
-        }
-        // gather from the sender's segments, scatter into the receive segments
-        uint64_t pos = 0;
-        for (const Seg &d : dst) {
-          const uint64_t n = std::min<uint64_t>(d.n, f.len - pos);
-          if (!n) break;
-          copy_range(src, pos, pos + n, d.p);
-          pos += n;
+          pos += g.len;
         }
       }
       uint32_t inv = 0;
@@ -785,6 +854,34 @@ bool HwConn::handle_frame_locked(const Frame &f) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Deregistration: the peer's accesses to our memory (see LinkSide::touching)
+
+void HwConn::await_peer_untouched(uint32_t key) {
+  if (!ready_.load(std::memory_order_acquire)) return;  // never attached: no peer access
+  const std::atomic<uint32_t> &w = link_->side[1 - side_].touching;
+  auto busy = [&] {
+    const uint32_t v = w.load(std::memory_order_seq_cst);
+    return key ? v == key : v != 0;
+  };
+  if (!busy()) return;
+  constexpr uint64_t kGone = 10'000'000, kHostile = 2'000'000'000;  // ns
+  const uint64_t t0 = mono_ns();
+  while (busy()) {
+    const uint64_t waited = mono_ns() - t0;
+    // The peer process is gone: an access it still announces will never finish. (A live
+    // peer may be descheduled for a while in the middle of a copy on a loaded machine.)
+    if (waited > kGone && process_gone(peer_->pid())) return;
+    if (waited > kHostile) {
+      ECA_QP_LOG(Warn, qp_.qpn, "peer adapter held an access to STag 0x%x for 2 s: link ends",
+                 w.load());
+      fail(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
+      return;
+    }
+    std::this_thread::yield();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Ending
 
 void HwConn::fail(LlpEnd why, ibv_wc_status st) {
@@ -814,6 +911,7 @@ void HwConn::do_fail(LlpEnd why, ibv_wc_status st) {
       have_rqe_ = false;
     }
     inflight_.clear();   // still unfinished in the SQ: flushed by enter_error()
+    tx_queued_.store(false, std::memory_order_relaxed);
     await_ack_.clear();
     await_atomic_.clear();
   }
@@ -821,6 +919,8 @@ void HwConn::do_fail(LlpEnd why, ibv_wc_status st) {
 }
 
 void HwConn::close(bool graceful) {
+  // Always through cb_mu_, even when closed already: a close() or handler still running on
+  // another thread (do_fail -> Qp::llp_ended) uses the Qp, which the caller may free next.
   std::lock_guard cb(cb_mu_);
   if (closed_.exchange(true)) return;
   {
@@ -829,6 +929,12 @@ void HwConn::close(bool graceful) {
       ECA_QP_LOG(Info, qp_.qpn, "modeled adapter: %llu operations, %llu bytes, %llu adapter-path copies",
                  (unsigned long long)stats_.ops, (unsigned long long)stats_.bytes,
                  (unsigned long long)stats_.adapter_path_copies);
+    // A receive we took from the RQ and hold for the next message is not in the RQ any more:
+    // the flush that follows (Qp::enter_error) would not see it.
+    if (have_rqe_) {
+      qp_.rq_done(rqe_, IBV_WC_WR_FLUSH_ERR, 0, false, 0);
+      have_rqe_ = false;
+    }
     if (ready_ && link_) {
       if (graceful)
         if (Frame *f = ring_slot_locked()) {
@@ -836,9 +942,13 @@ void HwConn::close(bool graceful) {
           f->model_ps = now_ps();
           ring_publish_locked();
         }
-      link_->side[side_].closed.store(1, std::memory_order_release);
+      // seq_cst: pairs with the peer's LinkSide::touching store in remote_copy. From here the
+      // peer's adapter starts no access to our memory; one already running is awaited, as
+      // our outstanding work requests are flushed (and their buffers reused) after this.
+      link_->side[side_].closed.store(1, std::memory_order_seq_cst);
     }
   }
+  await_peer_untouched(0);
   Adapter::instance().detach(this);
   Adapter::instance().forget(nonce_, asker_pid_.exchange(0));
   auto self = shared_from_this();

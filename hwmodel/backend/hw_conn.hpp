@@ -52,11 +52,18 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   };
   FwResult firmware_poll();  // firmware thread
   void close(bool graceful);
+  // Our MR `key` is being deregistered (its STag entry is already cleared), or (key 0) our side
+  // closed the link: returns once the peer's adapter is not inside an access to that MR (to
+  // any of our memory). Any thread; no mu_ held (the peer's access may need our control
+  // socket, never our locks). Bounded: a dead peer is not waited for; one that keeps an access
+  // open for 2 s loses the connection.
+  void await_peer_untouched(uint32_t key);
   const Stats &stats() const { return stats_; }
 
  private:
   void handshake();
   void on_peer_hello();
+  void on_peer_proven(std::shared_ptr<PeerAdapter> peer, int link_fd);
   void become_ready();
   void watch_socket();
 
@@ -72,7 +79,7 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   void ack_placed_locked();     // publishes one more placed message to the peer
   bool harvest_acks_locked();   // completes our Sends the peer has placed; true if any
   bool acks_pending() const;    // a hint, read without mu_
-  bool remote_copy(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t need, bool write,
+  int remote_copy(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t need, bool write,
                    std::span<const Seg> local);
   uint8_t *peer_region(uint32_t idx, uint32_t gen, uint64_t off, uint64_t len, bool write);
   Frame *ring_slot_locked();         // free slot in the outgoing ring, or null
@@ -116,6 +123,9 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
     uint64_t due_ps;
   };
   std::deque<Inflight> inflight_;
+  // Hints read without mu_ by the application's cheap "anything to do?" tests (poll_progress,
+  // cq_armed); written only under mu_. A stale hint costs one doorbell() or one later pass.
+  std::atomic<bool> tx_queued_{false};  // inflight_ is not empty
   uint64_t pending_due_ = 0;  // due time of the work request being executed
   std::deque<SendWqe *> await_ack_;  // Sends and Immediate Data the peer has not yet placed
   struct AtomicWait {                // an atomic sent, awaiting its AtomicResponse
@@ -123,7 +133,7 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
     MrRef result;                    // the 8-byte local buffer for the original value
   };
   std::deque<AtomicWait> await_atomic_;
-  uint64_t acked_seen_ = 0;          // the peer's `placed` count already completed here
+  std::atomic<uint64_t> acked_seen_{0};  // the peer's `placed` count completed here (hint, as above)
   uint64_t placed_ = 0;              // our `placed` count (the peer's messages we placed)
   bool have_rqe_ = false;
   RecvWqe rqe_;

@@ -18,7 +18,7 @@ namespace eca::hw {
 
 inline constexpr uint64_t kAdapterMagic = 0x4543414877416470ull;  // "ECAHwAdp"
 inline constexpr uint64_t kLinkMagic = 0x454341487754696eull;     // "ECAHwLin"
-inline constexpr uint32_t kLayoutVersion = 6;
+inline constexpr uint32_t kLayoutVersion = 7;
 
 inline constexpr uint32_t kMaxStags = 1u << 16;
 inline constexpr uint32_t kMaxRegions = 1u << 12;
@@ -88,10 +88,14 @@ inline constexpr uint32_t kFrameSendInvalidate = 1u << 1;
 inline constexpr uint32_t kFrameSges = 8;
 inline constexpr uint32_t kFrameInline = 256;  // = the QPs' max_inline_data
 
+// A piece of a large Send's payload, in the sender's memory. The receiving adapter fetches it
+// as it would an RDMA READ of the sender's MR `stag` (the sender's lkey): validated against
+// the sender's published STag table (PD, bounds) and announced in LinkSide::touching, so it
+// reaches only memory the sender's adapter still has registered.
 struct FrameSge {
-  uint32_t region;  // SENDER's region holding [addr, addr+len), or kMaxRegions (not shared)
+  uint32_t stag;    // the sender's MR holding [addr, addr+len)
   uint32_t len;
-  uint64_t addr;    // sender's virtual address
+  uint64_t addr;    // in that MR's address space (its iova), as in the sender's work request
 };
 static_assert(sizeof(FrameSge) == 16);
 
@@ -102,7 +106,7 @@ struct alignas(64) Frame {
   uint32_t nsge;       // 0: payload inline
   uint32_t imm;        // immediate data (network order), or STag to invalidate
   uint32_t status;     // Terminate: a WireError
-  uint32_t region_gen[kFrameSges];  // generations of the referenced regions
+  uint32_t reserved_[kFrameSges];  // zero (layout 5: region generations)
   uint64_t model_ps;   // modeled time at which the frame is visible to the receiver
   FrameSge sge[kFrameSges];
   uint8_t data[kFrameInline];
@@ -140,7 +144,12 @@ struct alignas(64) LinkSide {
   std::atomic<uint32_t> pd;
   std::atomic<uint32_t> want_intr;   // consumer asks to be woken (a CQ is armed)
   std::atomic<uint32_t> closed;      // this side closed or failed the link
-  uint32_t pad0_;
+  // The STag of the peer's memory this side's adapter is reading or writing right now (0:
+  // none). Stored (seq_cst) BEFORE the STag is validated in the peer's table and cleared
+  // after the last byte moved; the peer's ibv_dereg_mr clears the STag entry, then waits
+  // until no link announces it (Adapter::unregister_mr). Either the accessor sees the STag
+  // gone, or the owner sees the access and waits for it.
+  std::atomic<uint32_t> touching;
   // Acknowledgement: Send and Immediate Data messages of the peer that this side has placed
   // (a running count, release-stored BEFORE the receive completion becomes visible). The
   // peer completes its oldest unacknowledged Sends up to this count; it never needs a ring

@@ -15,12 +15,14 @@
 // Input: a sequence of raw Frame images (sizeof(Frame) = 448 octets, see shm_layout.hpp; a
 // short tail is zero-padded). Substitutions so inputs can name real memory:
 //   sge[i].addr with top 32 bits 0xeca0eca0  -> B's send buffer + (addr & 0xffff)
-//   sge[i].region == 0xeca0                  -> the region index of B's send buffer
-//   region_gen[i] == 0xeca0                  -> that region's generation
+//   sge[i].addr with top 32 bits 0xeca0eca3  -> the secret (memory of this process that no
+//                                               MR covers) + (addr & 0xfff)
+//   sge[i].stag == 0xeca0                    -> B's send MR (lkey)
 //   imm == 0xeca0eca1 / 0xeca0eca2 (with the invalidate flag) -> A's receive / spare MR rkey
 // Checked beyond "no crash, no sanitizer report": no byte outside A's receive windows changes
-// (guard zones), A's spare region (not remote accessible) never changes, and no more
-// completions appear than receives were posted.
+// (guard zones), A's spare region (not remote accessible) never changes, no byte of the
+// secret (fresh random words each input) reaches A's receive windows, and no more completions
+// appear than receives were posted.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -35,7 +37,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <random>
 #include <thread>
+#include <unordered_set>
 #include <vector>
 
 #include "hwmodel/backend/adapter.hpp"
@@ -84,7 +88,7 @@ using eca::hw::HwConnProbe;
 
 constexpr size_t kGuard = 4096;
 constexpr uint8_t kCanary = 0xc5;
-constexpr size_t kRecvLen = 16384, kSpareLen = 4096, kSendLen = 65536;
+constexpr size_t kRecvLen = 16384, kSpareLen = 4096, kSendLen = 65536, kSecretLen = 8192;
 constexpr int kRecvs = 8;
 
 sockaddr_in loopback(uint16_t port) {
@@ -115,10 +119,14 @@ rdma_cm_event *get_event(rdma_event_channel *ch, rdma_cm_event_type want) {
 // spare region with guards, B's send buffer.
 struct Memory {
   uint8_t *recv = nullptr, *spare = nullptr, *send = nullptr;
+  uint64_t *secret = nullptr;  // never registered
+  std::unordered_set<uint64_t> secret_words;
+  std::mt19937_64 rng{std::random_device{}()};
   Memory() {
     recv = alloc(kRecvLen + 2 * kGuard) + kGuard;
     spare = alloc(kSpareLen + 2 * kGuard) + kGuard;
     send = alloc(kSendLen);
+    secret = reinterpret_cast<uint64_t *>(alloc(kSecretLen));
     std::memset(recv - kGuard, kCanary, kRecvLen + 2 * kGuard);
     std::memset(spare - kGuard, kCanary, kSpareLen + 2 * kGuard);
     for (size_t i = 0; i < kSendLen; i++) send[i] = uint8_t(i * 7);
@@ -128,7 +136,17 @@ struct Memory {
     FUZZ_CHECK(p != MAP_FAILED);
     return static_cast<uint8_t *>(p);
   }
+  // New secret words for each input (the fuzzer cannot learn them from our comparisons).
+  void new_secret() {
+    secret_words.clear();
+    for (size_t i = 0; i < kSecretLen / 8; i++) secret_words.insert(secret[i] = rng() | 1);
+  }
   void check() const {
+    for (size_t i = 0; i + 8 <= kRecvLen; i++) {
+      uint64_t v;
+      std::memcpy(&v, recv + i, 8);
+      FUZZ_CHECK(!secret_words.count(v));
+    }
     for (size_t i = 0; i < kGuard; i++) {
       FUZZ_CHECK(recv[-1 - long(i)] == kCanary && recv[kRecvLen + i] == kCanary);
       FUZZ_CHECK(spare[-1 - long(i)] == kCanary && spare[kSpareLen + i] == kCanary);
@@ -158,7 +176,6 @@ struct Pair {
   ibv_cq *cq_a = nullptr, *cq_b = nullptr;
   ibv_mr *recv_mr = nullptr, *spare_mr = nullptr, *send_mr = nullptr;
   eca::hw::HwConn *a = nullptr, *b = nullptr;
-  uint32_t send_region = 0, send_gen = 0;
   int posted = 0, completions = 0, inputs = 0;
 
   bool build(Memory &m, Listener &l) {
@@ -210,15 +227,9 @@ struct Pair {
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
     HwConnProbe::silence(b);
-    // Where B's send buffer is in the adapter's tables (what a peer's frame names).
-    const eca::hw::AdapterShm *shm = eca::hw::Adapter::instance().shm();
-    send_region = eca::hw::kMaxRegions;
-    for (uint32_t i = 0; i < eca::hw::kMaxStags; i++)
-      if (shm->stags[i].key.load() == send_mr->rkey) {
-        send_region = shm->stags[i].region;
-        if (send_region < eca::hw::kMaxRegions) send_gen = shm->regions[send_region].gen.load();
-        break;
-      }
+    // What B's adapter does when it sends from its send MR: the region behind it may be
+    // handed to the peer (here: this process) read-only.
+    eca::hw::Adapter::instance().name_for(send_mr->lkey, eca::hw::Adapter::instance().pid());
     // A's receives: two segments, then single ones.
     for (int i = 0; i < kRecvs; i++) {
       ibv_sge sge[2];
@@ -283,6 +294,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (!g_listener) g_listener = new Listener();
   Pair &p = g_pair;
   if (!p.a) FUZZ_CHECK(p.build(*g_mem, *g_listener));
+  g_mem->new_secret();
 
   for (size_t off = 0; off < size; off += sizeof(Frame)) {
     Frame f;
@@ -291,8 +303,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (uint32_t i = 0; i < eca::hw::kFrameSges; i++) {
       if ((f.sge[i].addr >> 32) == 0xeca0eca0u)
         f.sge[i].addr = uint64_t(uintptr_t(g_mem->send)) + (f.sge[i].addr & 0xffff);
-      if (f.sge[i].region == 0xeca0) f.sge[i].region = p.send_region;
-      if (f.region_gen[i] == 0xeca0) f.region_gen[i] = p.send_gen;
+      else if ((f.sge[i].addr >> 32) == 0xeca0eca3u)
+        f.sge[i].addr = uint64_t(uintptr_t(g_mem->secret)) + (f.sge[i].addr & 0xfff);
+      if (f.sge[i].stag == 0xeca0) f.sge[i].stag = p.send_mr->lkey;
     }
     if (f.imm == 0xeca0eca1) f.imm = p.recv_mr->rkey;
     if (f.imm == 0xeca0eca2) f.imm = p.spare_mr->rkey;

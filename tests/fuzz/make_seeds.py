@@ -125,36 +125,40 @@ write("fpdu_rx", "atomic-response-unexpected",
       c + crc_field(untagged(ATOMIC_RESP, 3, 1, 0, b"", body=struct.pack(">IQ", 1, 42))))
 
 # ---- modeled adapter frames: raw Frame images (hwmodel/backend/shm_layout.hpp, 448 octets)
-# type, flags, len, nsge, imm, status, region_gen[8], model_ps, sge[8] {region, len, addr},
+# type, flags, len, nsge, imm, status, reserved[8], model_ps, sge[8] {stag, len, addr},
 # data[256]. Substitutions (see hw_frame_fuzz.cpp): sge addr 0xeca0eca0xxxxxxxx -> the peer's
-# send buffer + low 16 bits; region / region_gen 0xeca0 -> that buffer's region and generation;
-# imm 0xeca0eca1 / 0xeca0eca2 -> the receiver's remote-writable / local-only MR.
+# send buffer + low 16 bits, 0xeca0eca3xxxxxxxx -> memory no MR covers (the secret); stag 0xeca0
+# -> the peer's send MR; imm 0xeca0eca1 / 0xeca0eca2 -> the receiver's remote-writable /
+# local-only MR.
 F_SEND, F_IMM, F_ACK, F_TERM, F_DISC, F_AREQ, F_ARESP = 1, 2, 3, 4, 5, 6, 7
 SOLICITED, INVALIDATE = 1, 2
 
 
 def hw_frame(ftype, flags=0, length=0, sges=(), imm=0, status=0, data=b""):
-    gens = [0] * 8
     sge_bytes = b""
-    for i, (region, slen, addr, gen) in enumerate(sges):
-        gens[i] = gen
-        sge_bytes += struct.pack("<IIQ", region, slen, addr)
+    for stag, slen, addr in sges:
+        sge_bytes += struct.pack("<IIQ", stag, slen, addr)
     sge_bytes += bytes(16 * (8 - len(sges)))
     head = struct.pack("<IIIIII", ftype, flags, length, len(sges), imm, status)
-    head += struct.pack("<8I", *gens) + struct.pack("<Q", 0)
+    head += bytes(32) + struct.pack("<Q", 0)
     frame = head + sge_bytes + data + bytes(256 - len(data))
     assert len(frame) == 448, len(frame)
     return frame
 
 
 PEER = 0xECA0ECA0 << 32
+SECRET = 0xECA0ECA3 << 32
 write("hw_frame", "send-inline", hw_frame(F_SEND, length=40, data=b"i" * 40))
 write("hw_frame", "send-solicited", hw_frame(F_SEND, SOLICITED, 8, data=b"s" * 8))
-write("hw_frame", "send-region", hw_frame(F_SEND, length=1000, sges=[(0xECA0, 1000, PEER | 0x100, 0xECA0)]))
+write("hw_frame", "send-region", hw_frame(F_SEND, length=1000, sges=[(0xECA0, 1000, PEER | 0x100)]))
 write("hw_frame", "send-two-sges", hw_frame(F_SEND, length=3000, sges=[
-    (0xECA0, 1000, PEER, 0xECA0), (0xECA0, 2000, PEER | 0x4000, 0xECA0)]))
-write("hw_frame", "send-private-memory", hw_frame(F_SEND, length=64, sges=[(4096, 64, PEER | 0x10, 0)]))
-write("hw_frame", "send-too-long", hw_frame(F_SEND, length=60000, sges=[(0xECA0, 60000, PEER, 0xECA0)]))
+    (0xECA0, 1000, PEER), (0xECA0, 2000, PEER | 0x4000)]))
+write("hw_frame", "send-private-memory", hw_frame(F_SEND, length=64, sges=[(4096, 64, PEER | 0x10)]))
+# The sender's MR, but an address outside it (memory of the sender's process no MR covers).
+write("hw_frame", "send-unregistered-memory",
+      hw_frame(F_SEND, length=1000, sges=[(0xECA0, 1000, SECRET | 0x10)]))
+write("hw_frame", "send-no-stag", hw_frame(F_SEND, length=1000, sges=[(0, 1000, SECRET)]))
+write("hw_frame", "send-too-long", hw_frame(F_SEND, length=60000, sges=[(0xECA0, 60000, PEER)]))
 write("hw_frame", "send-invalidate", hw_frame(F_SEND, INVALIDATE, 4, imm=0xECA0ECA1, data=b"inv!"))
 write("hw_frame", "immediate", hw_frame(F_IMM, imm=0x12345678))
 write("hw_frame", "ack-unexpected", hw_frame(F_ACK))

@@ -416,7 +416,10 @@ void Target::setup() {
   pd_ = ibv_alloc_pd(ctx_);
   // Room for every work request that can be outstanding at once (a CQ overflow loses
   // completions: that would be this program's fault).
-  cq_ = ibv_create_cq(ctx_, nqps_ * (kSendDepth + kRecvDepth) + 64, nullptr, nullptr, 0);
+  // (Posters check a connection's outstanding count before posting: each may overshoot it
+  // by one.)
+  cq_ = ibv_create_cq(ctx_, nqps_ * (kSendDepth + kRecvDepth + nposters_) + 64, nullptr, nullptr,
+                      0);
   const size_t per = size_t(kSlot) * kRecvDepth * 3;
   mem_ = static_cast<uint8_t *>(map_pages(per * nqps_));
   mr_ = ibv_reg_mr(pd_, mem_, per * nqps_, IBV_ACCESS_LOCAL_WRITE);
@@ -586,6 +589,15 @@ void Target::poster(int idx) {
     if (c.state != CState::Live) {
       g.unlock();
       std::this_thread::sleep_for(200us);
+      continue;
+    }
+    // A send queue slot is free again once its completion is in the CQ, not once it is
+    // polled: with slow pollers (a sanitizer build on a loaded machine) posting must stop at
+    // what the CQ was sized for, or completions overflow it (the program's fault, not the
+    // device's).
+    if (c.outstanding.load() >= int(kSendDepth + kRecvDepth)) {
+      g.unlock();
+      std::this_thread::yield();
       continue;
     }
     const int op = int(rng() % 10);

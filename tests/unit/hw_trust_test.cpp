@@ -7,6 +7,7 @@
 #include "tests/unit/fixture.hpp"
 
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 
@@ -241,6 +242,47 @@ TEST_P(HwTrust, HelloNamingAMissingSocketIsRefused) {
   Hello theirs{};
   ASSERT_NO_FATAL_FAILURE(Open(&theirs));
   ASSERT_NO_FATAL_FAILURE(HelloAndExpectRefusal("/tmp/eca-no-such-adapter/ctl.sock"));
+}
+
+// A peer whose control socket accepts connections and never answers: the library gives up
+// after the control channel's timeout (2 s) and refuses the peer, and meanwhile the
+// process-wide progress thread (every rdma_cm call of the process runs there) stays free.
+TEST_P(HwTrust, SilentControlSocketDoesNotStallTheProgressThread) {
+  Hello theirs{};
+  ASSERT_NO_FATAL_FAILURE(Open(&theirs));
+  char dir[] = "/tmp/eca-silent-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  const std::string path = std::string(dir) + "/ctl.sock";
+  const int ls = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(ls, 0);
+  sockaddr_un ua{};
+  ua.sun_family = AF_UNIX;
+  std::snprintf(ua.sun_path, sizeof ua.sun_path, "%s", path.c_str());
+  ASSERT_EQ(0, ::bind(ls, reinterpret_cast<sockaddr *>(&ua), sizeof ua));
+  ASSERT_EQ(0, ::listen(ls, 4));  // never accepted: the asker waits for its timeout
+  Hello mine{};
+  mine.magic = hw::kLinkMagic;
+  std::snprintf(mine.path, sizeof mine.path, "%s", path.c_str());
+  ASSERT_TRUE(io_exact(fd_, &mine, sizeof mine, true));
+  // The library is asking now: its connection waits in our backlog.
+  pollfd pf{ls, POLLIN, 0};
+  ASSERT_EQ(1, ::poll(&pf, 1, kTimeoutMs)) << "the library never asked our control socket";
+  // An rdma_cm call (it runs on the progress thread) returns while the peer stays silent.
+  const auto t0 = std::chrono::steady_clock::now();
+  rdma_cm_id *probe = nullptr;
+  ASSERT_EQ(0, rdma_create_id(ch_, &probe, nullptr, RDMA_PS_TCP));
+  sockaddr_in a = loopback_addr(0);
+  EXPECT_EQ(0, rdma_bind_addr(probe, reinterpret_cast<sockaddr *>(&a)));
+  const auto took = std::chrono::steady_clock::now() - t0;
+  rdma_destroy_id(probe);
+  EXPECT_LT(took, std::chrono::milliseconds(1000))
+      << "rdma_bind_addr waited "
+      << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
+      << " ms for the progress thread (the control channel's timeout is 2000 ms)";
+  EXPECT_TRUE(wait_qp_state(id_->qp, IBV_QPS_ERR)) << "the adapter accepted a silent peer";
+  ::close(ls);
+  ::unlink(path.c_str());
+  ::rmdir(dir);
 }
 
 // At the adapter's real control socket: a wrong nonce and an unproven region request are
