@@ -145,6 +145,19 @@ class MemoryWindow : public EcaTest {
     return post_and_wait(cli_.qp, cli_.scq, {IBV_WR_RDMA_WRITE, {sge(src.mr, src.d, len)},
                                              IBV_SEND_SIGNALED, 5, (uint64_t)(uintptr_t)addr, rkey});
   }
+  // The software transport completes an RDMA WRITE once the socket has it, before the peer
+  // placed it (an RDMA WRITE's completion says nothing about placement). A READ behind it on
+  // the same QP completes only after the responder processed the WRITE: after this the server
+  // may unbind, invalidate or deallocate the window without racing the WRITE.
+  ibv_wc WritePlaced(uint32_t rkey, const void *addr, Local &src, uint32_t len) {
+    ibv_wc wc = Write(rkey, addr, src, len);
+    if (wc.status != IBV_WC_SUCCESS) return wc;
+    static std::vector<uint8_t> ok(64, 0x77);
+    ibv_mr *okmr = Reg(srv_.pd, ok.data(), ok.size(), kAllAccess);
+    Local sink = MakeLocal(cli_.pd, 8);
+    if (!okmr || !sink.mr) return wc;
+    return Read(okmr->rkey, ok.data(), sink, 8);
+  }
   ibv_wc Read(uint32_t rkey, const void *addr, Local &dst, uint32_t len) {
     return post_and_wait(cli_.qp, cli_.scq, {IBV_WR_RDMA_READ, {sge(dst.mr, dst.d, len)},
                                              IBV_SEND_SIGNALED, 6, (uint64_t)(uintptr_t)addr, rkey});
@@ -217,7 +230,7 @@ TEST_P(MemoryWindow, Type1ZeroLengthBindInvalidates) {
   Win w = Bound(IBV_MW_TYPE_1, g.region, g.len, g.region, 4096, kRw);
   ASSERT_TRUE(w.ok);
   Local src = MakeLocal(cli_.pd, 4096, 0x3C);
-  ASSERT_EQ(Write(w.rkey, g.region, src, 64).status, IBV_WC_SUCCESS);
+  ASSERT_EQ(WritePlaced(w.rkey, g.region, src, 64).status, IBV_WC_SUCCESS);
   ibv_wc wc = Bind1(srv_.qp, srv_.scq, w.mw, w.mr, g.region, 0, 0);
   ASSERT_EQ(wc.status, IBV_WC_SUCCESS) << wc_status_name(wc.status);
   EXPECT_EQ(wc.opcode, IBV_WC_BIND_MW);
@@ -452,7 +465,7 @@ TEST_P(MemoryWindow, Type2DeallocInvalidates) {
   Win w = Bound(IBV_MW_TYPE_2, g.region, g.len, g.region, 4096, kRw);
   Local src = MakeLocal(cli_.pd, 256, 0x21);
   ASSERT_TRUE(w.ok);
-  ASSERT_EQ(Write(w.rkey, g.region, src, 32).status, IBV_WC_SUCCESS);
+  ASSERT_EQ(WritePlaced(w.rkey, g.region, src, 32).status, IBV_WC_SUCCESS);
   Dealloc(w.mw);
   std::memset(g.region, 0xA5, g.len);
   ExpectWriteRejected(w.rkey, g.region, 64);
@@ -564,7 +577,7 @@ TEST_P(MemoryWindow, Type2WindowRefusedOnAnotherQpOfItsPd) {
       << "a type 2 window served another QP";
   // Through its own QP it still works.
   Local lsrc = MakeLocal(cli_.pd, 64, 0x62);
-  EXPECT_EQ(Write(rkey2, g.region + 2048, lsrc, 64).status, IBV_WC_SUCCESS);
+  EXPECT_EQ(WritePlaced(rkey2, g.region + 2048, lsrc, 64).status, IBV_WC_SUCCESS);
   EXPECT_EQ(0, ibv_dereg_mr(smr));
   p2.reset();
 }
