@@ -7,6 +7,8 @@
 // has been handed to the transport (as Linux siw); a TERMINATE from the peer fails the OLDEST
 // OUTSTANDING send WR with the mapped error status and flushes the rest. So each test posts
 // the offending WR followed by signaled READs / a fenced SEND, which are outstanding for sure.
+#include <atomic>
+
 #include "tests/unit/fixture.hpp"
 
 using namespace ecatest;
@@ -444,7 +446,10 @@ TEST_P(ErrorSemantics, QueryAfterErrorCompletionSaysErr) {
     ibv_qp_init_attr ia{};
     ASSERT_EQ(0, ibv_query_qp(cli_.qp, &a, IBV_QP_STATE, &ia));
     EXPECT_EQ(a.qp_state, IBV_QPS_ERR) << "state right after the error completion was polled";
-    EXPECT_EQ(cli_.qp->state, IBV_QPS_ERR);
+    // The public field too (read atomically: the progress thread may still store ERR into it,
+    // as Qp::set_public_state does).
+    EXPECT_EQ(std::atomic_ref<ibv_qp_state>(cli_.qp->state).load(std::memory_order_acquire),
+              IBV_QPS_ERR);
   }
   ExpectBothErr();
 }
