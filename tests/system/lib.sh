@@ -290,6 +290,30 @@ print("echoed" if b"plain tcp hello" in data else "not-echoed")
 PY
 }
 
+# preloaded_echo TAG SERVER_MODE CLIENT_MODE HOST BYTES: Debian's librspreload.so in the socket
+# program tests/system/rsocket_echo.c (built once into $TEST_TMP). A kernel TCP client to HOST
+# gets no echo from the preloaded server (the port is served by the iWARP connection manager,
+# which drops a peer that does not speak MPA); a preloaded client gets BYTES echoed and verified.
+preloaded_echo() {
+  local tag=$1 smode=$2 cmode=$3 host=$4 bytes=$5 port spid cpid crc src got
+  local prog="$TEST_TMP/rsocket_echo" preload=/usr/lib/x86_64-linux-gnu/rsocket/librspreload.so
+  [[ -x "$prog" ]] || "${CC:-cc}" -O2 -Wall -o "$prog" "$ECA_SRC/tests/system/rsocket_echo.c" ||
+    fail "cannot build rsocket_echo"
+  port=$(free_port)
+  start_bg "$tag.server" timeout -k 5 150 "$ECA_RUN" env LD_PRELOAD="$preload" "$prog" "$smode" "$port"
+  spid=$BG_PID
+  wait_port "$port" 20 "" "$spid"
+  got=$(plain_tcp_echo "$host" "$port")
+  [[ "$got" == not-echoed ]] || fail "$tag: a plain TCP client was echoed: the preloaded server did not use rsockets"
+  start_bg "$tag.client" timeout -k 5 120 "$ECA_RUN" env LD_PRELOAD="$preload" "$prog" "$cmode" "$port" "$bytes"
+  cpid=$BG_PID
+  wait_pid "$cpid" 130; crc=$WAIT_RC
+  wait_pid "$spid" 30; src=$WAIT_RC
+  [[ "$crc" == 0 && "$src" == 0 ]] || { show_outputs "$tag.server" "$tag.client"; fail "$tag: client $crc, server $src"; }
+  assert_contains "$TEST_TMP/$tag.client.out" "^client verified $bytes bytes$" "$tag client"
+  assert_contains "$TEST_TMP/$tag.server.out" "^server echoed $bytes bytes$" "$tag server"
+}
+
 # assert_pair_clean WHAT REGEX: no output of the last run_pair (both ends, stdout and
 # stderr) matches the extended REGEX (case-insensitive).
 assert_pair_clean() {

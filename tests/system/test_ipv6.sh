@@ -88,22 +88,7 @@ rstream_pair rstream_lo "" "" ::1
 rstream_pair riostream_lo "" "" ::1 riostream
 
 # Debian's librspreload.so turns an IPv6 socket program's sockets into rsockets.
-ECHO="$TEST_TMP/rsocket_echo"
-"${CC:-cc}" -O2 -Wall -o "$ECHO" "$ECA_SRC/tests/system/rsocket_echo.c" || fail "cannot build rsocket_echo"
-PRELOAD=/usr/lib/x86_64-linux-gnu/rsocket/librspreload.so
-port=$(free_port)
-start_bg echo6.server timeout -k 5 150 "$ECA_RUN" env LD_PRELOAD="$PRELOAD" "$ECHO" server6 "$port"
-spid=$BG_PID
-wait_port "$port" 20 "" "$spid"
-got=$(plain_tcp_echo ::1 "$port")
-[[ "$got" == not-echoed ]] || fail "a plain TCP client was echoed: the preloaded IPv6 server did not use rsockets"
-start_bg echo6.client timeout -k 5 120 "$ECA_RUN" env LD_PRELOAD="$PRELOAD" "$ECHO" client6 "$port" 3000000
-cpid=$BG_PID
-wait_pid "$cpid" 130; crc=$WAIT_RC
-wait_pid "$spid" 30; src=$WAIT_RC
-[[ "$crc" == 0 && "$src" == 0 ]] || { show_outputs echo6.server echo6.client; fail "preloaded IPv6 echo: client $crc, server $src"; }
-assert_contains "$TEST_TMP/echo6.client.out" '^client verified 3000000 bytes$' "preloaded IPv6 echo client"
-assert_contains "$TEST_TMP/echo6.server.out" '^server echoed 3000000 bytes$' "preloaded IPv6 echo server"
+preloaded_echo echo6 server6 client6 ::1 3000000
 log "librspreload echo over ::1: 3000000 bytes verified"
 
 # --- two namespaces, IPv6 only

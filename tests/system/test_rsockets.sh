@@ -50,25 +50,8 @@ for mode in b a; do
 done
 
 # librspreload.so into an unmodified socket program.
-ECHO="$TEST_TMP/rsocket_echo"
-"${CC:-cc}" -O2 -Wall -o "$ECHO" "$ECA_SRC/tests/system/rsocket_echo.c" || fail "cannot build rsocket_echo"
-port=$(free_port)
-BYTES=3000000
-start_bg echo.server timeout -k 5 150 "$ECA_RUN" env LD_PRELOAD="$PRELOAD" "$ECHO" server "$port"
-spid=$BG_PID
-wait_port "$port" 20 "" "$spid"
-# A kernel TCP client gets no echo from an rsocket server: the port is served by the
-# iWARP connection manager, which drops a peer that does not speak MPA.
-got=$(plain_tcp_echo 127.0.0.1 "$port")
-[[ "$got" == not-echoed ]] || fail "a plain TCP client was echoed: the preloaded server did not use rsockets"
-start_bg echo.client timeout -k 5 120 "$ECA_RUN" env LD_PRELOAD="$PRELOAD" "$ECHO" client "$port" "$BYTES"
-cpid=$BG_PID
-wait_pid "$cpid" 130; crc=$WAIT_RC
-wait_pid "$spid" 30; src=$WAIT_RC
-[[ "$crc" == 0 && "$src" == 0 ]] || { show_outputs echo.server echo.client; fail "preloaded echo: client $crc, server $src"; }
-assert_contains "$TEST_TMP/echo.client.out" "^client verified $BYTES bytes$" "preloaded echo client"
-assert_contains "$TEST_TMP/echo.server.out" "^server echoed $BYTES bytes$" "preloaded echo server"
-log "librspreload echo: $BYTES bytes verified"
+preloaded_echo echo server client 127.0.0.1 3000000
+log "librspreload echo: 3000000 bytes verified"
 
 # Across namespaces: the rsocket connection runs over the veth pair's device.
 [[ $(id -u) == 0 ]] || fail "needs root to create network namespaces"
