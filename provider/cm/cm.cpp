@@ -121,6 +121,7 @@ struct Core : std::enable_shared_from_this<Core> {
   Qp *qp = nullptr;          // the QP the connection is for (application-owned)
   Context *qp_ctx = nullptr;  // ... and how to find it again (liveness check, see qp_alive)
   uint32_t qp_qpn = 0;
+  uint64_t qp_gen = 0;        // the QP's connection number once attached (Qp::conn_gen)
   uint32_t qp_num = 0;  // conn_param->qp_num given to rdma_connect
   uint16_t ird = 0, ord = 0;  // negotiated
   uint16_t def_ird = kMaxIrdOrd, def_ord = kMaxIrdOrd;  // passive defaults (from the request)
@@ -628,7 +629,7 @@ bool attach(Core &c, LlpConnection &&llp) {
       set_hook(qp, nullptr);
       return false;
     }
-    qp->attach_engine(std::move(eng));
+    c.qp_gen = qp->attach_engine(std::move(eng));
   } catch (const std::exception &e) {
     ECA_QP_LOG(Error, qp->qpn, "attaching the connection failed: %s", e.what());
     set_hook(qp, nullptr);
@@ -895,8 +896,17 @@ bool qp_alive(const Core &c) {
   return eca::qp_lookup(c.qp_ctx, c.qp_qpn) == c.qp;
 }
 
-// Stops everything of a core (progress thread). Returns the QP to disconnect, if any.
-Qp *teardown(Core &c) {
+// A connection to take down, named by its QP and the QP's connection number.
+struct ToDisconnect {
+  Qp *qp = nullptr;
+  uint64_t gen = 0;
+  void operator()() const {
+    if (qp) qp->disconnect(gen);
+  }
+};
+
+// Stops everything of a core (progress thread). Returns the connection to take down, if any.
+ToDisconnect teardown(Core &c) {
   c.owner = nullptr;
   boost::system::error_code ig;
   if (c.mpa) {
@@ -925,10 +935,14 @@ Qp *teardown(Core &c) {
   resv_release(c);
   // The QP's hook holds only a weak reference to this core, so leaving it set is harmless;
   // it is cleared (and a live connection taken down) only when the QP is known to exist.
-  Qp *out = nullptr;
+  ToDisconnect out;
   if (qp_alive(c)) {
-    set_hook(c.qp, nullptr);
-    if (c.st == St::Established || c.st == St::Disconnecting) out = c.qp;
+    {
+      // Only this core's own connection: the QP may be on another id's connection by now.
+      std::lock_guard g(c.qp->engine_mu);
+      if (c.qp_gen && c.qp->conn_gen.load() == c.qp_gen) c.qp->on_llp_end = nullptr;
+    }
+    if (c.st == St::Established || c.st == St::Disconnecting) out = {c.qp, c.qp_gen};
   }
   c.qp = nullptr;
   return out;
@@ -1093,7 +1107,7 @@ int destroy_id(rdma_cm_id *cid) {
     ack_cm_event(id->id.event);
     id->id.event = nullptr;
   }
-  Qp *to_disconnect = nullptr;
+  ToDisconnect to_disconnect;
   std::vector<Id *> orphans;
   run([&] {
     to_disconnect = teardown(*id->core);
@@ -1105,7 +1119,7 @@ int destroy_id(rdma_cm_id *cid) {
     return 0;
   });
   // A connected id going away takes its connection down (the peer sees DISCONNECTED).
-  if (to_disconnect) to_disconnect->disconnect();
+  to_disconnect();
   for (Id *o : orphans) {
     if (o->sync) channel_free(o->chan);
     Id::free(o);
@@ -1456,6 +1470,7 @@ int disconnect(rdma_cm_id *cid) {
   Id *id = Id::live(cid);
   if (!id) return EINVAL;
   Qp *qp = nullptr;
+  uint64_t gen = 0;
   bool queued_now = false;
   int r = run([&] {
     Core &c = *id->core;
@@ -1469,6 +1484,7 @@ int disconnect(rdma_cm_id *cid) {
         }
         c.st = St::Disconnecting;
         qp = c.qp;
+        gen = c.qp_gen;
         return 0;
       case St::ConnResponse: {
         boost::system::error_code ig;
@@ -1488,7 +1504,7 @@ int disconnect(rdma_cm_id *cid) {
   if (r) return r;
   ECA_LOG(Debug, "rdma_disconnect: %s", qp ? "closing the connection" : "nothing to close");
   if (qp) {
-    qp->disconnect();  // graceful: flush, close; the peer sees its LLP end
+    qp->disconnect(gen);  // graceful: flush, close; the peer sees its LLP end
     run([&] {
       Core &c = *id->core;
       if (c.owner) queued_now = mark_disconnected(c);

@@ -362,6 +362,11 @@ struct Qp {
   // An error completion was generated: from then on the QP reports ERR (ibv_query_qp,
   // ibv_modify_qp's current state) even before the device layer has moved `state` there.
   std::atomic<bool> err_completed{false};
+  // Which connection the QP is on: a new number at every attach_engine() and at RESET. rdma_cm
+  // remembers the number of the connection it made, so that destroying or disconnecting an id
+  // after the application reset the QP (and perhaps connected it again through another id)
+  // leaves the QP alone.
+  std::atomic<uint64_t> conn_gen{0};
   ibv_qp_state visible_state() const {
     ibv_qp_state s = state.load();
     const bool live = s == IBV_QPS_RTS || s == IBV_QPS_SQD || s == IBV_QPS_SQE;
@@ -429,10 +434,11 @@ struct Qp {
   int enqueue_send(const SendWqe &w);  // validates and queues one WQE (sq_mu held by caller)
 
   // ---- used by rdma_cm
-  // Gives the QP its data path and moves it to RTS.
-  void attach_engine(std::unique_ptr<QpEngine> e);
-  // Graceful disconnect (rdma_disconnect): QP to ERROR, outstanding work flushed.
-  void disconnect();
+  // Gives the QP its data path and moves it to RTS. Returns the connection's number (conn_gen).
+  uint64_t attach_engine(std::unique_ptr<QpEngine> e);
+  // Graceful disconnect (rdma_disconnect) of connection `gen`: QP to ERROR, outstanding work
+  // flushed. Nothing happens if the QP has been reset or connected again since.
+  void disconnect(uint64_t gen);
 
   // ---- used by the device layer (QpEngine)
   // Takes the next posted send WQE for transmission; null if none. The pointer stays valid

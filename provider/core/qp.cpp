@@ -415,6 +415,9 @@ void Qp::flush_locked_sq() {
 void Qp::flush_rq() {
   if (srq) return;  // SRQ receives stay with the SRQ
   std::lock_guard lk(rq_mu);
+  // Only an ERR QP flushes: a poster that saw ERR may get here after the QP was reset and
+  // connected again, and must not flush the new connection's receives.
+  if (state.load() != IBV_QPS_ERR) return;
   while (rq.head != rq.tail) {
     RecvWqe &r = rq.at(rq.head++);
     ibv_wc wc{};
@@ -477,7 +480,7 @@ void Qp::llp_ended(LlpEnd why) {
   if (hook) hook(why);
 }
 
-void Qp::attach_engine(std::unique_ptr<QpEngine> e) {
+uint64_t Qp::attach_engine(std::unique_ptr<QpEngine> e) {
   std::unique_ptr<QpEngine> replaced = detach_engine();  // normally none (RESET detached it)
   {
     std::lock_guard swap(engine_swap_mu);
@@ -490,15 +493,19 @@ void Qp::attach_engine(std::unique_ptr<QpEngine> e) {
   scq->add_hook(this);
   if (rcq != scq) rcq->add_hook(this);
   // A new connection: error completions of an earlier life (flushes that landed after a
-  // RESET) say nothing about this one.
+  // RESET) say nothing about this one. Under the queue locks: a poster that saw the old ERR
+  // state under them and flushes its WQE is then ordered before this point, never after it.
+  std::scoped_lock qlk(sq_mu, rq_mu);
   err_completed.store(false, std::memory_order_release);
   state.store(IBV_QPS_RTS);
   set_public_state(IBV_QPS_RTS);
+  return conn_gen.fetch_add(1) + 1;
 }
 
-void Qp::disconnect() {
+void Qp::disconnect(uint64_t gen) {
   {
     std::lock_guard lk(engine_mu);
+    if (conn_gen.load() != gen) return;  // reset or reconnected since: not this connection
     on_llp_end = nullptr;
   }
   if (EngineRef e(*this); e) e->close(true);
@@ -543,6 +550,7 @@ int Qp::modify(const ibv_qp_attr &attr, int mask) {
         publish_rq_locked();
         state.store(IBV_QPS_RESET);
         set_public_state(IBV_QPS_RESET);
+        conn_gen.fetch_add(1);  // the connection is over for rdma_cm too (disconnect())
       }
       // Destroyed only when no poller, poster or notifier is inside it any more (EngineRef),
       // outside the queue locks that such a thread may be waiting for.
