@@ -65,6 +65,7 @@ long env_long(const char *name, long dflt, long lo, long hi) {
   return x;
 }
 
+// Defaults are the member initialisers of Config (config.hpp): the one place they are set.
 Config load() {
   Config c;
   if (const char *b = std::getenv("ECA_BACKEND")) {
@@ -73,16 +74,16 @@ Config load() {
     else if (strcasecmp(b, "software") && strcasecmp(b, "sw"))
       ECA_LOG(Warn, "ECA_BACKEND=%s unknown; using software", b);
   }
-  c.mpa_crc = env_bool("ECA_MPA_CRC", true);
-  c.mpa_crc_required = env_bool("ECA_MPA_CRC_REQUIRED", false);
-  c.mpa_rev = (int)env_long("ECA_MPA_REV", 2, 1, 2);
-  c.mpa_markers = env_bool("ECA_MPA_MARKERS", false);
-  c.fpdu_payload = (uint32_t)env_long("ECA_FPDU_SIZE", 65000, 64, 65488);
-  c.rx_batch = (uint32_t)env_long("ECA_RX_BATCH", 16384, 256, 1 << 20);
-  c.tx_inline = env_bool("ECA_TX_INLINE", true);
-  c.keepalive_s = (uint32_t)env_long("ECA_KEEPALIVE", 0, 0, 3600);
-  c.recv_wait_ms = (uint32_t)env_long("ECA_RECV_WAIT_MS", 1000, 0, 600000);
-  c.mpa_timeout_ms = (uint32_t)env_long("ECA_MPA_TIMEOUT_MS", 10000, 100, 600000);
+  c.mpa_crc = env_bool("ECA_MPA_CRC", c.mpa_crc);
+  c.mpa_crc_required = env_bool("ECA_MPA_CRC_REQUIRED", c.mpa_crc_required);
+  c.mpa_rev = (int)env_long("ECA_MPA_REV", c.mpa_rev, 1, 2);
+  c.mpa_markers = env_bool("ECA_MPA_MARKERS", c.mpa_markers);
+  c.fpdu_payload = (uint32_t)env_long("ECA_FPDU_SIZE", c.fpdu_payload, 64, 65488);
+  c.rx_batch = (uint32_t)env_long("ECA_RX_BATCH", c.rx_batch, 256, 1 << 20);
+  c.tx_inline = env_bool("ECA_TX_INLINE", c.tx_inline);
+  c.keepalive_s = (uint32_t)env_long("ECA_KEEPALIVE", c.keepalive_s, 0, 3600);
+  c.recv_wait_ms = (uint32_t)env_long("ECA_RECV_WAIT_MS", c.recv_wait_ms, 0, 600000);
+  c.mpa_timeout_ms = (uint32_t)env_long("ECA_MPA_TIMEOUT_MS", c.mpa_timeout_ms, 100, 600000);
   if (const char *m = std::getenv("ECA_HWMODEL_MODE")) {
     if (!strcasecmp(m, "paced"))
       c.hwmodel_paced = true;
