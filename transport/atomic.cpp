@@ -5,11 +5,8 @@
 // RDMA Read Requests and are executed when they reach its head, so a READ or atomic that
 // arrived earlier on the QP has been answered before, and one that arrived later sees the
 // result (RFC 7306 ordering). Outbound, they occupy ORQ entries (ORD) like READs.
-#include "transport/atomic.hpp"
-
-#include <atomic>
-#include <cstring>
-
+#include "engine/atomic.hpp"
+#include "engine/sge.hpp"
 #include "provider/core/log.hpp"
 #include "transport/iwarp_conn.hpp"
 
@@ -17,50 +14,25 @@ namespace eca::transport {
 
 using namespace eca::wire;
 
-bool atomic_check(const Pd *pd, uint32_t qpn, const AtomicRequest &r, MrRef *out, TermInfo *term) {
-  if (!atomic_op_valid(r.aopcode) || r.to % kAtomicAlign) {
-    *term = {TermLayer::Rdmap, kRdmapRemoteOperation, kRdmapInvalidAtomicRequest};
-    return false;
-  }
-  const AccessError e = mr_lookup(r.stag, pd, r.to, kAtomicLen, IBV_ACCESS_REMOTE_ATOMIC, out, qpn);
-  if (e != AccessError::None) {
-    *term = term_for_read_source(e);  // the RFC 5040 Remote Protection codes
-    return false;
-  }
-  if (reinterpret_cast<uintptr_t>(out->host) % kAtomicAlign) {
-    // An MR whose iova and address differ modulo 8: the aligned offset is not an aligned word.
-    *out = MrRef{};
-    *term = {TermLayer::Rdmap, kRdmapRemoteOperation, kRdmapInvalidAtomicRequest};
-    return false;
-  }
-  return true;
+namespace {
+// The TERMINATE a refused Atomic Request earns.
+TermInfo term_for_atomic(const engine::AtomicRefusal &why) {
+  if (why.invalid_request)
+    return {TermLayer::Rdmap, kRdmapRemoteOperation, kRdmapInvalidAtomicRequest};
+  return term_for_read_source(why.access);  // the RFC 5040 Remote Protection codes
 }
-
-uint64_t atomic_execute(uint8_t *host, const AtomicRequest &r) {
-  std::atomic_ref<uint64_t> word(*reinterpret_cast<uint64_t *>(host));
-  if (r.aopcode == static_cast<uint8_t>(AtomicOp::FetchAdd) && !r.add_swap_mask)
-    return word.fetch_add(r.add_swap, std::memory_order_seq_cst);
-  uint64_t v = word.load(std::memory_order_relaxed);
-  for (;;) {
-    const uint64_t next = atomic_new_value(r, v);
-    if (next == v) {  // a failed compare (or a no-op): nothing to store, v is the original
-      std::atomic_thread_fence(std::memory_order_seq_cst);
-      return v;
-    }
-    if (word.compare_exchange_weak(v, next, std::memory_order_seq_cst)) return v;
-  }
-}
+}  // namespace
 
 // ---------------------------------------------------------------------------------------------
 // Responder. Progress thread, cb_mu held; the request passed its CRC check.
 bool IwarpConn::rx_atomic_request() {
   const AtomicRequest r = get_atomic_request(rx_.hdr.data());
   IrqEntry e;
-  TermInfo term;
-  if (!atomic_check(qp_.pd, qp_.qpn, r, &e.src, &term)) {
+  engine::AtomicRefusal why;
+  if (!engine::atomic_check(qp_.pd, qp_.qpn, r, &e.src, &why)) {
     ECA_QP_LOG(Info, qp_.qpn, "Atomic Request (op %u) on STag 0x%x TO 0x%llx rejected",
                r.aopcode, r.stag, (unsigned long long)r.to);
-    fail_terminate(term, IBV_WC_WR_FLUSH_ERR);
+    fail_terminate(term_for_atomic(why), IBV_WC_WR_FLUSH_ERR);
     return false;
   }
   e.atomic = true;
@@ -88,7 +60,7 @@ bool IwarpConn::start_atomic_response_locked(IrqEntry &e) {
       fail_from_tx(EFAULT);
       return false;
     }
-    orig = atomic_execute(e.src.host, e.areq);
+    orig = engine::atomic_execute(e.src.host, e.areq);
   }
   msg_ = TxMsg{};
   msg_.kind = TxMsg::Kind::AtomicResponse;
@@ -124,15 +96,7 @@ bool IwarpConn::rx_atomic_response() {
       return false;
     }
     // The original value, in host order, into the local buffer (8 bytes, maybe split).
-    const uint8_t *src = reinterpret_cast<const uint8_t *>(&r.orig);
-    uint64_t left = kAtomicLen;
-    for (const iovec &v : o->sink_iov) {
-      const size_t n = std::min<uint64_t>(left, v.iov_len);
-      std::memcpy(v.iov_base, src, n);
-      src += n;
-      left -= n;
-      if (!left) break;
-    }
+    engine::scatter_copy(reinterpret_cast<const uint8_t *>(&r.orig), o->sink_iov, 0, kAtomicLen);
   }
   SendWqe *w = o->wqe;
   {

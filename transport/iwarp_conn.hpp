@@ -28,6 +28,7 @@
 #include <mutex>
 #include <vector>
 
+#include "engine/conn_engine.hpp"
 #include "provider/core/backend.hpp"
 #include "provider/core/objects.hpp"
 #include "transport/llp.hpp"
@@ -128,6 +129,7 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   IwarpConn(Qp &qp, LlpConnection &&llp);
   void start();                 // begin receiving (progress thread)
   void doorbell();              // SQ has work (any thread)
+  void sq_doorbell() { doorbell(); }
   void rq_doorbell();           // RQ has buffers (any thread)
   void poll_progress();         // an application thread polls one of our CQs (never blocks)
   void close(bool graceful);    // any thread; idempotent
@@ -136,7 +138,6 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   uint16_t ord() const { return ord_; }
 
  private:
-  friend class IwarpEngine;
   // ---- tx (qp_tx.cpp)
   void pump_locked();                   // tx_mu held
   bool next_message_locked();           // picks the next message to send
@@ -220,18 +221,7 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   boost::asio::steady_timer rx_retry_timer_;  // progress thread only: a poller held cb_mu
 };
 
-class IwarpEngine final : public QpEngine {
- public:
-  explicit IwarpEngine(std::shared_ptr<IwarpConn> c) : c_(std::move(c)) {}
-  ~IwarpEngine() override { c_->close(false); }
-  void sq_doorbell() override { c_->doorbell(); }
-  void rq_doorbell() override { c_->rq_doorbell(); }
-  void poll_progress() override { c_->poll_progress(); }
-  void close(bool graceful) override { c_->close(graceful); }
-
- private:
-  std::shared_ptr<IwarpConn> c_;
-};
+using IwarpEngine = engine::ConnEngine<IwarpConn>;
 
 // Maps an access-check failure to the TERMINATE the RFCs prescribe.
 wire::TermInfo term_for_tagged(AccessError e);

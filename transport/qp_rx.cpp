@@ -11,7 +11,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <iterator>
 
+#include "engine/sge.hpp"
 #include "provider/core/log.hpp"
 #include "transport/crc32c.hpp"
 #include "transport/iwarp_conn.hpp"
@@ -31,63 +33,38 @@ constexpr auto kRxRetry = std::chrono::microseconds(50);  // a poller holds the 
 constexpr auto kTermLinger = std::chrono::seconds(1);  // a closed QP waits this long for its TERMINATE
 
 
-// Copies n bytes into the segment list `t` starting at byte offset `off`.
-void scatter(const std::vector<iovec> &t, uint64_t off, const uint8_t *src, size_t n) {
-  for (const iovec &v : t) {
-    if (!n) return;
-    if (off >= v.iov_len) {
-      off -= v.iov_len;
-      continue;
-    }
-    size_t take = std::min<uint64_t>(n, v.iov_len - off);
-    std::memcpy(static_cast<uint8_t *>(v.iov_base) + off, src, take);
-    src += take;
-    n -= take;
-    off = 0;
-  }
-}
-
-// iovecs covering [off, off+n) of the segment list `t`.
-int gather(const std::vector<iovec> &t, uint64_t off, size_t n, iovec *out, int max) {
-  int k = 0;
-  for (const iovec &v : t) {
-    if (!n || k == max) break;
-    if (off >= v.iov_len) {
-      off -= v.iov_len;
-      continue;
-    }
-    size_t take = std::min<uint64_t>(n, v.iov_len - off);
-    out[k++] = {static_cast<uint8_t *>(v.iov_base) + off, take};
-    n -= take;
-    off = 0;
-  }
-  return k;
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
 // Error mapping tables
 
-TermInfo term_for_tagged(AccessError e) {
-  switch (e) {
-    case AccessError::InvalidStag: return {TermLayer::Ddp, kDdpTaggedError, kDdpTInvalidStag};
-    case AccessError::Bounds: return {TermLayer::Ddp, kDdpTaggedError, kDdpTBaseBounds};
-    case AccessError::ProtDomain: return {TermLayer::Ddp, kDdpTaggedError, kDdpTStagNotAssoc};
-    case AccessError::Access: return {TermLayer::Rdmap, kRdmapRemoteProtection, kRdmapAccessRights};
-    default: return {TermLayer::Rdmap, kRdmapRemoteOperation, kRdmapUnspecified};
-  }
-}
+// The TERMINATE a failed access check earns, by AccessError: as the target of a tagged
+// message (DDP tagged buffer errors, RFC 5041) and as the source of an RDMA READ or the target
+// of an atomic (RDMAP remote protection errors, RFC 5040).
+constexpr struct {
+  AccessError e;
+  TermInfo tagged, read_source;
+} kTermForAccess[] = {
+    {AccessError::None, {TermLayer::Rdmap, kRdmapRemoteOperation, kRdmapUnspecified},
+     {TermLayer::Rdmap, kRdmapRemoteOperation, kRdmapUnspecified}},
+    {AccessError::InvalidStag, {TermLayer::Ddp, kDdpTaggedError, kDdpTInvalidStag},
+     {TermLayer::Rdmap, kRdmapRemoteProtection, kRdmapInvalidStag}},
+    {AccessError::ProtDomain, {TermLayer::Ddp, kDdpTaggedError, kDdpTStagNotAssoc},
+     {TermLayer::Rdmap, kRdmapRemoteProtection, kRdmapStagNotAssoc}},
+    {AccessError::Access, {TermLayer::Rdmap, kRdmapRemoteProtection, kRdmapAccessRights},
+     {TermLayer::Rdmap, kRdmapRemoteProtection, kRdmapAccessRights}},
+    {AccessError::Bounds, {TermLayer::Ddp, kDdpTaggedError, kDdpTBaseBounds},
+     {TermLayer::Rdmap, kRdmapRemoteProtection, kRdmapBaseBounds}},
+};
+static_assert(std::size(kTermForAccess) == (size_t)AccessError::Bounds + 1);
+static_assert([] {
+  for (size_t i = 0; i < std::size(kTermForAccess); i++)
+    if ((size_t)kTermForAccess[i].e != i) return false;
+  return true;
+}());
 
-TermInfo term_for_read_source(AccessError e) {
-  switch (e) {
-    case AccessError::InvalidStag: return {TermLayer::Rdmap, kRdmapRemoteProtection, kRdmapInvalidStag};
-    case AccessError::Bounds: return {TermLayer::Rdmap, kRdmapRemoteProtection, kRdmapBaseBounds};
-    case AccessError::ProtDomain: return {TermLayer::Rdmap, kRdmapRemoteProtection, kRdmapStagNotAssoc};
-    case AccessError::Access: return {TermLayer::Rdmap, kRdmapRemoteProtection, kRdmapAccessRights};
-    default: return {TermLayer::Rdmap, kRdmapRemoteOperation, kRdmapUnspecified};
-  }
-}
+TermInfo term_for_tagged(AccessError e) { return kTermForAccess[(size_t)e].tagged; }
+TermInfo term_for_read_source(AccessError e) { return kTermForAccess[(size_t)e].read_source; }
 
 // How a TERMINATE from the peer is reported on our oldest outstanding work request.
 ibv_wc_status wc_status_for_term(const TermInfo &t) {
@@ -269,7 +246,8 @@ ssize_t IwarpConn::rx_direct_recv() {
   if (!rx_enter_target(use)) return -1;
   iovec iov[kMaxSge + 3];
   const size_t want = rx_.payload_len - rx_.payload_done;
-  int k = gather(rx_.target, rx_.target_base + rx_.payload_done, want, iov, kMaxSge + 1);
+  const uint64_t at = rx_.target_base + rx_.payload_done;
+  const int k = (int)engine::slice(rx_.target, at, at + want, iov, kMaxSge + 1);
   size_t direct = 0;
   for (int i = 0; i < k; i++) direct += iov[i].iov_len;
   const size_t tl = rx_.trailer_len;
@@ -318,7 +296,8 @@ void IwarpConn::rx_place(const uint8_t *src, size_t n) {
   if (n) {
     MrUse use;
     if (!rx_enter_target(use)) return;
-    scatter(rx_.target, rx_.target_base + rx_.payload_done, src, n);
+    const uint64_t at = rx_.target_base + rx_.payload_done;
+    engine::scatter_copy(src, rx_.target, at, at + n);
     if (crc_) rx_.crc = crc32c_update(rx_.crc, src, n);
     rx_.payload_done += n;
   }
@@ -482,23 +461,20 @@ bool IwarpConn::rx_begin_payload() {
         rx_.have_rqe = true;
         rx_.rqe_refs.clear();
         rx_.rqe_iov.clear();
-        rx_.rqe_capacity = 0;
-        for (uint32_t i = 0; i < rx_.rqe.num_sge; i++) {
-          const Sge &s = rx_.rqe.sge[i];
-          if (!s.length) continue;
-          MrRef ref;
-          if (mr_lookup(s.lkey, qp_.pd, s.addr, s.length, IBV_ACCESS_LOCAL_WRITE, &ref) !=
-              AccessError::None) {
-            qp_.rq_done(rx_.rqe, IBV_WC_LOC_PROT_ERR, 0, false, 0);
-            rx_.have_rqe = false;
-            fail_terminate({TermLayer::Rdmap, kRdmapLocalCatastrophic, kRdmapUnspecified},
-                           IBV_WC_WR_FLUSH_ERR);
-            return false;
-          }
-          rx_.rqe_iov.push_back({ref.host, s.length});
-          rx_.rqe_refs.push_back(std::move(ref));
-          rx_.rqe_capacity += s.length;
+        engine::SgeMap map;
+        uint32_t bad = 0;
+        if (const ibv_wc_status st = engine::map_sges(
+                qp_.pd, {rx_.rqe.sge.data(), rx_.rqe.num_sge}, IBV_ACCESS_LOCAL_WRITE, &map, &bad)) {
+          qp_.rq_done(rx_.rqe, st, 0, false, 0);
+          rx_.have_rqe = false;
+          fail_terminate({TermLayer::Rdmap, kRdmapLocalCatastrophic, kRdmapUnspecified},
+                         IBV_WC_WR_FLUSH_ERR);
+          return false;
         }
+        rx_.rqe_iov.assign(map.iov.begin(), map.iov.begin() + map.n);
+        rx_.rqe_refs.assign(std::make_move_iterator(map.refs.begin()),
+                            std::make_move_iterator(map.refs.begin() + map.n));
+        rx_.rqe_capacity = map.bytes;
       }
       if (rx_.msg_offset + rx_.payload_len > rx_.rqe_capacity) {
         qp_.rq_done(rx_.rqe, IBV_WC_LOC_LEN_ERR, 0, false, 0);
@@ -636,7 +612,7 @@ bool IwarpConn::rx_segment_done() {
       rx_.have_rqe = false;
       rx_.msn_send++;
       rx_.msg_offset = 0;
-      qp_.rq_done_imm(rx_.rqe, imm, rx_.op->solicited);
+      qp_.rq_done(rx_.rqe, IBV_WC_SUCCESS, 0, rx_.op->solicited, 0, &imm);
       break;
     }
     default: {  // the SEND family

@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "engine/sge.hpp"
 #include "provider/core/log.hpp"
 #include "provider/core/mw.hpp"
 #include "transport/crc32c.hpp"
@@ -308,28 +309,22 @@ bool IwarpConn::start_wqe_locked(SendWqe *w) {
     return false;
   }
   // Validate and map the local SGEs (READ: the sink, needing local write access).
-  std::vector<MrRef> refs;
-  if (w->flags & IBV_SEND_INLINE) {
-    if (w->inline_len) msg_.src.push_back({w->inline_data.data(), w->inline_len});
-  } else {
-    for (uint32_t i = 0; i < w->num_sge; i++) {
-      const Sge &s = w->sge[i];
-      if (!s.length) continue;
-      MrRef ref;
-      AccessError e = mr_lookup(s.lkey, qp_.pd, s.addr, s.length,
-                                is_read ? IBV_ACCESS_LOCAL_WRITE : 0, &ref);
-      if (e != AccessError::None) {
-        ECA_QP_LOG(Info, qp_.qpn, "local protection error on wr_id %llu (sge %u, lkey 0x%x)",
-                   (unsigned long long)w->wr_id, i, s.lkey);
-        qp_.sq_done(w, IBV_WC_LOC_PROT_ERR);
-        msg_.kind = TxMsg::Kind::None;
-        fail_local_async();
-        return false;
-      }
-      msg_.src.push_back({ref.host, s.length});
-      refs.push_back(std::move(ref));
-    }
+  engine::SgeMap map;
+  uint32_t bad = 0;
+  if (const ibv_wc_status st =
+          engine::map_send_sges(qp_.pd, *w, is_read ? IBV_ACCESS_LOCAL_WRITE : 0, &map, &bad)) {
+    ECA_QP_LOG(Info, qp_.qpn, "local protection error on wr_id %llu (sge %u, lkey 0x%x)",
+               (unsigned long long)w->wr_id, bad, w->sge[bad].lkey);
+    qp_.sq_done(w, st);
+    msg_.kind = TxMsg::Kind::None;
+    fail_local_async();
+    return false;
   }
+  msg_.src.assign(map.iov.begin(), map.iov.begin() + map.n);
+  std::vector<MrRef> refs;
+  if (!(w->flags & IBV_SEND_INLINE))
+    refs.assign(std::make_move_iterator(map.refs.begin()),
+                std::make_move_iterator(map.refs.begin() + map.n));
   switch (w->opcode) {
     case IBV_WR_RDMA_READ: {
       OrqEntry o;

@@ -52,7 +52,7 @@ class SoftwareBackend final : public Backend {
     a->max_qp_rd_atom = kMaxIrdOrd;
     a->max_qp_init_rd_atom = kMaxIrdOrd;
     a->max_res_rd_atom = kMaxIrdOrd * kMaxQp;
-    // RFC 7306 atomics run as CPU atomics on the target's memory (transport/atomic.hpp):
+    // RFC 7306 atomics run as CPU atomics on the target's memory (engine/atomic.hpp):
     // atomic against every other atomic on this host and against the CPU's own.
     a->atomic_cap = IBV_ATOMIC_GLOB;
     a->max_srq = kMaxSrq;

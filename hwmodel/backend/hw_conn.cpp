@@ -18,6 +18,7 @@
 #include <random>
 #include <thread>
 
+#include "engine/sge.hpp"
 #include "provider/core/config.hpp"
 #include "provider/core/log.hpp"
 #include "provider/core/mw.hpp"
@@ -53,52 +54,6 @@ uint64_t mono_ns() {
 }
 
 using Seg = HwConn::Seg;
-
-// Copies bytes [from, to) of the concatenation of `src` to out[0 .. to-from).
-void copy_range(std::span<const Seg> src, uint64_t from, uint64_t to, uint8_t *out) {
-  uint64_t pos = 0;
-  for (const Seg &s : src) {
-    const uint64_t a = std::max(from, pos), b = std::min(to, pos + s.n);
-    if (a < b) std::memcpy(out + (a - from), s.p + (a - pos), b - a);
-    pos += s.n;
-    if (pos >= to) break;
-  }
-}
-
-// Writes src[0 .. to-from) to bytes [from, to) of the concatenation of `dst`.
-void scatter_range(const uint8_t *src, std::span<const Seg> dst, uint64_t from, uint64_t to) {
-  uint64_t pos = 0;
-  for (const Seg &d : dst) {
-    const uint64_t a = std::max(from, pos), b = std::min(to, pos + d.n);
-    if (a < b) std::memcpy(d.p + (a - pos), src + (a - from), b - a);
-    pos += d.n;
-    if (pos >= to) break;
-  }
-}
-
-// Bytes [from, to) of the concatenation of `segs`, as segments of their own.
-std::vector<Seg> slice(std::span<const Seg> segs, uint64_t from, uint64_t to) {
-  std::vector<Seg> out;
-  uint64_t pos = 0;
-  for (const Seg &s : segs) {
-    const uint64_t a = std::max(from, pos), b = std::min(to, pos + s.n);
-    if (a < b) out.push_back({s.p + (a - pos), b - a});
-    pos += s.n;
-    if (pos >= to) break;
-  }
-  return out;
-}
-
-// Scatters contiguous src over dst segments.
-void scatter(const uint8_t *src, uint64_t total, std::span<const Seg> dst) {
-  for (const Seg &d : dst) {
-    const uint64_t n = std::min(total, d.n);
-    std::memcpy(d.p, src, n);
-    src += n;
-    total -= n;
-    if (!total) break;
-  }
-}
 
 // What a peer's Terminate means for our oldest outstanding work request (the rest flush).
 // Anything else a peer writes there is a protocol error.
@@ -409,6 +364,31 @@ void HwConn::send_terminate_locked(WireError why) {
   link_->side[side_].closed.store(1, std::memory_order_release);
 }
 
+Step HwConn::terminate_locked(WireError why) {
+  send_terminate_locked(why);
+  fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
+  return Step::Failed;
+}
+
+Step HwConn::fail_wqe_locked(SendWqe *w, ibv_wc_status st) {
+  qp_.sq_done(w, st);
+  return terminate_locked(WireError::Ended);
+}
+
+// A receive we took from the RQ and hold for the next message is not in the RQ any more: the
+// flush of Qp::enter_error would not see it.
+void HwConn::flush_held_rqe_locked() {
+  if (!have_rqe_) return;
+  qp_.rq_done(rqe_, IBV_WC_WR_FLUSH_ERR, 0, false, 0);
+  have_rqe_ = false;
+}
+
+Step HwConn::fail_rqe_locked(ibv_wc_status st, uint32_t byte_len, WireError why) {
+  qp_.rq_done(rqe_, st, byte_len, false, 0);
+  have_rqe_ = false;
+  return terminate_locked(why);
+}
+
 bool HwConn::tx_locked() {
   bool did = false;
   // Take what was posted; in paced mode each message enters the modeled pipeline now: it
@@ -428,9 +408,11 @@ bool HwConn::tx_locked() {
     const Inflight &f = inflight_.front();
     if (f.due_ps && now_ps() < f.due_ps) break;  // not yet: its modeled time is ahead
     pending_due_ = f.due_ps;
-    if (!exec_wqe_locked(f.w)) break;  // waits for ring room
+    const Step step = exec_wqe_locked(f.w);
+    if (step == Step::Retry) break;  // waits for ring room, ORD, an answer ahead of it
     inflight_.pop_front();
     did = true;
+    if (step == Step::Failed) break;
   }
   pending_due_ = 0;
   tx_queued_.store(!inflight_.empty(), std::memory_order_relaxed);
@@ -516,33 +498,31 @@ int HwConn::remote_copy(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t nee
     if (pc.mapped) {
       if (write) {
         const uint64_t tail = last ? std::min<uint64_t>(n, 8) : 0;
-        copy_range(local, pc.from, pc.to - tail, pc.mapped);
+        engine::gather_copy(local, pc.from, pc.to - tail, pc.mapped);
         std::atomic_thread_fence(std::memory_order_release);
-        copy_range(local, pc.to - tail, pc.to, pc.mapped + (n - tail));
+        engine::gather_copy(local, pc.to - tail, pc.to, pc.mapped + (n - tail));
       } else {
-        scatter_range(pc.mapped, local, pc.from, pc.to);
+        engine::scatter_copy(pc.mapped, local, pc.from, pc.to);
       }
     } else {
       tmp.resize(n);
       stats_.adapter_path_copies++;
       if (write) {
-        copy_range(local, pc.from, pc.to, tmp.data());
+        engine::gather_copy(local, pc.from, pc.to, tmp.data());
         if (!cross_memory_write(peer_->pid(), host + pc.from, tmp.data(), n)) return EACCES;
       } else {
         if (!cross_memory_read(peer_->pid(), host + pc.from, tmp.data(), n)) return EACCES;
-        scatter_range(tmp.data(), local, pc.from, pc.to);
+        engine::scatter_copy(tmp.data(), local, pc.from, pc.to);
       }
     }
   }
   return 0;
 }
 
-bool HwConn::exec_wqe_locked(SendWqe *w) {
+Step HwConn::exec_wqe_locked(SendWqe *w) {
   if (mw_is_local_op(w->opcode)) {  // memory-window bind / invalidation: no frame
-    if (mw_execute_wqe(qp_, w)) return true;
-    send_terminate_locked(WireError::Ended);
-    fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
-    return true;
+    if (mw_execute_wqe(qp_, w)) return Step::Done;
+    return terminate_locked(WireError::Ended);
   }
   const uint64_t len = w->total_len;
   const bool is_read = w->opcode == IBV_WR_RDMA_READ;
@@ -553,47 +533,30 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
     return exec_atomic_locked(w);
   // Ordering: the responder handles messages in order, so a WRITE or READ must not overtake
   // a Send, Immediate Data or atomic frame the peer has not handled yet.
-  if (!is_send && (!await_ack_.empty() || !await_atomic_.empty())) return false;
+  if (!is_send && (!await_ack_.empty() || !await_atomic_.empty())) return Step::Retry;
   if (is_read && qp_.ord == 0) {  // the peer accepts no READs (IRD 0)
     ECA_QP_LOG(Warn, qp_.qpn, "RDMA READ posted on a connection with ORD 0");
-    qp_.sq_done(w, IBV_WC_LOC_QP_OP_ERR);
-    send_terminate_locked(WireError::Ended);
-    fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
-    return true;
+    return fail_wqe_locked(w, IBV_WC_LOC_QP_OP_ERR);
   }
   Frame *f = nullptr;
-  if (needs_frame && !(f = ring_slot_locked())) return false;  // peer ring full: wait
+  if (needs_frame && !(f = ring_slot_locked())) return Step::Retry;  // peer ring full
 
   // Local buffers (validated like a NIC validates the lkeys of a descriptor), held registered
   // (MrUse) while this function reads or writes them: ibv_dereg_mr waits for that.
-  std::array<Seg, kMaxSge> segs;
-  std::array<const Sge *, kMaxSge> from;  // the work request's SGE of each segment
-  std::array<MrRef, kMaxSge> refs;
-  size_t nseg = 0;
+  engine::SgeMap map;
+  uint32_t bad = 0;
   MrUse use;
   auto local_error = [&](uint32_t lkey) {
     ECA_QP_LOG(Info, qp_.qpn, "local protection error (lkey 0x%x)", lkey);
-    qp_.sq_done(w, IBV_WC_LOC_PROT_ERR);
-    send_terminate_locked(WireError::Ended);
-    fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
-    return true;
+    return fail_wqe_locked(w, IBV_WC_LOC_PROT_ERR);
   };
-  if (w->flags & IBV_SEND_INLINE) {
-    if (w->inline_len) segs[nseg++] = {w->inline_data.data(), w->inline_len};
-  } else {
-    for (uint32_t i = 0; i < w->num_sge; i++) {
-      const Sge &s = w->sge[i];
-      if (!s.length) continue;
-      if (mr_lookup(s.lkey, qp_.pd, s.addr, s.length, is_read ? IBV_ACCESS_LOCAL_WRITE : 0,
-                    &refs[nseg]) != AccessError::None)
-        return local_error(s.lkey);
-      from[nseg] = &s;
-      segs[nseg] = {refs[nseg].host, s.length};
-      nseg++;
-    }
-    if (!use.enter(refs.data(), nseg)) return local_error(w->sge[0].lkey);  // being deregistered
-  }
-  const std::span<const Seg> local(segs.data(), nseg);
+  if (engine::map_send_sges(qp_.pd, *w, is_read ? IBV_ACCESS_LOCAL_WRITE : 0, &map, &bad))
+    return local_error(w->sge[bad].lkey);
+  const bool inline_data = w->flags & IBV_SEND_INLINE;
+  if (!inline_data && !use.enter(map.refs.data(), map.n))
+    return local_error(w->sge[0].lkey);  // being deregistered
+  const size_t nseg = map.n;
+  const std::span<const Seg> local = map.spans();
   stats_.ops++;
   stats_.bytes += len;
   stats_.modeled_ps += timing_.message_ps(len);
@@ -608,15 +571,12 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
                          : 0;
       if (rc == EPIPE) {  // stays outstanding: flushed with the connection
         fail(LlpEnd::PeerClosed, IBV_WC_WR_FLUSH_ERR);
-        return false;
+        return Step::Failed;
       }
       if (rc) {
         ECA_QP_LOG(Info, qp_.qpn, "remote access error (rkey 0x%x addr 0x%llx len %llu)",
                    w->rkey, (unsigned long long)w->remote_addr, (unsigned long long)len);
-        qp_.sq_done(w, IBV_WC_REM_ACCESS_ERR);
-        send_terminate_locked(WireError::Ended);
-        fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
-        return true;
+        return fail_wqe_locked(w, IBV_WC_REM_ACCESS_ERR);
       }
       if (w->opcode == IBV_WR_RDMA_WRITE_WITH_IMM) {
         f->type = (uint32_t)FrameType::Immediate;
@@ -625,10 +585,10 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
         f->model_ps = pending_due_ ? pending_due_ : now_ps();
         ring_publish_locked();
         await_ack_.push_back(w);  // completes when the peer has consumed a receive for it
-        return true;
+        return Step::Done;
       }
       qp_.sq_done(w, IBV_WC_SUCCESS);
-      return true;
+      return Step::Done;
     }
     default:
       break;
@@ -641,16 +601,11 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
   f->len = (uint32_t)len;
   f->model_ps = pending_due_ ? pending_due_ : now_ps();
   if (len <= kFrameInline) {
-    // Small payloads travel in the frame.
-    uint64_t off = 0;
-    for (const Seg &s : local) {
-      std::memcpy(f->data + off, s.p, s.n);
-      off += s.n;
-    }
+    engine::gather_copy(local, 0, len, f->data);  // small payloads travel in the frame
     f->nsge = 0;
     ring_publish_locked();
     await_ack_.push_back(w);  // a Send completes when the peer has placed it
-    return true;
+    return Step::Done;
   }
   // Larger payloads are fetched by the receiving adapter from our registered memory: the
   // frame names each piece by our MR (lkey) and its address there, which the peer validates
@@ -658,13 +613,14 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
   // the peer read-only (the owner's decision: it was named in a Send to that peer).
   if (nseg > kFrameSges) return local_error(w->sge[0].lkey);
   for (uint32_t n = 0; n < nseg; n++) {
-    f->sge[n] = {from[n]->lkey, (uint32_t)from[n]->length, from[n]->addr};
-    Adapter::instance().name_for(from[n]->lkey, peer_->pid());
+    const Sge &s = *map.sge[n];
+    f->sge[n] = {s.lkey, s.length, s.addr};
+    Adapter::instance().name_for(s.lkey, peer_->pid());
   }
   f->nsge = (uint32_t)nseg;
   ring_publish_locked();
   await_ack_.push_back(w);
-  return true;
+  return Step::Done;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -687,8 +643,7 @@ bool HwConn::harvest_acks_locked() {
     if (!failing_) {
       ECA_QP_LOG(Warn, qp_.qpn, "peer acknowledged %llu messages, %zu were outstanding",
                  (unsigned long long)(placed - seen), await_ack_.size());
-      send_terminate_locked(WireError::Protocol);
-      fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
+      terminate_locked(WireError::Protocol);
     }
     acked_seen_.store(placed, std::memory_order_relaxed);  // report it once
     return false;
@@ -715,21 +670,22 @@ bool HwConn::rx_locked() {
     const uint64_t tail = in_->tail.load(std::memory_order_acquire);
     if (head == tail) break;
     if (tail - head > kRingSlots) {  // a peer that corrupts the ring indices
-      send_terminate_locked(WireError::Protocol);
-      fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
+      terminate_locked(WireError::Protocol);
       break;
     }
     Frame f;  // a private snapshot: the peer cannot change what we validate
     std::memcpy(static_cast<void *>(&f), &in_->slots[head & kRingMask], sizeof(Frame));
     if (timing_.mode() == Mode::Paced && f.model_ps > now_ps()) break;
-    if (!handle_frame_locked(f)) break;  // waiting for a receive buffer
+    const Step step = handle_frame_locked(f);
+    if (step == Step::Retry) break;  // waiting for a receive buffer or ring room
     in_->head.store(++head, std::memory_order_release);
     did = true;
+    if (step == Step::Failed) break;
   }
   return did;
 }
 
-bool HwConn::handle_frame_locked(const Frame &f) {
+Step HwConn::handle_frame_locked(const Frame &f) {
   switch (static_cast<FrameType>(f.type)) {
     case FrameType::Send:
     case FrameType::Immediate: {
@@ -738,12 +694,10 @@ bool HwConn::handle_frame_locked(const Frame &f) {
         if (!qp_.rq_take(&rqe_)) {
           const uint64_t now = mono_ns();
           if (!rqe_deadline_ns_) rqe_deadline_ns_ = now + (uint64_t)config().recv_wait_ms * 1000000;
-          if (now < rqe_deadline_ns_) return false;
+          if (now < rqe_deadline_ns_) return Step::Retry;
           ECA_QP_LOG(Info, qp_.qpn, "Send arrived with no receive posted");
           rqe_deadline_ns_ = 0;
-          send_terminate_locked(WireError::InvalidRequest);
-          fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
-          return true;
+          return terminate_locked(WireError::InvalidRequest);
         }
         have_rqe_ = true;
         rqe_deadline_ns_ = 0;
@@ -753,49 +707,30 @@ bool HwConn::handle_frame_locked(const Frame &f) {
         __be32 imm;
         std::memcpy(&imm, &f.imm, sizeof imm);
         ack_placed_locked();
-        qp_.rq_done_imm(rqe_, imm, solicited);
-        return true;
+        qp_.rq_done(rqe_, IBV_WC_SUCCESS, 0, solicited, 0, &imm);
+        return Step::Done;
       }
       // Validate the frame before touching memory.
       bool ok = f.nsge <= kFrameSges && (f.nsge > 0 || f.len <= kFrameInline);
       uint64_t sum = 0;
       for (uint32_t i = 0; ok && i < f.nsge; i++) sum += f.sge[i].len;
       ok = ok && (f.nsge == 0 || sum == f.len);
-      std::vector<Seg> dst;
-      std::vector<MrRef> refs;
-      MrUse use;  // the receive buffers stay registered while we place into them
-      uint64_t cap = 0;
-      for (uint32_t i = 0; ok && i < rqe_.num_sge; i++) {
-        const Sge &s = rqe_.sge[i];
-        if (!s.length) continue;
-        MrRef &ref = refs.emplace_back();
-        if (mr_lookup(s.lkey, qp_.pd, s.addr, s.length, IBV_ACCESS_LOCAL_WRITE, &ref) !=
-                AccessError::None ||
-            !use.enter(ref)) {
-          qp_.rq_done(rqe_, IBV_WC_LOC_PROT_ERR, 0, false, 0);
-          have_rqe_ = false;
-          send_terminate_locked(WireError::Protocol);
-          fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
-          return true;
-        }
-        dst.push_back({ref.host, s.length});
-        cap += s.length;
-      }
       if (!ok) {
         ECA_QP_LOG(Warn, qp_.qpn, "malformed Send frame from the peer");
-        send_terminate_locked(WireError::Protocol);
-        fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
-        return true;
+        return terminate_locked(WireError::Protocol);
       }
-      if (f.len > cap) {
-        qp_.rq_done(rqe_, IBV_WC_LOC_LEN_ERR, 0, false, 0);
-        have_rqe_ = false;
-        send_terminate_locked(WireError::InvalidRequest);
-        fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
-        return true;
-      }
+      engine::SgeMap map;
+      uint32_t bad = 0;
+      MrUse use;  // the receive buffers stay registered while we place into them
+      if (const ibv_wc_status st = engine::map_sges(qp_.pd, {rqe_.sge.data(), rqe_.num_sge},
+                                                    IBV_ACCESS_LOCAL_WRITE, &map, &bad))
+        return fail_rqe_locked(st, 0, WireError::Protocol);
+      if (!use.enter(map.refs.data(), map.n))
+        return fail_rqe_locked(IBV_WC_LOC_PROT_ERR, 0, WireError::Protocol);
+      const std::span<const Seg> dst = map.spans();
+      if (f.len > map.bytes) return fail_rqe_locked(IBV_WC_LOC_LEN_ERR, 0, WireError::InvalidRequest);
       if (f.nsge == 0) {
-        scatter(f.data, f.len, dst);
+        engine::scatter_copy(f.data, dst, 0, f.len);
       } else {
         // Each piece is fetched like an RDMA READ of the sender's MR: only memory the sender's
         // adapter still has registered, in the sender's PD, within bounds (remote_copy).
@@ -803,18 +738,17 @@ bool HwConn::handle_frame_locked(const Frame &f) {
         for (uint32_t i = 0; i < f.nsge; i++) {
           const FrameSge &g = f.sge[i];
           if (!g.len) continue;
-          const std::vector<Seg> part = slice(dst, pos, pos + g.len);
-          const int rc = remote_copy(g.stag, g.addr, g.len, 0, false, part);
+          std::array<Seg, kMaxSge> part;
+          const size_t np = engine::slice(dst, pos, pos + g.len, part.data(), part.size());
+          const int rc = remote_copy(g.stag, g.addr, g.len, 0, false, {part.data(), np});
           if (rc == EPIPE) {  // the sender flushes this Send: it must not arrive either
             fail(LlpEnd::PeerClosed, IBV_WC_WR_FLUSH_ERR);
-            return false;
+            return Step::Failed;
           }
           if (rc) {
             ECA_QP_LOG(Warn, qp_.qpn,
                        "Send frame names memory the peer has not registered (lkey 0x%x)", g.stag);
-            send_terminate_locked(WireError::Protocol);
-            fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
-            return true;
+            return terminate_locked(WireError::Protocol);
           }
           pos += g.len;
         }
@@ -822,18 +756,13 @@ bool HwConn::handle_frame_locked(const Frame &f) {
       uint32_t inv = 0;
       if (f.flags & kFrameSendInvalidate) {
         inv = f.imm;
-        if (!mr_invalidate(inv, qp_.pd, qp_.qpn)) {
-          qp_.rq_done(rqe_, IBV_WC_REM_INV_REQ_ERR, f.len, false, 0);
-          have_rqe_ = false;
-          send_terminate_locked(WireError::Protocol);
-          fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
-          return true;
-        }
+        if (!mr_invalidate(inv, qp_.pd, qp_.qpn))
+          return fail_rqe_locked(IBV_WC_REM_INV_REQ_ERR, f.len, WireError::Protocol);
       }
       have_rqe_ = false;
       ack_placed_locked();  // every Send is acknowledged once placed, before it is visible
       qp_.rq_done(rqe_, IBV_WC_SUCCESS, f.len, solicited, inv);
-      return true;
+      return Step::Done;
     }
     case FrameType::AtomicRequest:
       return handle_atomic_request_locked(f);
@@ -842,15 +771,13 @@ bool HwConn::handle_frame_locked(const Frame &f) {
     case FrameType::Terminate:
       ECA_QP_LOG(Info, qp_.qpn, "peer adapter terminated the connection (status %u)", f.status);
       fail(LlpEnd::TerminateRecvd, terminate_status(f.status));
-      return true;
+      return Step::Failed;
     case FrameType::Disconnect:
       fail(LlpEnd::PeerClosed, IBV_WC_WR_FLUSH_ERR);
-      return true;
+      return Step::Failed;
   }
   ECA_QP_LOG(Warn, qp_.qpn, "unknown frame type %u from the peer", f.type);
-  send_terminate_locked(WireError::Protocol);
-  fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
-  return true;
+  return terminate_locked(WireError::Protocol);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -906,10 +833,7 @@ void HwConn::do_fail(LlpEnd why, ibv_wc_status st) {
   if (st != IBV_WC_WR_FLUSH_ERR && st != IBV_WC_SUCCESS) qp_.sq_fail_oldest(st);
   {
     std::lock_guard lk(mu_);
-    if (have_rqe_) {
-      qp_.rq_done(rqe_, IBV_WC_WR_FLUSH_ERR, 0, false, 0);
-      have_rqe_ = false;
-    }
+    flush_held_rqe_locked();
     inflight_.clear();   // still unfinished in the SQ: flushed by enter_error()
     tx_queued_.store(false, std::memory_order_relaxed);
     await_ack_.clear();
@@ -929,12 +853,7 @@ void HwConn::close(bool graceful) {
       ECA_QP_LOG(Info, qp_.qpn, "modeled adapter: %llu operations, %llu bytes, %llu adapter-path copies",
                  (unsigned long long)stats_.ops, (unsigned long long)stats_.bytes,
                  (unsigned long long)stats_.adapter_path_copies);
-    // A receive we took from the RQ and hold for the next message is not in the RQ any more:
-    // the flush that follows (Qp::enter_error) would not see it.
-    if (have_rqe_) {
-      qp_.rq_done(rqe_, IBV_WC_WR_FLUSH_ERR, 0, false, 0);
-      have_rqe_ = false;
-    }
+    flush_held_rqe_locked();
     if (ready_ && link_) {
       if (graceful)
         if (Frame *f = ring_slot_locked()) {

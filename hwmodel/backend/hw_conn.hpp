@@ -14,6 +14,8 @@
 // peer process that dies.
 #pragma once
 
+#include <sys/uio.h>
+
 #include <boost/asio/ip/tcp.hpp>
 
 #include <atomic>
@@ -23,6 +25,7 @@
 #include <span>
 #include <vector>
 
+#include "engine/conn_engine.hpp"
 #include "hwmodel/backend/adapter.hpp"
 #include "hwmodel/backend/timing.hpp"
 #include "provider/core/backend.hpp"
@@ -31,19 +34,23 @@
 
 namespace eca::hw {
 
+// The outcome of handling one work request or one frame: done (it is consumed), retry later
+// (it stays first in line: no ring room, no receive posted, not yet due, ORD full), or failed
+// (the link is ending; what the item owed is completed or flushed by the failure path).
+enum class Step : uint8_t { Done, Retry, Failed };
+
 class HwConn : public std::enable_shared_from_this<HwConn> {
   friend struct HwConnProbe;  // test-only access: tests/fuzz/hw_frame_fuzz.cpp
 
  public:
-  struct Seg {  // a piece of memory in our address space
-    uint8_t *p;
-    uint64_t n;
-  };
+  using Seg = iovec;  // a piece of memory in our address space
   HwConn(Qp &qp, transport::LlpConnection &&llp);
   ~HwConn();
   void start();  // handshake on the progress thread
   void doorbell();
   void app_doorbell();  // doorbell rung by an application thread (post_send, post_recv)
+  void sq_doorbell() { app_doorbell(); }
+  void rq_doorbell() { app_doorbell(); }
   void cq_armed();
   void poll_progress();  // application thread inside ibv_poll_cq (never blocks)
   struct FwResult {
@@ -70,12 +77,12 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   bool work_locked();   // mu_ held: transmit then receive; true if anything moved
   bool tx_locked();
   bool rx_locked();
-  bool exec_wqe_locked(SendWqe *w);  // false: must wait (ring full / not yet due)
-  bool handle_frame_locked(const Frame &f);  // false: must wait (no receive posted)
-  // RFC 7306 atomics (hw_atomic.cpp), mu_ held; false: must wait (ring full / ORD)
-  bool exec_atomic_locked(SendWqe *w);
-  bool handle_atomic_request_locked(const Frame &f);
-  bool handle_atomic_response_locked(const Frame &f);
+  Step exec_wqe_locked(SendWqe *w);
+  Step handle_frame_locked(const Frame &f);
+  // RFC 7306 atomics (hw_atomic.cpp), mu_ held
+  Step exec_atomic_locked(SendWqe *w);
+  Step handle_atomic_request_locked(const Frame &f);
+  Step handle_atomic_response_locked(const Frame &f);
   void ack_placed_locked();     // publishes one more placed message to the peer
   bool harvest_acks_locked();   // completes our Sends the peer has placed; true if any
   bool acks_pending() const;    // a hint, read without mu_
@@ -85,6 +92,12 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   Frame *ring_slot_locked();         // free slot in the outgoing ring, or null
   void ring_publish_locked();
   void send_terminate_locked(WireError why);
+  // The failure tails (mu_ held): Terminate `why` to the peer and end the link; the same after
+  // completing work request `w`, or the receive we hold, with `st`. All return Step::Failed.
+  Step terminate_locked(WireError why);
+  Step fail_wqe_locked(SendWqe *w, ibv_wc_status st);
+  Step fail_rqe_locked(ibv_wc_status st, uint32_t byte_len, WireError why);
+  void flush_held_rqe_locked();  // the receive we hold (if any) completes flushed
   void fail(LlpEnd why, ibv_wc_status st);  // defers to the progress thread
   void do_fail(LlpEnd why, ibv_wc_status st);
   uint64_t now_ps() const;
@@ -151,20 +164,6 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   Stats stats_;
 };
 
-class HwEngine final : public QpEngine {
-  friend struct HwConnProbe;  // test-only access: tests/fuzz/hw_frame_fuzz.cpp
-
- public:
-  explicit HwEngine(std::shared_ptr<HwConn> c) : c_(std::move(c)) {}
-  ~HwEngine() override { c_->close(false); }
-  void sq_doorbell() override { c_->app_doorbell(); }
-  void rq_doorbell() override { c_->app_doorbell(); }
-  void poll_progress() override { c_->poll_progress(); }
-  void cq_armed() override { c_->cq_armed(); }
-  void close(bool graceful) override { c_->close(graceful); }
-
- private:
-  std::shared_ptr<HwConn> c_;
-};
+using HwEngine = engine::ConnEngine<HwConn>;
 
 }  // namespace eca::hw

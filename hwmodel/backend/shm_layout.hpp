@@ -82,6 +82,7 @@ enum class WireError : uint32_t {
   InvalidRequest = 3,  // no receive posted, message too long, invalidation refused
   Protocol = 4,        // a malformed or unexpected frame, a corrupt ring or count
 };
+static_assert(sizeof(WireError) == 4);  // carried in Frame::status
 inline constexpr uint32_t kFrameSendSolicited = 1u << 0;
 inline constexpr uint32_t kFrameSendInvalidate = 1u << 1;
 
@@ -114,10 +115,10 @@ struct alignas(64) Frame {
 static_assert(sizeof(Frame) == 448);
 
 // Frame::data of the atomic frames. The target's adapter runs the operation on its own
-// process's memory with CPU atomics (transport/atomic.hpp), after the same checks as the
+// process's memory with CPU atomics (engine/atomic.hpp), after the same checks as the
 // software transport's responder.
 struct AtomicBody {
-  uint32_t op;       // wire::AtomicOp: FetchAdd or CompareSwap
+  uint32_t op;       // engine::AtomicOp: FetchAdd or CompareSwap
   uint32_t rkey;
   uint64_t addr;
   uint64_t operand;  // FetchAdd: the addend; CompareSwap: the swap value

@@ -452,11 +452,10 @@ struct Qp {
   void sq_fail_oldest(ibv_wc_status st);
   // Takes the next receive WQE (from the SRQ if attached). False if none is posted.
   bool rq_take(RecvWqe *out);
-  // Completes a receive WQE taken with rq_take.
+  // Completes a receive WQE taken with rq_take. With `imm`, an RFC 7306 Immediate Data
+  // message consumed it (IBV_WC_RECV_RDMA_WITH_IMM).
   void rq_done(const RecvWqe &w, ibv_wc_status st, uint32_t byte_len, bool solicited,
-               uint32_t invalidated_rkey);
-  // An RFC 7306 Immediate Data message consumed a receive: IBV_WC_RECV_RDMA_WITH_IMM.
-  void rq_done_imm(const RecvWqe &w, __be32 imm, bool solicited);
+               uint32_t invalidated_rkey, const __be32 *imm = nullptr);
   // The connection ended: QP to ERROR, flush, async event when fatal, tell rdma_cm.
   void llp_ended(LlpEnd why);
   // QP to ERROR and flush everything outstanding. Idempotent.

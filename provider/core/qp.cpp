@@ -383,15 +383,18 @@ bool Qp::rq_take(RecvWqe *out) {
 }
 
 void Qp::rq_done(const RecvWqe &w, ibv_wc_status st, uint32_t byte_len, bool solicited,
-                 uint32_t invalidated_rkey) {
+                 uint32_t invalidated_rkey, const __be32 *imm) {
   if (st != IBV_WC_SUCCESS) err_completed.store(true, std::memory_order_release);
   ibv_wc wc{};
   wc.wr_id = w.wr_id;
   wc.status = st;
-  wc.opcode = IBV_WC_RECV;
+  wc.opcode = imm ? IBV_WC_RECV_RDMA_WITH_IMM : IBV_WC_RECV;
   wc.byte_len = byte_len;
   wc.qp_num = qpn;
-  if (invalidated_rkey && st == IBV_WC_SUCCESS) {
+  if (imm) {
+    wc.wc_flags = IBV_WC_WITH_IMM;
+    wc.imm_data = *imm;
+  } else if (invalidated_rkey && st == IBV_WC_SUCCESS) {
     wc.wc_flags = IBV_WC_WITH_INV;
     wc.invalidated_rkey = invalidated_rkey;
   }
@@ -589,19 +592,6 @@ int Qp::query(ibv_qp_attr *attr, int, ibv_qp_init_attr *init) {
   return 0;
 }
 
-}  // namespace eca
-
-namespace eca {
-void Qp::rq_done_imm(const RecvWqe &w, __be32 imm, bool solicited) {
-  ibv_wc wc{};
-  wc.wr_id = w.wr_id;
-  wc.status = IBV_WC_SUCCESS;
-  wc.opcode = IBV_WC_RECV_RDMA_WITH_IMM;
-  wc.wc_flags = IBV_WC_WITH_IMM;
-  wc.imm_data = imm;
-  wc.qp_num = qpn;
-  rcq->push(wc, solicited);
-}
 }  // namespace eca
 
 namespace eca {

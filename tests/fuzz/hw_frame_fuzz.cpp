@@ -8,8 +8,8 @@
 // the ring and A's receive path runs once. When a frame ended A's connection (TERMINATE,
 // failure) or after 256 inputs, the pair is rebuilt.
 //
-// Hook: HwConn and HwEngine declare `friend struct HwConnProbe` (hwmodel/backend/hw_conn.hpp);
-// the probe below uses their private members (mu_, failing_, ring_slot_locked,
+// Hook: HwConn declares `friend struct HwConnProbe` (hwmodel/backend/hw_conn.hpp);
+// the probe below uses its private members (mu_, failing_, ring_slot_locked,
 // ring_publish_locked, rx_locked). When that class is reworked, only the probe changes.
 //
 // Input: a sequence of raw Frame images (sizeof(Frame) = 448 octets, see shm_layout.hpp; a
@@ -56,7 +56,7 @@ struct HwConnProbe {
     Qp *q = Qp::from(qp);
     std::lock_guard g(q->engine_mu);
     auto *e = static_cast<HwEngine *>(q->engine.get());
-    return e ? e->c_.get() : nullptr;
+    return e ? e->conn() : nullptr;
   }
   // Stops B's own data path: from now on only the harness touches B's rings.
   static void silence(HwConn *c) {

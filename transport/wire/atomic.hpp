@@ -1,6 +1,6 @@
 // RFC 7306 Atomic Operations on the wire: the bodies of the Atomic Request and Atomic Response
-// messages, which follow the untagged DDP header (wire/ddp_rdmap.hpp, opcodes 0xA/0xB), and
-// the execution rule of each atomic operation on the 64-bit target word.
+// messages, which follow the untagged DDP header (wire/ddp_rdmap.hpp, opcodes 0xA/0xB). The
+// execution rule of each operation on the 64-bit target word is in engine/atomic.hpp.
 //
 // Atomic Request (untagged, QN 1 shared with RDMA Read Requests, MSN of that queue, MO 0):
 //   offset 20: Reserved (28 bits) | AOpCode (4 bits)
@@ -14,15 +14,19 @@
 
 #include <cstdint>
 
+#include "engine/atomic.hpp"
 #include "transport/wire/ddp_rdmap.hpp"
 
 namespace eca::wire {
 
-// AOpCode values (RFC 7306 §5.2.1.3); the others are reserved.
-enum class AtomicOp : uint8_t { FetchAdd = 0x0, Swap = 0x1, CompareSwap = 0x2 };
+// AOpCode values (RFC 7306 §5.2.1.3; the others are reserved), the operations and their rule
+// on the target word: shared with the modeled adapter, in engine/atomic.hpp.
+using engine::AtomicOp;
+using engine::atomic_new_value;
+using engine::atomic_op_valid;
+using engine::kAtomicAlign;
+using engine::kAtomicLen;
 inline constexpr uint32_t kAtomicOpMask = 0xf;
-inline constexpr uint64_t kAtomicAlign = 8;  // the Remote Tagged Offset names an aligned word
-inline constexpr uint64_t kAtomicLen = 8;
 
 // The TERMINATE code for a malformed Atomic Request (a reserved AOpCode or a misaligned
 // Remote Tagged Offset). RFC 7306 registers no RDMAP error code of its own (IANA's RDDP
@@ -46,13 +50,8 @@ inline constexpr size_t kAtomicOrigValue = 24;
 static_assert(off::kAtomicCompareMask + 8 == kUntaggedHdr + kAtomicReqBody);
 static_assert(off::kAtomicOrigValue + 8 == kUntaggedHdr + kAtomicRespBody);
 
-struct AtomicRequest {
-  uint8_t aopcode = 0;  // raw 4-bit AOpCode as received (may be reserved)
+struct AtomicRequest : engine::AtomicOperation {
   uint32_t req_id = 0;
-  uint32_t stag = 0;
-  uint64_t to = 0;
-  uint64_t add_swap = 0, add_swap_mask = 0;
-  uint64_t compare = 0, compare_mask = 0;
 };
 
 struct AtomicResponse {
@@ -95,58 +94,12 @@ inline AtomicResponse get_atomic_response(const uint8_t *h) {
   return {ld32(h + off::kAtomicOrigReqId), ld64(h + off::kAtomicOrigValue)};
 }
 
-inline bool atomic_op_valid(uint8_t aopcode) {
-  return aopcode <= static_cast<uint8_t>(AtomicOp::CompareSwap);
-}
-
-// The verbs operations as RFC 7306 requests: plain (unmasked) FetchAdd and CompareSwap.
-// FetchAdd: an Add Mask of zero declares no field boundaries (one 64-bit addition).
-// CompareSwap: all 64 bits compared and all 64 bits swapped.
 inline AtomicRequest verbs_fetch_add(uint32_t stag, uint64_t to, uint64_t add) {
-  AtomicRequest r;
-  r.aopcode = static_cast<uint8_t>(AtomicOp::FetchAdd);
-  r.stag = stag;
-  r.to = to;
-  r.add_swap = add;
-  return r;
+  return {engine::atomic_fetch_add(stag, to, add)};
 }
 inline AtomicRequest verbs_compare_swap(uint32_t stag, uint64_t to, uint64_t compare,
                                         uint64_t swap) {
-  AtomicRequest r;
-  r.aopcode = static_cast<uint8_t>(AtomicOp::CompareSwap);
-  r.stag = stag;
-  r.to = to;
-  r.add_swap = swap;
-  r.add_swap_mask = ~0ull;
-  r.compare = compare;
-  r.compare_mask = ~0ull;
-  return r;
-}
-
-// The new value of the target word for a valid request, given its current value `v`.
-// FetchAdd with an Add Mask: each set bit ends a field, so no carry leaves that bit.
-// Swap: the bits under the Swap Mask take the Swap Data. CompareSwap: as Swap, only if the
-// bits under the Compare Mask equal the Compare Data; otherwise the word is left alone.
-inline uint64_t atomic_new_value(const AtomicRequest &r, uint64_t v) {
-  switch (static_cast<AtomicOp>(r.aopcode)) {
-    case AtomicOp::FetchAdd: {
-      if (!r.add_swap_mask) return v + r.add_swap;
-      uint64_t out = 0, carry = 0;
-      for (int i = 0; i < 64; i++) {
-        const uint64_t a = (v >> i) & 1, b = (r.add_swap >> i) & 1;
-        out |= (a ^ b ^ carry) << i;
-        carry = (a & b) | (a & carry) | (b & carry);
-        if ((r.add_swap_mask >> i) & 1) carry = 0;
-      }
-      return out;
-    }
-    case AtomicOp::Swap:
-      return (v & ~r.add_swap_mask) | (r.add_swap & r.add_swap_mask);
-    case AtomicOp::CompareSwap:
-      if (((v ^ r.compare) & r.compare_mask) != 0) return v;
-      return (v & ~r.add_swap_mask) | (r.add_swap & r.add_swap_mask);
-  }
-  return v;
+  return {engine::atomic_compare_swap(stag, to, compare, swap)};
 }
 
 }  // namespace eca::wire
