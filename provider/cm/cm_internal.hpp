@@ -33,6 +33,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -92,8 +93,27 @@ enum class St : uint8_t {
   Failed,        // connection attempt over (rejected, error); only destroy is useful
 };
 
+// St runs from 0 to Failed: a new state goes before Failed (and into conn.cpp's kNext).
+constexpr size_t kStates = static_cast<size_t>(St::Failed) + 1;
+
 // The state's name for logs.
 const char *st_name(St s);
+// Whether the transition table (conn.cpp, kNext) lets a connection go from `from` to `to`.
+bool transition_allowed(St from, St to);
+
+// Builds with assertions (the project's RelWithDebInfo, debug and sanitizer builds: no NDEBUG)
+// stop at a transition the table does not list.
+#ifdef NDEBUG
+inline constexpr bool kCheckTransitions = false;
+#else
+inline constexpr bool kCheckTransitions = true;
+#endif
+
+// Every state change of a Core goes through here (progress thread). A move the table does not
+// list is logged (Error) and asserted; in a build without assertions (NDEBUG) the state stays
+// as it was and false lets the caller fail cleanly (an API call returns EINVAL, an
+// asynchronous path ends the attempt with CONNECT_ERROR).
+bool transition(Core &c, St to);
 
 struct Core : std::enable_shared_from_this<Core> {
   Id *owner = nullptr;  // null once the id is destroyed
