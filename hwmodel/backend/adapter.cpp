@@ -20,6 +20,7 @@
 #include <string>
 
 #include "hwmodel/backend/hw_conn.hpp"
+#include "hwmodel/backend/tsan.hpp"
 #include "provider/core/log.hpp"
 
 namespace eca::hw {
@@ -296,6 +297,8 @@ int reback_race_free(uint64_t start, uint64_t size, const std::vector<Vma> &vmas
   if (!rc) {
     for (const Moved &m : moved)
       std::memcpy(static_cast<uint8_t *>(view) + (m.at - start), m.old, m.n);
+    // Not a write of this thread: the bytes stay as they were (see tsan.hpp).
+    tsan::NotAnAccess same_bytes;
     if (::mmap(reinterpret_cast<void *>(start), size, PROT_READ | PROT_WRITE,
                MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED)
       rc = errno;

@@ -18,6 +18,7 @@
 #include <random>
 #include <thread>
 
+#include "hwmodel/backend/tsan.hpp"
 #include "provider/core/config.hpp"
 #include "provider/core/log.hpp"
 #include "provider/core/mw.hpp"
@@ -269,6 +270,8 @@ void HwConn::become_ready() {
     out_ = &link_->ring[side_];
     in_ = &link_->ring[1 - side_];
     out_tail_ = out_->tail.load(std::memory_order_acquire);
+    tsan_key_ = initiator_ ? tsan::link_key(qp_.qpn, peer_qpn_)
+                           : tsan::link_key(peer_qpn_, qp_.qpn);
   }
   // Attached first: from the moment we can publish a frame naming our memory, a
   // deregistration must find this link (Adapter::unregister_mr).
@@ -393,6 +396,7 @@ Frame *HwConn::ring_slot_locked() {
 void HwConn::ring_publish_locked() {
   // seq_cst pairs with cq_armed(): either we see the peer's interrupt request, or the peer
   // sees this frame when it checks after arming.
+  tsan::release(tsan_key_);
   out_->tail.store(++out_tail_, std::memory_order_seq_cst);
   // Ring the peer's doorbell only when it asked to be woken (interrupt mode).
   if (link_->side[1 - side_].want_intr.load(std::memory_order_seq_cst))
@@ -714,6 +718,7 @@ bool HwConn::rx_locked() {
   while (!failing_) {
     const uint64_t tail = in_->tail.load(std::memory_order_acquire);
     if (head == tail) break;
+    tsan::acquire(tsan_key_);
     if (tail - head > kRingSlots) {  // a peer that corrupts the ring indices
       send_terminate_locked(WireError::Protocol);
       fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
@@ -888,14 +893,14 @@ void HwConn::fail(LlpEnd why, ibv_wc_status st) {
   if (failing_.exchange(true)) return;
   auto self = shared_from_this();
   // QP transitions and rdma_cm notification run on the progress thread, never under mu_.
-  Progress::instance().post([self, why, st] {
-    std::lock_guard cb(self->cb_mu_);
-    if (!self->closed_) self->do_fail(why, st);
-  });
+  Progress::instance().post([self, why, st] { self->do_fail(why, st); });
 }
 
+// Progress thread. The adapter's part runs under cb_mu_; Qp::llp_ended, which closes this
+// connection (close() takes cb_mu_), runs after it, announced by upcall_.
 void HwConn::do_fail(LlpEnd why, ibv_wc_status st) {
-  if (ended_) return;
+  std::unique_lock cb(cb_mu_);
+  if (closed_ || ended_) return;
   ended_ = true;
   {
     // Sends the peer placed before it went away completed successfully: their count is
@@ -915,12 +920,25 @@ void HwConn::do_fail(LlpEnd why, ibv_wc_status st) {
     await_ack_.clear();
     await_atomic_.clear();
   }
+  upcall_.store(true, std::memory_order_relaxed);  // under cb_mu_: a close() after us sees it
+  cb.unlock();
   qp_.llp_ended(why);  // QP to ERROR, flush, async event, rdma_cm; calls close()
+  upcall_.store(false, std::memory_order_release);
+  upcall_.notify_all();
 }
 
 void HwConn::close(bool graceful) {
   // Always through cb_mu_, even when closed already: a close() or handler still running on
-  // another thread (do_fail -> Qp::llp_ended) uses the Qp, which the caller may free next.
+  // another thread uses the Qp, which the caller may free next. Then, with cb_mu_ released
+  // (`cb` goes first), the same for do_fail inside Qp::llp_ended (upcall_), unless that call
+  // is what brought us here.
+  struct AwaitUpcall {
+    HwConn &c;
+    ~AwaitUpcall() {
+      if (Progress::instance().on_progress_thread()) return;  // nested in do_fail, or none
+      while (c.upcall_.load(std::memory_order_acquire)) c.upcall_.wait(true);
+    }
+  } await_upcall{*this};
   std::lock_guard cb(cb_mu_);
   if (closed_.exchange(true)) return;
   {
