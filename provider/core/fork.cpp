@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
@@ -122,7 +123,12 @@ int fork_dofork(void *addr, size_t len) {
   if (!s.enabled || !len) return 0;
   uint64_t a, b;
   page_range(addr, len, &a, &b);
-  s.adjust(a, b, -1);
+  s.adjust(a, b, -1);  // leaves segment boundaries at a and b
+  // Pages other MRs still cover keep the flag, also where the backend replaced the mapping
+  // while deregistering (the modeled adapter moves retired pages off its memfd).
+  for (auto it = s.segs.lower_bound(a); it != s.segs.end() && it->first < b; ++it)
+    ::madvise(reinterpret_cast<void *>(it->first), std::min(b, it->second.end) - it->first,
+              MADV_DONTFORK);
   return 0;
 }
 

@@ -108,11 +108,53 @@ int child_receive_and_exit(int in_fd, int out_fd) {
   ::_exit(0);  // no disconnect, no teardown
 }
 
+// A hostile peer of the modeled adapter: WRITEs 64 bytes into the offered MR (so its adapter
+// maps the region), reports the status, waits for 'D' (the parent deregistered the MR), then
+// writes 0xEE through every writable mapping of a registration memfd it has (its own MR is
+// smaller than a page, so these are the parent's), reports how many, and waits for 'Q'.
+int child_stale_writer(int in_fd, int out_fd) {
+  Client c;
+  std::vector<uint8_t> pdata;
+  if (int rc = connect_parent(in_fd, c, &pdata)) return rc;
+  if (pdata.size() < sizeof(Offer)) return 20;
+  Offer o;
+  std::memcpy(&o, pdata.data(), sizeof o);
+  alignas(64) static uint8_t buf[64];
+  ibv_mr *mr = ibv_reg_mr(c.pd, buf, sizeof buf, IBV_ACCESS_LOCAL_WRITE);
+  if (!mr) return 21;
+  fill_pattern(buf, sizeof buf, o.seed);
+  ibv_wc wc = {};
+  if (post(c.id->qp, {IBV_WR_RDMA_WRITE, {sge(mr, buf, sizeof buf)}, IBV_SEND_SIGNALED, 1,
+                      o.addr, o.rkey}) ||
+      !poll_one(c.cq, &wc))
+    return 22;
+  const uint8_t st = (uint8_t)wc.status;
+  if (!write_full(out_fd, &st, 1)) return 23;
+  char d = 0;
+  if (!read_full(in_fd, &d, 1, kTimeoutMs) || d != 'D') return 24;
+  uint8_t mapped = 0;
+  std::ifstream f("/proc/self/maps");
+  std::string line;
+  while (std::getline(f, line)) {
+    unsigned long long a = 0, e = 0;
+    char perms[8] = {};
+    if (std::sscanf(line.c_str(), "%llx-%llx %7s", &a, &e, perms) != 3) continue;
+    if (line.find("/memfd:eca-hw-mr") == std::string::npos || std::string(perms) != "rw-s")
+      continue;
+    std::memset(reinterpret_cast<void *>(a), 0xEE, e - a);
+    mapped++;
+  }
+  if (!write_full(out_fd, &mapped, 1)) return 25;
+  char q = 0;
+  read_full(in_fd, &q, 1, kTimeoutMs);
+  return 0;
+}
+
 int child_fork_safe(int in_fd, int out_fd);  // below, with the fork() tests
 
 const int kChildRole =
     run_child_role({{"accessor", child_accessor}, {"receive_and_exit", child_receive_and_exit},
-                    {"fork_safe", child_fork_safe}});
+                    {"fork_safe", child_fork_safe}, {"stale_writer", child_stale_writer}});
 
 // ---------------------------------------------------------------------------------------------
 // Parent side
@@ -315,6 +357,40 @@ TEST_P(AppMemory, PeerWriteChangesNoByteOutsideTheMr) {
   EXPECT_TRUE(child.exited_ok()) << child.describe();
 }
 
+// Modeled adapter: a peer that mapped a region while it was granted (a WRITE into the MR)
+// keeps that mapping after ibv_dereg_mr, but it no longer reaches the application's pages:
+// deregistration moved them off the memfd. The peer writes through its stale mapping; not a
+// byte of ours changes.
+TEST_P(AppMemory, DeregisteredRegionIsOutOfAPeersReach) {
+  if (GetParam() != "hwmodel") GTEST_SKIP() << "only the modeled adapter shares pages";
+  Child child;
+  ASSERT_TRUE(child.start("stale_writer"));
+  const size_t len = 16 * page();
+  auto *m = static_cast<uint8_t *>(
+      ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(m, MAP_FAILED);
+  std::memset(m, 'A', len);
+  ASSERT_NO_FATAL_FAILURE(
+      Serve(child, m, len, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE, kOpWrite, 9, 64));
+  ASSERT_EQ(ChildStatus(child), IBV_WC_SUCCESS);
+  ASSERT_TRUE(wait_pattern(m, 64, 9));
+  ASSERT_EQ(0, ibv_dereg_mr(mr_));
+  mr_ = nullptr;
+  ASSERT_TRUE(write_full(child.to_child, "D", 1));
+  const int mapped = ChildStatus(child);
+  EXPECT_GE(mapped, 1) << "the peer had no mapping of the region: nothing was tried";
+  std::vector<uint8_t> want(len, 'A');
+  fill_pattern(want.data(), 64, 9);
+  size_t changed = 0;
+  for (size_t i = 0; i < len; i++) changed += m[i] != want[i];
+  EXPECT_EQ(changed, 0u) << "the peer's stale mapping still reaches deregistered memory";
+  m[0] = 'P';  // still the application's own, writable memory
+  EXPECT_EQ(m[0], 'P');
+  EXPECT_TRUE(write_full(child.to_child, "Q", 1));
+  EXPECT_TRUE(child.exited_ok()) << child.describe();
+  ::munmap(m, len);
+}
+
 // A peer asking for more than the MR (or another key) gets an error; nothing changes.
 TEST_P(AppMemory, WriteBeyondTheMrFailsAndChangesNothing) {
   Child child;
@@ -383,8 +459,8 @@ TEST_P(AppMemory, RegisteringAHoleOrAHugeRangeFailsCleanly) {
   ::munmap(m + 2 * pg, 2 * pg);
 }
 
-// Another thread keeps writing while the memory is registered (and re-registered): every
-// write survives.
+// Another thread keeps writing while the memory is registered (and re-registered), then
+// deregistered: every write survives.
 TEST_P(AppMemory, RegistrationLosesNoConcurrentWrite) {
   Device d;
   ASSERT_TRUE(d.open(GetParam()));
@@ -417,15 +493,18 @@ TEST_P(AppMemory, RegistrationLosesNoConcurrentWrite) {
     EXPECT_NE(mr, nullptr) << strerror(errno);
     if (mr) mrs.push_back(mr);
   }
-  const uint64_t p0 = passes.load();
+  uint64_t p0 = passes.load();
   while (passes.load() < p0 + 2) std::this_thread::yield();  // the writer ran on afterwards
+  // Deregistration too (the modeled adapter moves the pages off its memfd again).
+  for (ibv_mr *mr : mrs) EXPECT_EQ(0, ibv_dereg_mr(mr));
+  p0 = passes.load();
+  while (passes.load() < p0 + 2) std::this_thread::yield();
   stop = true;
   writer.join();
   size_t lost = reverted;
   for (size_t i = 0; i < slots; i += 61)
     if (m[i] != shadow[i]) lost++;
-  EXPECT_EQ(lost, 0u) << "writes lost while registering";
-  for (ibv_mr *mr : mrs) EXPECT_EQ(0, ibv_dereg_mr(mr));
+  EXPECT_EQ(lost, 0u) << "writes lost while registering or deregistering";
   ::munmap(m, len);
 }
 
