@@ -150,7 +150,11 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   void term_sent_locked();    // the TERMINATE left: FIN, and end a lingering close
   void end_linger();          // cb_mu held: close the socket for good
   ssize_t send_frame_rest();  // one sendmsg() of the rest of frame_ (tx_mu held)
-  void fail_local_async();    // a local error: end the stream from the progress thread
+  // A local error: end the stream from the progress thread with the TERMINATE `t`.
+  void fail_local_async(const wire::TermInfo &t = {wire::TermLayer::Rdmap,
+                                                   wire::kRdmapLocalCatastrophic,
+                                                   wire::kRdmapUnspecified});
+  bool source_deregistered_locked();  // send_frame_rest() found a source MR deregistered
   // ---- rx (qp_rx.cpp)
   void arm_read();
   void rx_handler();  // progress thread: on_readable() under a try-lock of cb_mu

@@ -184,7 +184,9 @@ void IwarpConn::pump_locked() {
         wait_writable_locked();
         return;
       }
-      fail_from_tx(errno);
+      const int err = errno;
+      if (err == EFAULT && source_deregistered_locked()) return;
+      fail_from_tx(err);
       // Stop here: the failure handler on the progress thread ends the connection.
       term_sent_ = true;  // nothing more goes out on this stream
       return;
@@ -277,18 +279,38 @@ Opcode send_opcode(const SendWqe &w) {
 
 }  // namespace
 
-// A local error ends the stream (RDMAP local catastrophic error). Work posted behind it is
-// flushed, not transmitted (term_queued_), even before the progress thread has moved the QP
-// to ERROR; the transition runs there, never on the posting thread. tx_mu held.
-void IwarpConn::fail_local_async() {
+// A local error ends the stream (by default with an RDMAP local catastrophic error). Work
+// posted behind it is flushed, not transmitted (term_queued_), even before the progress
+// thread has moved the QP to ERROR; the transition runs there, never on the posting thread.
+// tx_mu held.
+void IwarpConn::fail_local_async(const TermInfo &t) {
   term_queued_ = true;
   auto self = shared_from_this();
-  Progress::instance().post([self] {
+  Progress::instance().post([self, t] {
     std::lock_guard cb(self->cb_mu_);
     if (self->closed_) return;
-    self->fail_terminate({TermLayer::Rdmap, kRdmapLocalCatastrophic, kRdmapUnspecified},
-                         IBV_WC_WR_FLUSH_ERR);
+    self->fail_terminate(t, IBV_WC_WR_FLUSH_ERR);
   });
+}
+
+// send_frame_rest() found a source MR of the current message deregistered (kMrDead is final,
+// so nothing of it is read again). Its work request fails with a local protection error; a
+// READ response whose source STag went away answers the peer's READ with the TERMINATE for
+// an invalid STag (RFC 5040 remote protection error). Between FPDUs the frame is dropped and
+// the TERMINATE goes out next; returns false in the middle of an FPDU, where the stream can
+// only be reset (the caller does that). tx_mu held.
+bool IwarpConn::source_deregistered_locked() {
+  ECA_QP_LOG(Info, qp_.qpn, "%s source deregistered under the message",
+             msg_.kind == TxMsg::Kind::ReadResponse ? "RDMA Read" : "work request");
+  if (msg_.kind == TxMsg::Kind::Wqe && !qp_detached_) qp_.sq_done(msg_.wqe, IBV_WC_LOC_PROT_ERR);
+  const bool read_response = msg_.kind == TxMsg::Kind::ReadResponse;
+  msg_ = TxMsg{};  // nothing more of it is framed
+  if (frame_.sent) return false;
+  frame_.active = false;
+  fail_local_async(read_response
+                       ? term_for_read_source(AccessError::InvalidStag)
+                       : TermInfo{TermLayer::Rdmap, kRdmapLocalCatastrophic, kRdmapUnspecified});
+  return true;
 }
 
 bool IwarpConn::start_wqe_locked(SendWqe *w) {

@@ -107,7 +107,14 @@ class Adapter {
  private:
   Adapter();
   void firmware_loop();
-  bool retire_stag_locked(uint32_t sidx, uint32_t key);
+  // A region whose last MR went away (fd -1: none did).
+  struct Retired {
+    uint64_t base = 0;
+    int fd = -1;
+    uint32_t gen = 0;
+  };
+  bool retire_stag_locked(uint32_t sidx, uint32_t key, Retired *retired = nullptr);
+  void revoke_retired(const Retired &r);  // the region's pages leave its memfd
   ctl::Reply serve(const ctl::Request &rq, const ctl::Server::Caller &who, std::vector<int> *fds);
 
   AdapterShm *shm_ = nullptr;
