@@ -506,6 +506,7 @@ void Adapter::unregister_mr(uint32_t key) {
 // Clears the STag entry (seq_cst: pairs with the peers' LinkSide::touching stores) and drops
 // the MR's share of its region. False if `key` is not registered. mu_ held.
 bool Adapter::retire_stag_locked(uint32_t sidx, uint32_t key) {
+  ECA_ASSERT_HELD(mu_);
   StagEntry &se = shm_->stags[sidx];
   uint32_t expect = key;
   if (!se.key.compare_exchange_strong(expect, 0, std::memory_order_seq_cst)) return false;

@@ -93,7 +93,7 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   boost::asio::ip::tcp::socket sock_;
   bool initiator_;
   std::recursive_mutex cb_mu_;  // held by progress/firmware handlers; taken by close()
-  std::mutex mu_;               // data path state; only try_lock from application threads
+  Mutex mu_;                    // data path state; only try_lock from application threads
   std::atomic<bool> ready_{false};
   std::atomic<bool> closed_{false};
   std::atomic<bool> failing_{false};

@@ -32,6 +32,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstddef>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -43,6 +44,7 @@
 #include <optional>
 #include <random>
 #include <set>
+#include <type_traits>
 #include <unordered_set>
 #include <vector>
 
@@ -75,13 +77,15 @@ struct Event {
   Id *child = nullptr;  // CONNECT_REQUEST: the new id (destroyed with the event if undelivered)
   uint8_t pdata[mpa::kMaxPrivateData]{};
 };
+static_assert(std::is_standard_layout_v<Event> && offsetof(Event, ev) == 0);  // ack_cm_event
 
 struct Channel {
   rdma_event_channel ch{};  // first; ch.fd = read end of the pipe
   int wfd = -1;
-  std::mutex mu;
+  Mutex mu;  // q
   std::deque<Event *> q;
 };
+static_assert(std::is_standard_layout_v<Channel> && offsetof(Channel, ch) == 0);  // chan_of
 
 enum class St : uint8_t {
   Idle,
@@ -157,6 +161,7 @@ struct Id {
   static Id *make();
   static void free(Id *id);
 };
+static_assert(std::is_standard_layout_v<Id> && offsetof(Id, id) == 0);  // Id::from
 
 std::mutex g_ids_mu;
 std::unordered_set<const rdma_cm_id *> g_ids;  // ids the application may hold (g_ids_mu)
@@ -472,6 +477,7 @@ int bind_socket(Core &c, const tcp::endpoint &want, tcp::endpoint *got) {
 // Events
 
 void chan_drain_locked(Channel *c) {
+  ECA_ASSERT_HELD(c->mu);
   char b;
   (void)!::read(c->ch.fd, &b, 1);
 }
