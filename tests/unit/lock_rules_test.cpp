@@ -100,25 +100,27 @@ TEST_F(LockRulesDeathTest, LockedFunctionWithoutItsLockAborts) {
       "sq_mu is not held");
 }
 
+// Another thread holds `m` while this one asserts it holds it: aborts there. The rest runs
+// only if the check is missing.
+void assert_while_another_thread_holds() {
+  eca::Mutex m;
+  std::atomic<bool> locked{false};
+  std::atomic<bool> release{false};
+  std::thread other([&] {
+    std::lock_guard g(m);
+    locked.store(true);
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (!release.load() && std::chrono::steady_clock::now() < end) std::this_thread::yield();
+  });
+  while (!locked.load()) std::this_thread::yield();
+  ECA_ASSERT_HELD(m);
+  release.store(true);
+  other.join();
+}
+
 TEST_F(LockRulesDeathTest, HeldByAnotherThreadIsNotHeld) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
-  EXPECT_DEATH(
-      {
-        eca::Mutex m;
-        std::atomic<bool> locked{false}, release{false};
-        std::thread other([&] {
-          std::lock_guard g(m);
-          locked.store(true);
-          const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-          while (!release.load() && std::chrono::steady_clock::now() < end)
-            std::this_thread::yield();
-        });
-        while (!locked.load()) std::this_thread::yield();
-        ECA_ASSERT_HELD(m);  // aborts here; the rest runs only if the check is missing
-        release.store(true);
-        other.join();
-      },
-      "m is not held by this thread");
+  EXPECT_DEATH(assert_while_another_thread_holds(), "m is not held by this thread");
 }
 
 #endif  // ECA_LOCK_CHECKS
