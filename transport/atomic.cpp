@@ -81,6 +81,7 @@ bool IwarpConn::rx_atomic_request() {
 // The atomic at the head of the IRQ: execute it now and make its response the current
 // message. tx_mu held. False if its MR was deregistered under it (the stream ends).
 bool IwarpConn::start_atomic_response_locked(IrqEntry &e) {
+  ECA_ASSERT_HELD(tx_mu_);
   uint64_t orig;
   {
     MrUse use;

@@ -133,6 +133,7 @@ void IwarpConn::tx_unblock_and_run() {
 
 // One non-blocking sendmsg() of what is left of the current frame.
 ssize_t IwarpConn::send_frame_rest() {
+  ECA_ASSERT_HELD(tx_mu_);
   MrUse use;  // the source MRs stay registered for this sendmsg(); a deregistered one ends it
   if (!use.enter(msg_.refs)) {
     errno = EFAULT;
@@ -161,6 +162,7 @@ ssize_t IwarpConn::send_frame_rest() {
 // Transmits until there is nothing to send or the socket is full. tx_mu held, by the owner
 // of the transmitter (kTxRunning).
 void IwarpConn::pump_locked() {
+  ECA_ASSERT_HELD(tx_mu_);
   while (!tx_stopped_locked()) {
     if (!frame_.active) {
       if (term_want_ && msg_.kind != TxMsg::Kind::Terminate) {
@@ -199,6 +201,7 @@ void IwarpConn::pump_locked() {
 // epoll reactor reports it edge-triggered, so an edge between our EAGAIN and the arming could
 // go unseen: after arming, a zero-timeout poll() catches that case.
 void IwarpConn::wait_writable_locked() {
+  ECA_ASSERT_HELD(tx_mu_);
   if (tx_state_.fetch_or(kTxBlocked | kTxArmed, std::memory_order_acq_rel) & kTxArmed) return;
   auto self = shared_from_this();
   auto arm = [self] {
@@ -233,6 +236,7 @@ void IwarpConn::wait_writable_locked() {
 // send queue in order, honouring ORD and fences.
 
 bool IwarpConn::next_message_locked() {
+  ECA_ASSERT_HELD(tx_mu_);
   if (term_queued_ || closed_) return false;  // the stream is ending: take no more work
   if (!irq_.empty() && !irq_active_) {
     IrqEntry &e = irq_.front();
@@ -314,6 +318,7 @@ bool IwarpConn::source_deregistered_locked() {
 }
 
 bool IwarpConn::start_wqe_locked(SendWqe *w) {
+  ECA_ASSERT_HELD(tx_mu_);
   msg_ = TxMsg{};
   msg_.kind = TxMsg::Kind::Wqe;
   msg_.wqe = w;
@@ -408,6 +413,7 @@ bool IwarpConn::start_wqe_locked(SendWqe *w) {
 
 // Frames the next FPDU of the current message into frame_.
 bool IwarpConn::build_frame_locked() {
+  ECA_ASSERT_HELD(tx_mu_);
   if (msg_.kind == TxMsg::Kind::None && !next_message_locked()) return false;
   const OpInfo &oi = kOps[static_cast<size_t>(msg_.op)];
   uint8_t *h = frame_.hdr.data();
@@ -514,6 +520,7 @@ bool IwarpConn::build_frame_locked() {
 }
 
 void IwarpConn::frame_sent_locked() {
+  ECA_ASSERT_HELD(tx_mu_);
   frame_.active = false;
   if (!frame_.last_of_msg) return;
   switch (msg_.kind) {
@@ -556,6 +563,7 @@ void IwarpConn::frame_sent_locked() {
 // bounded by term_timer_.
 
 void IwarpConn::term_sent_locked() {
+  ECA_ASSERT_HELD(tx_mu_);
   term_sent_ = true;
   ::shutdown(fd_, SHUT_WR);  // FIN after the TERMINATE: the peer reads it, then sees EOF
   if (lingering_) {

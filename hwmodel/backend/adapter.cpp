@@ -584,6 +584,7 @@ void Adapter::revoke_retired(const Retired &r) {
 // Clears the STag entry (seq_cst: pairs with the peers' LinkSide::touching stores) and drops
 // the MR's share of its region. False if `key` is not registered. mu_ held.
 bool Adapter::retire_stag_locked(uint32_t sidx, uint32_t key, Retired *retired) {
+  ECA_ASSERT_HELD(mu_);
   StagEntry &se = shm_->stags[sidx];
   uint32_t expect = key;
   if (!se.key.compare_exchange_strong(expect, 0, std::memory_order_seq_cst)) return false;

@@ -24,6 +24,7 @@
 
 #include "hwmodel/backend/ctl.hpp"
 #include "hwmodel/backend/shm_layout.hpp"
+#include "provider/core/mutex.hpp"
 
 namespace eca::hw {
 
@@ -130,7 +131,7 @@ class Adapter {
   std::map<std::string, Pending> pending_;  // by nonce
   std::multiset<uint32_t> proven_;          // pids with a live proven connection
   uint32_t pid_ = 0;
-  std::mutex mu_;  // regions and STags (control path)
+  Mutex mu_;  // regions and STags (control path)
   uint32_t next_gen_ = 1;
   std::mutex conns_mu_;
   std::vector<std::weak_ptr<HwConn>> conns_;  // served by the firmware thread

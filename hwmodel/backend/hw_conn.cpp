@@ -376,6 +376,7 @@ HwConn::FwResult HwConn::firmware_poll() {
 }
 
 bool HwConn::work_locked() {
+  ECA_ASSERT_HELD(mu_);
   if (closed_ || failing_) return false;
   bool did = tx_locked();
   did |= rx_locked();
@@ -386,6 +387,7 @@ bool HwConn::work_locked() {
 // Transmit
 
 Frame *HwConn::ring_slot_locked() {
+  ECA_ASSERT_HELD(mu_);
   const uint64_t head = out_->head.load(std::memory_order_acquire);
   if (out_tail_ - head >= kRingSlots) return nullptr;
   Frame *f = &out_->slots[out_tail_ & kRingMask];
@@ -394,6 +396,7 @@ Frame *HwConn::ring_slot_locked() {
 }
 
 void HwConn::ring_publish_locked() {
+  ECA_ASSERT_HELD(mu_);
   // seq_cst pairs with cq_armed(): either we see the peer's interrupt request, or the peer
   // sees this frame when it checks after arming.
   tsan::release(tsan_key_);
@@ -404,6 +407,7 @@ void HwConn::ring_publish_locked() {
 }
 
 void HwConn::send_terminate_locked(WireError why) {
+  ECA_ASSERT_HELD(mu_);
   if (Frame *f = ring_slot_locked()) {
     f->type = (uint32_t)FrameType::Terminate;
     f->status = (uint32_t)why;
@@ -414,6 +418,7 @@ void HwConn::send_terminate_locked(WireError why) {
 }
 
 bool HwConn::tx_locked() {
+  ECA_ASSERT_HELD(mu_);
   bool did = false;
   // Take what was posted; in paced mode each message enters the modeled pipeline now: it
   // starts when the path is free and completes one message latency later.
@@ -542,6 +547,7 @@ int HwConn::remote_copy(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t nee
 }
 
 bool HwConn::exec_wqe_locked(SendWqe *w) {
+  ECA_ASSERT_HELD(mu_);
   if (mw_is_local_op(w->opcode)) {  // memory-window bind / invalidation: no frame
     if (mw_execute_wqe(qp_, w)) return true;
     send_terminate_locked(WireError::Ended);
@@ -678,12 +684,14 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
 // visible means: once our application can see the message, the peer's adapter can see that
 // it was placed, whatever we do next (close, disconnect, exit).
 void HwConn::ack_placed_locked() {
+  ECA_ASSERT_HELD(mu_);
   link_->side[side_].placed.store(++placed_, std::memory_order_seq_cst);
   if (link_->side[1 - side_].want_intr.load(std::memory_order_seq_cst))
     Adapter::kick_peer(peer_->bell());
 }
 
 bool HwConn::harvest_acks_locked() {
+  ECA_ASSERT_HELD(mu_);
   const uint64_t placed = link_->side[1 - side_].placed.load(std::memory_order_acquire);
   uint64_t seen = acked_seen_.load(std::memory_order_relaxed);
   if (placed == seen) return false;
@@ -713,6 +721,7 @@ bool HwConn::acks_pending() const {
 }
 
 bool HwConn::rx_locked() {
+  ECA_ASSERT_HELD(mu_);
   bool did = harvest_acks_locked();
   uint64_t head = in_->head.load(std::memory_order_relaxed);
   while (!failing_) {
@@ -735,6 +744,7 @@ bool HwConn::rx_locked() {
 }
 
 bool HwConn::handle_frame_locked(const Frame &f) {
+  ECA_ASSERT_HELD(mu_);
   switch (static_cast<FrameType>(f.type)) {
     case FrameType::Send:
     case FrameType::Immediate: {

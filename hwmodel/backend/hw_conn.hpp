@@ -100,7 +100,7 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   // free the Qp next. A close() on the progress thread that sees it set is nested inside that
   // very call (progress handlers run one at a time) and does not wait.
   std::atomic<bool> upcall_{false};
-  std::mutex mu_;               // data path state; only try_lock from application threads
+  Mutex mu_;                    // data path state; only try_lock from application threads
   std::atomic<bool> ready_{false};
   std::atomic<bool> closed_{false};
   std::atomic<bool> failing_{false};

@@ -40,9 +40,11 @@
 #include <mutex>
 #include <optional>
 #include <set>
+#include <type_traits>
 #include <vector>
 
 #include "provider/core/log.hpp"
+#include "provider/core/mutex.hpp"
 #include "provider/core/objects.hpp"
 #include "transport/llp.hpp"
 #include "transport/mpa_cm.hpp"
@@ -69,13 +71,15 @@ struct Event {
   Id *child = nullptr;  // CONNECT_REQUEST: the new id (destroyed with the event if undelivered)
   uint8_t pdata[mpa::kMaxPrivateData]{};
 };
+static_assert(std::is_standard_layout_v<Event> && offsetof(Event, ev) == 0);  // ack_cm_event
 
 struct Channel {
   rdma_event_channel ch{};  // first; ch.fd = read end of the pipe
   int wfd = -1;
-  std::mutex mu;
+  Mutex mu;  // q
   std::deque<Event *> q;
 };
+static_assert(std::is_standard_layout_v<Channel> && offsetof(Channel, ch) == 0);  // chan_of
 
 enum class St : uint8_t {
   Idle,
@@ -165,6 +169,7 @@ struct Id {
   static Id *make();
   static void free(Id *id);
 };
+static_assert(std::is_standard_layout_v<Id> && offsetof(Id, id) == 0);  // Id::from
 
 // Runs f on the progress thread and returns its result; a system error thrown by Boost.Asio
 // (out of descriptors: EMFILE) becomes its errno, other exceptions EIO.
