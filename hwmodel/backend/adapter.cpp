@@ -253,6 +253,23 @@ int open_uffd(uint64_t features = 0) {
   return fd;
 }
 
+// A userfaultfd with `features` watching [start, start+size) in `mode` (*uffd), or an errno
+// (ENOTSUP: no userfaultfd with those features).
+int open_uffd_on(uint64_t start, uint64_t size, uint64_t features, uint64_t mode, int *uffd) {
+  *uffd = open_uffd(features);
+  if (*uffd < 0) return ENOTSUP;
+  uffdio_register reg{};
+  reg.range.start = start;
+  reg.range.len = size;
+  reg.mode = mode;
+  if (::ioctl(*uffd, UFFDIO_REGISTER, &reg) != 0) {
+    const int e = errno;
+    ::close(*uffd);
+    return e;
+  }
+  return 0;
+}
+
 // Moves the contents of the private anonymous, writable pages [start, start+size) (made of
 // the mappings `vmas`) into the memfd `fd` and maps the memfd there in their place, without
 // losing a write of a concurrent thread:
@@ -264,17 +281,8 @@ int open_uffd(uint64_t features = 0) {
 // Every write made before step 2 is in the moved pages; every write after it waits for step 4.
 // Returns 0, or an errno with the range unchanged.
 int reback_race_free(uint64_t start, uint64_t size, const std::vector<Vma> &vmas, int fd) {
-  const int uffd = open_uffd();
-  if (uffd < 0) return ENOTSUP;
-  uffdio_register reg{};
-  reg.range.start = start;
-  reg.range.len = size;
-  reg.mode = UFFDIO_REGISTER_MODE_MISSING;
-  if (::ioctl(uffd, UFFDIO_REGISTER, &reg) != 0) {
-    int e = errno;
-    ::close(uffd);
-    return e;
-  }
+  int uffd;
+  if (int rc = open_uffd_on(start, size, 0, UFFDIO_REGISTER_MODE_MISSING, &uffd)) return rc;
   void *view = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   int rc = view == MAP_FAILED ? errno : 0;
   struct Moved {
@@ -328,17 +336,10 @@ int reback_race_free(uint64_t start, uint64_t size, const std::vector<Vma> &vmas
 // unchanged (a kernel without minor faults on shmem: ENOTSUP).
 int unback_race_free(uint64_t start, uint64_t size, int fd) {
 #ifdef UFFD_FEATURE_MINOR_SHMEM
-  const int uffd = open_uffd(UFFD_FEATURE_MINOR_SHMEM);
-  if (uffd < 0) return ENOTSUP;
-  uffdio_register reg{};
-  reg.range.start = start;
-  reg.range.len = size;
-  reg.mode = UFFDIO_REGISTER_MODE_MINOR;
-  if (::ioctl(uffd, UFFDIO_REGISTER, &reg) != 0) {
-    const int e = errno;
-    ::close(uffd);
-    return e;
-  }
+  int uffd;
+  if (int rc = open_uffd_on(start, size, UFFD_FEATURE_MINOR_SHMEM, UFFDIO_REGISTER_MODE_MINOR,
+                            &uffd))
+    return rc;
   void *fresh = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   void *view = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
   int rc = fresh == MAP_FAILED || view == MAP_FAILED ? errno : 0;

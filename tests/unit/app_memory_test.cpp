@@ -62,16 +62,22 @@ int connect_parent(int in_fd, Client &c, std::vector<uint8_t> *pdata, uint8_t *r
   return 0;
 }
 
+// connect_parent, then the parent's Offer from the accept's private data. 0 or an exit code.
+int connect_for_offer(int in_fd, Client &c, Offer *o) {
+  std::vector<uint8_t> pdata;
+  if (int rc = connect_parent(in_fd, c, &pdata)) return rc;
+  if (pdata.size() < sizeof(Offer)) return 20;
+  std::memcpy(o, pdata.data(), sizeof *o);
+  return 0;
+}
+
 // Does what the offer asks (READ, then WRITE) and reports each completion status on the
 // pipe (one byte each; a READ's bytes follow its status). Stays connected until the parent
 // says 'Q'.
 int child_accessor(int in_fd, int out_fd) {
   Client c;
-  std::vector<uint8_t> pdata;
-  if (int rc = connect_parent(in_fd, c, &pdata)) return rc;
-  if (pdata.size() < sizeof(Offer)) return 20;
   Offer o;
-  std::memcpy(&o, pdata.data(), sizeof o);
+  if (int rc = connect_for_offer(in_fd, c, &o)) return rc;
   std::vector<uint8_t> buf(o.len);
   ibv_mr *mr = ibv_reg_mr(c.pd, buf.data(), buf.size(), IBV_ACCESS_LOCAL_WRITE);
   if (!mr) return 21;
@@ -114,11 +120,8 @@ int child_receive_and_exit(int in_fd, int out_fd) {
 // smaller than a page, so these are the parent's), reports how many, and waits for 'Q'.
 int child_stale_writer(int in_fd, int out_fd) {
   Client c;
-  std::vector<uint8_t> pdata;
-  if (int rc = connect_parent(in_fd, c, &pdata)) return rc;
-  if (pdata.size() < sizeof(Offer)) return 20;
   Offer o;
-  std::memcpy(&o, pdata.data(), sizeof o);
+  if (int rc = connect_for_offer(in_fd, c, &o)) return rc;
   alignas(64) static uint8_t buf[64];
   ibv_mr *mr = ibv_reg_mr(c.pd, buf, sizeof buf, IBV_ACCESS_LOCAL_WRITE);
   if (!mr) return 21;

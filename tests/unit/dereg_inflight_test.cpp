@@ -19,42 +19,9 @@ namespace {
 
 constexpr size_t kSrcLen = 8u << 20;
 
-struct PeerInfo {
-  uint64_t addr;
-  uint32_t rkey;
-  uint32_t len;
-};
-
-// Child: accepts the parent's connection, offers kSrcLen bytes of pattern for RDMA READ, and
-// idles (its progress thread answers) until killed. Exit codes tell the parent what failed.
+// Child: offers kSrcLen bytes of pattern for RDMA READ and idles until killed.
 int child_read_source(int /*in_fd*/, int out_fd) {
-  rdma_event_channel *ch = rdma_create_event_channel();
-  rdma_cm_id *lid = nullptr, *id = nullptr;
-  if (!ch || rdma_create_id(ch, &lid, nullptr, RDMA_PS_TCP)) return 30;
-  sockaddr_in a = loopback_addr(0);
-  if (rdma_bind_addr(lid, reinterpret_cast<sockaddr *>(&a)) || rdma_listen(lid, 4)) return 31;
-  uint16_t port = ntohs(rdma_get_src_port(lid));
-  if (::write(out_fd, &port, sizeof port) != (ssize_t)sizeof port) return 32;
-  if (!wait_cm_event(ch, RDMA_CM_EVENT_CONNECT_REQUEST, kTimeoutMs, &id)) return 33;
-  ibv_pd *pd = nullptr;
-  ibv_cq *cq = nullptr;
-  if (!make_rc_qp(id, 16, &pd, &cq)) return 34;
-  auto *src = static_cast<uint8_t *>(std::malloc(kSrcLen));
-  fill_pattern(src, kSrcLen, 7);
-  ibv_mr *mr = ibv_reg_mr(pd, src, kSrcLen, IBV_ACCESS_REMOTE_READ);
-  if (!mr) return 36;
-  PeerInfo pi{(uint64_t)(uintptr_t)src, mr->rkey, (uint32_t)kSrcLen};
-  rdma_conn_param cp{};
-  cp.initiator_depth = cp.responder_resources = 16;
-  cp.private_data = &pi;
-  cp.private_data_len = sizeof pi;
-  if (rdma_accept(id, &cp)) return 37;
-  if (!wait_cm_event(ch, RDMA_CM_EVENT_ESTABLISHED)) return 38;
-  char s = 'S';
-  if (::write(out_fd, &s, 1) != 1) return 39;
-  auto deadline = Clock::now() + std::chrono::seconds(60);
-  while (Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  return 40;
+  return serve_region_until_killed(out_fd, kSrcLen, IBV_ACCESS_REMOTE_READ, 7);
 }
 
 const int kChildRole = run_child_role({{"read_source", child_read_source}});
@@ -103,15 +70,9 @@ TEST_P(DeregInflight, ReadSinkDeregisteredBeforeResponse) {
   uint16_t port = 0;
   ASSERT_TRUE(read_full(child.from_child, &port, sizeof port, kTimeoutMs))
       << "child did not listen: " << child.describe();
-  rdma_event_channel *ch = rdma_create_event_channel();
-  ASSERT_NE(ch, nullptr);
+  rdma_event_channel *ch = nullptr;
   rdma_cm_id *id = nullptr;
-  ASSERT_EQ(0, rdma_create_id(ch, &id, nullptr, RDMA_PS_TCP));
-  sockaddr_in d = loopback_addr(port);
-  ASSERT_EQ(0, rdma_resolve_addr(id, nullptr, reinterpret_cast<sockaddr *>(&d), 2000));
-  ASSERT_TRUE(wait_cm_event(ch, RDMA_CM_EVENT_ADDR_RESOLVED));
-  ASSERT_EQ(0, rdma_resolve_route(id, 2000));
-  ASSERT_TRUE(wait_cm_event(ch, RDMA_CM_EVENT_ROUTE_RESOLVED));
+  ASSERT_TRUE(resolve_loopback(port, &ch, &id));
   ibv_pd *pd = nullptr;
   ibv_cq *cq = nullptr;
   ASSERT_TRUE(make_rc_qp(id, 16, &pd, &cq));
