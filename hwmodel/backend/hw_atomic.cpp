@@ -18,6 +18,7 @@ namespace eca::hw {
 namespace eng = eca::engine;
 
 Step HwConn::exec_atomic_locked(SendWqe *wqe) {
+  ECA_ASSERT_HELD(mu_);
   if (qp_.ord == 0) {  // the peer accepts no READs or atomics (IRD 0)
     ECA_QP_LOG(Warn, qp_.qpn, "atomic posted on a connection with ORD 0");
     return fail_wqe_locked(wqe, IBV_WC_LOC_QP_OP_ERR);
@@ -57,6 +58,7 @@ Step HwConn::exec_atomic_locked(SendWqe *wqe) {
 
 // The target's side. Retry: no room for the response yet (the frame is handled again).
 Step HwConn::handle_atomic_request_locked(const Frame &f) {
+  ECA_ASSERT_HELD(mu_);
   AtomicBody b;
   std::memcpy(&b, f.data, sizeof b);
   if (f.len != sizeof b ||
@@ -90,6 +92,7 @@ Step HwConn::handle_atomic_request_locked(const Frame &f) {
 }
 
 Step HwConn::handle_atomic_response_locked(const Frame &f) {
+  ECA_ASSERT_HELD(mu_);
   if (await_atomic_.empty() || f.len != sizeof(AtomicBody)) {
     ECA_QP_LOG(Warn, qp_.qpn, "unexpected atomic response from the peer");
     return terminate_locked(WireError::Protocol);
