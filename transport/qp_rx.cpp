@@ -28,9 +28,12 @@ constexpr size_t kPollBudget = 256u << 10;   // bytes per ibv_poll_cq() call tha
 constexpr size_t kDirectMin = 2048;          // payload left that is worth a direct recv
 constexpr auto kParkTick = std::chrono::milliseconds(1);
 // A poller that found the socket empty looks again no sooner than this, unless the read wait
-// reports readiness first: it bounds the empty recv() calls of a busy poller, and the delay a
-// message sees when the progress thread is not scheduled (a loaded machine) and the poller is.
+// reports readiness first; each further empty look doubles the gap, up to the maximum, and
+// data received resets it. That bounds the empty recv() calls of a busy poller (a few per
+// message), and the delay a message sees when the progress thread is not scheduled (a loaded
+// machine) but the poller is.
 constexpr int64_t kPollRecvGapNs = 20'000;
+constexpr int64_t kPollRecvGapMaxNs = 320'000;
 constexpr auto kTermLinger = std::chrono::seconds(1);  // a closed QP waits this long for its TERMINATE
 
 
@@ -155,9 +158,9 @@ void IwarpConn::start() {
 // the setter is that same thread.
 //
 // rx_idle_until_ spares busy polls their empty recv() calls: the thread whose recv() found
-// the socket empty (EAGAIN, or a short read) stores now + kPollRecvGapNs (relaxed, under
-// cb_mu); the read wait's completion stores 0 when it reports readiness. A poller leaves the
-// socket alone until that time. It is a hint only: progress is guaranteed by the progress
+// the socket empty (EAGAIN, or a short read) stores now + rx_idle_gap_ (relaxed, under cb_mu;
+// see kPollRecvGapNs); the read wait's completion stores 0 when it reports readiness. A
+// poller leaves the socket alone until that time. It is a hint only: progress is guaranteed by the progress
 // thread's read wait (armed whenever the progress thread stopped on an empty socket) or an
 // rx_handler() that is due, never by a poller.
 
@@ -291,6 +294,7 @@ bool IwarpConn::rx_process(size_t budget) {
       if (closed_ || ended_) return false;
       if (n > 0) {
         done += (size_t)n;
+        rx_idle_gap_ = kPollRecvGapNs;
         continue;
       }
     } else {
@@ -300,6 +304,7 @@ bool IwarpConn::rx_process(size_t budget) {
       if (n > 0) {
         rx_.buf_end = (size_t)n;
         done += (size_t)n;
+        rx_idle_gap_ = kPollRecvGapNs;
         empty = (size_t)n < want;
         continue;
       }
@@ -323,7 +328,9 @@ bool IwarpConn::rx_process(size_t budget) {
 // nothing: the progress thread's read wait is still armed, or an rx_handler() is due (see
 // "Hand-back"). The progress thread arms it before its reactor looks for edges again.
 bool IwarpConn::rx_would_block() {
-  rx_idle_until_.store(now_ns() + kPollRecvGapNs, std::memory_order_relaxed);
+  const int64_t gap = rx_idle_gap_ ? rx_idle_gap_ : kPollRecvGapNs;  // 0: nothing received yet
+  rx_idle_until_.store(now_ns() + gap, std::memory_order_relaxed);
+  rx_idle_gap_ = std::min(2 * gap, kPollRecvGapMaxNs);
   if (Progress::instance().on_progress_thread()) arm_read();
   return false;
 }
