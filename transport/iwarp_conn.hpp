@@ -227,8 +227,6 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   boost::asio::steady_timer term_timer_;  // bounds a close that lingers for its TERMINATE
   // The receive hand-off (qp_rx.cpp, "Hand-back", has the protocol).
   std::atomic<bool> rx_pending_{false};  // readable, but cb_mu was held: the holder takes over
-  std::atomic<int64_t> rx_idle_until_{0};  // found empty: pollers skip recv() until (ns)
-  int64_t rx_idle_gap_ = 0;  // the next empty look's gap (ns, cb_mu; qp_rx.cpp sets it)
 };
 
 class IwarpEngine final : public QpEngine {

@@ -27,21 +27,8 @@ constexpr size_t kRxBudget = 4u << 20;       // bytes per handler run before yie
 constexpr size_t kPollBudget = 256u << 10;   // bytes per ibv_poll_cq() call that receives
 constexpr size_t kDirectMin = 2048;          // payload left that is worth a direct recv
 constexpr auto kParkTick = std::chrono::milliseconds(1);
-// A poller that found the socket empty looks again no sooner than this, unless the read wait
-// reports readiness first; each further empty look doubles the gap, up to the maximum, and
-// data received resets it. That bounds the empty recv() calls of a busy poller (a few per
-// message), and the delay a message sees when the progress thread is not scheduled (a loaded
-// machine) but the poller is.
-constexpr int64_t kPollRecvGapNs = 20'000;
-constexpr int64_t kPollRecvGapMaxNs = 320'000;
 constexpr auto kTermLinger = std::chrono::seconds(1);  // a closed QP waits this long for its TERMINATE
 
-
-int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
 
 // Copies n bytes into the segment list `t` starting at byte offset `off`.
 void scatter(const std::vector<iovec> &t, uint64_t off, const uint8_t *src, size_t n) {
@@ -157,19 +144,17 @@ void IwarpConn::start() {
 // nothing receives. Progress-thread holders (timers, posted handlers) never meet a setter:
 // the setter is that same thread.
 //
-// rx_idle_until_ spares busy polls their empty recv() calls: the thread whose recv() found
-// the socket empty (EAGAIN, or a short read) stores now + rx_idle_gap_ (relaxed, under cb_mu;
-// see kPollRecvGapNs); the read wait's completion stores 0 when it reports readiness. A
-// poller leaves the socket alone until that time. It is a hint only: progress is guaranteed by the progress
-// thread's read wait (armed whenever the progress thread stopped on an empty socket) or an
-// rx_handler() that is due, never by a poller.
+// A busy poller still calls recv() once per poll while it waits (a poller that skipped the
+// socket until the read wait reported readiness made the progress thread pace the receive:
+// on a loaded machine, where it is not scheduled promptly, 4 MiB ib_send_bw fell to a
+// quarter). What it no longer does is end each receive run with an EAGAIN: a short recv()
+// already says the socket is empty (rx_would_block()).
 
 void IwarpConn::arm_read() {
   auto self = shared_from_this();
   sock_.async_wait(boost::asio::ip::tcp::socket::wait_read,
                    [self](const boost::system::error_code &ec) {
                      if (ec == boost::asio::error::operation_aborted) return;
-                     self->rx_idle_until_.store(0, std::memory_order_relaxed);
                      self->rx_handler();
                    });
 }
@@ -220,8 +205,7 @@ void IwarpConn::on_readable() {
 // for socket room, and receives and places what has arrived, itself, instead of waiting for
 // the progress thread to be scheduled. Never blocks: cb_mu is only tried (when the progress
 // thread or another poller is receiving, they do it). System calls: none for transmission
-// unless the socket was full; recv() only when data may be due (rx_expected()) and the
-// socket was not found empty shortly before (rx_idle_until_).
+// unless the socket was full; one recv() when data may be due (rx_expected()).
 void IwarpConn::poll_progress() {
   if (tx_state_.load(std::memory_order_relaxed) & kTxBlocked) {
     if (closed_) return;
@@ -229,8 +213,6 @@ void IwarpConn::poll_progress() {
   }
   if (closed_.load(std::memory_order_relaxed) || rx_.parked.load(std::memory_order_relaxed) ||
       !rx_expected())
-    return;
-  if (const int64_t idle = rx_idle_until_.load(std::memory_order_relaxed); idle && now_ns() < idle)
     return;
   std::unique_lock cb(cb_mu_, std::try_to_lock);
   if (!cb.owns_lock()) return;
@@ -294,7 +276,6 @@ bool IwarpConn::rx_process(size_t budget) {
       if (closed_ || ended_) return false;
       if (n > 0) {
         done += (size_t)n;
-        rx_idle_gap_ = kPollRecvGapNs;
         continue;
       }
     } else {
@@ -304,7 +285,6 @@ bool IwarpConn::rx_process(size_t budget) {
       if (n > 0) {
         rx_.buf_end = (size_t)n;
         done += (size_t)n;
-        rx_idle_gap_ = kPollRecvGapNs;
         empty = (size_t)n < want;
         continue;
       }
@@ -328,9 +308,6 @@ bool IwarpConn::rx_process(size_t budget) {
 // nothing: the progress thread's read wait is still armed, or an rx_handler() is due (see
 // "Hand-back"). The progress thread arms it before its reactor looks for edges again.
 bool IwarpConn::rx_would_block() {
-  const int64_t gap = rx_idle_gap_ ? rx_idle_gap_ : kPollRecvGapNs;  // 0: nothing received yet
-  rx_idle_until_.store(now_ns() + gap, std::memory_order_relaxed);
-  rx_idle_gap_ = std::min(2 * gap, kPollRecvGapMaxNs);
   if (Progress::instance().on_progress_thread()) arm_read();
   return false;
 }
