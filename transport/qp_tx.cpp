@@ -303,6 +303,7 @@ void IwarpConn::fail_local_async(const TermInfo &t) {
 // the TERMINATE goes out next; returns false in the middle of an FPDU, where the stream can
 // only be reset (the caller does that). tx_mu held.
 bool IwarpConn::source_deregistered_locked() {
+  ECA_ASSERT_HELD(tx_mu_);
   ECA_QP_LOG(Info, qp_.qpn, "%s source deregistered under the message",
              msg_.kind == TxMsg::Kind::ReadResponse ? "RDMA Read" : "work request");
   if (msg_.kind == TxMsg::Kind::Wqe && !qp_detached_) qp_.sq_done(msg_.wqe, IBV_WC_LOC_PROT_ERR);

@@ -105,16 +105,17 @@ const char *st_name(St s);
 // Whether the transition table (conn.cpp, kNext) lets a connection go from `from` to `to`.
 bool transition_allowed(St from, St to);
 
-// Builds with assertions (the project's RelWithDebInfo, debug and sanitizer builds: no NDEBUG)
-// stop at a transition the table does not list.
-#ifdef NDEBUG
-inline constexpr bool kCheckTransitions = false;
-#else
+// Checked builds (Debug and sanitizer builds: ECA_LOCK_CHECKS, see CMakeLists.txt) stop at a
+// transition the table does not list. The library users run (RelWithDebInfo) never stops the
+// application for it: the move is logged and refused.
+#if ECA_LOCK_CHECKS
 inline constexpr bool kCheckTransitions = true;
+#else
+inline constexpr bool kCheckTransitions = false;
 #endif
 
 // Every state change of a Core goes through here (progress thread). A move the table does not
-// list is logged (Error) and asserted; in a build without assertions (NDEBUG) the state stays
+// list is logged (Error) and, in checked builds, aborts; otherwise the state stays
 // as it was and false lets the caller fail cleanly (an API call returns EINVAL, an
 // asynchronous path ends the attempt with CONNECT_ERROR).
 bool transition(Core &c, St to);

@@ -122,9 +122,9 @@ const std::vector<std::pair<St, St>> kIllegal = {
     {St::Established, St::Connecting}, {St::Disconnecting, St::Established},
 };
 
-// With assertions (the default RelWithDebInfo build, debug and sanitizer builds) the process
-// stops after the log line naming the move; without (NDEBUG) the move is logged and refused and
-// the state stays as it was.
+// In checked builds (Debug, sanitizers: ECA_LOCK_CHECKS) the process stops after the log line
+// naming the move; otherwise (the library users run) the move is logged and refused and the
+// state stays as it was.
 TEST(CmState, IllegalMovesAreRefused) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   for (auto [from, to] : kIllegal) {
