@@ -2,12 +2,15 @@
 // over its TCP socket. qp_tx.cpp holds the transmit direction, qp_rx.cpp the receive one.
 //
 // Concurrency:
-//  - cb_mu (recursive) is held by every progress-thread handler that may call into the Qp;
-//    close() takes it, so once close() returns no handler runs against the Qp any more.
-//    It is recursive because a handler's error path reaches Qp::enter_error() -> close().
+//  - cb_mu is held by every progress-thread handler that may call into the Qp; close()
+//    takes it, so once close() returns no handler runs against the Qp any more. It is not
+//    recursive: the one path that comes back into close() with it held (report_end() ->
+//    Qp::llp_ended() -> close()) is marked by in_report_, and close() then does not lock.
 //  - rx state is touched only under cb_mu: by the progress thread, or by an application
-//    thread polling one of the QP's CQs, which only try-locks it (poll_progress()). The
-//    end of a connection found by a polling thread is reported from the progress thread.
+//    thread polling one of the QP's CQs, which only try-locks it (poll_progress()). When the
+//    progress thread finds it held, it hands the receive work to the holder (rx_pending_,
+//    qp_rx.cpp "Hand-back"). The end of a connection found by a polling thread is reported
+//    from the progress thread.
 //  - tx_mu guards the transmit state, the ORQ and the IRQ. The thread that owns the
 //    transmitter (tx_state_ kTxRunning: a poster, a poller or the progress thread) holds it
 //    while it pumps; the receive side takes it briefly for the ORQ/IRQ.
@@ -161,9 +164,11 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   bool source_deregistered_locked();  // send_frame_rest() found a source MR deregistered
   // ---- rx (qp_rx.cpp)
   void arm_read();
-  void rx_handler();  // progress thread: on_readable() under a try-lock of cb_mu
+  void rx_handler();  // progress thread: on_readable() under a try-lock of cb_mu, or hand back
+  void rx_unlock(std::unique_lock<Mutex> &cb, bool more);  // a poller lets go of cb_mu
   void on_readable();
   bool rx_process(size_t budget);       // false: stop (closed, parked, or would block)
+  bool rx_would_block();                // the socket is empty: false, the read wait armed
   bool rx_header_complete();
   bool rx_begin_payload();
   void rx_place(const uint8_t *src, size_t n);
@@ -183,6 +188,8 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   // thread the report is deferred to the progress thread).
   void fail_llp(LlpEnd why, ibv_wc_status sq_status);
   void report_end(LlpEnd why, ibv_wc_status sq_status);  // progress thread, cb_mu held
+  void close_locked(bool graceful);  // cb_mu held
+  void close_finish_locked(bool linger);  // progress thread, cb_mu held
   void fail_from_tx(int err);  // tx path error from any thread: deferred to the progress thread
 
   Qp &qp_;
@@ -193,7 +200,8 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   Rtr rtr_recv_;           // RFC 6581 RTR still to be consumed (responder, p2p mode)
   uint32_t fpdu_payload_;
   const uint32_t qpn_;     // for log lines after close (the Qp may be gone by then)
-  std::recursive_mutex cb_mu_;
+  Mutex cb_mu_;
+  bool in_report_ = false;  // report_end() is calling into the Qp (progress thread only)
   std::atomic<bool> closed_{false};
   std::atomic<bool> lingering_{false};  // closed, but a queued TERMINATE is still going out
   bool qp_detached_ = false;  // close() took tx_mu: the transmitter leaves the Qp alone (tx_mu)
@@ -225,7 +233,8 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   RxState rx_;
   boost::asio::steady_timer park_timer_;
   boost::asio::steady_timer term_timer_;  // bounds a close that lingers for its TERMINATE
-  boost::asio::steady_timer rx_retry_timer_;  // progress thread only: a poller held cb_mu
+  // The receive hand-off (qp_rx.cpp, "Hand-back", has the protocol).
+  std::atomic<bool> rx_pending_{false};  // readable, but cb_mu was held: the holder takes over
 };
 
 using IwarpEngine = engine::ConnEngine<IwarpConn>;

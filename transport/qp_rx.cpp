@@ -29,7 +29,6 @@ constexpr size_t kRxBudget = 4u << 20;       // bytes per handler run before yie
 constexpr size_t kPollBudget = 256u << 10;   // bytes per ibv_poll_cq() call that receives
 constexpr size_t kDirectMin = 2048;          // payload left that is worth a direct recv
 constexpr auto kParkTick = std::chrono::milliseconds(1);
-constexpr auto kRxRetry = std::chrono::microseconds(50);  // a poller holds the receive side
 constexpr auto kTermLinger = std::chrono::seconds(1);  // a closed QP waits this long for its TERMINATE
 
 
@@ -96,6 +95,38 @@ void IwarpConn::start() {
   });
 }
 
+// ---------------------------------------------------------------------------------------------
+// Hand-back: who receives.
+//
+// The receive side belongs to whoever holds cb_mu: the progress thread, woken by the read wait
+// (arm_read()) or by a posted rx_handler(), or an application thread in ibv_poll_cq()
+// (poll_progress()), which only try-locks it. The progress thread never waits for a poller
+// (that would stall every other connection) and never retries on a timer: when its try-lock
+// fails it hands the work to the holder through rx_pending_.
+//  - Setter, the progress thread only (rx_handler()): rx_pending_.store(true), a seq_cst
+//    fence, one more try-lock of cb_mu. Got it: it clears rx_pending_ and receives itself.
+//    Else it returns; the holder has the work.
+//  - Holder, a polling thread (rx_unlock()): before it unlocks, exchange(false) of
+//    rx_pending_; if it was set, it drains the socket itself (rx_process()) and posts
+//    rx_handler(), which re-arms the read wait (the wait fired for the hand-back and only the
+//    progress thread arms it: its reactor runs between its handlers, so an edge between its
+//    EAGAIN and its arming is not missed). Then it unlocks, a seq_cst fence, and loads
+//    rx_pending_: still clear, done; set, it try-locks cb_mu again and repeats (a failed
+//    try-lock means a new holder, which runs the same check before it lets go).
+// No lost wake-up: the two fences are totally ordered. If the setter's comes first, the
+// holder's load after its unlock sees rx_pending_ set (or already cleared by a thread that
+// took the work over); if the holder's comes first, the setter's second try-lock sees cb_mu
+// released. A flag left set by a race costs one redundant rx_handler() run, nothing else.
+// close() holds cb_mu from an application thread too but takes no hand-back: after it,
+// nothing receives. Progress-thread holders (timers, posted handlers) never meet a setter:
+// the setter is that same thread.
+//
+// A busy poller still calls recv() once per poll while it waits (a poller that skipped the
+// socket until the read wait reported readiness made the progress thread pace the receive:
+// on a loaded machine, where it is not scheduled promptly, 4 MiB ib_send_bw fell to a
+// quarter). What it no longer does is end each receive run with an EAGAIN: a short recv()
+// already says the socket is empty (rx_would_block()).
+
 void IwarpConn::arm_read() {
   auto self = shared_from_this();
   sock_.async_wait(boost::asio::ip::tcp::socket::wait_read,
@@ -105,21 +136,36 @@ void IwarpConn::arm_read() {
                    });
 }
 
-// Progress thread: receives, unless a polling application thread holds cb_mu (it is
-// receiving, and may have been preempted while at it). The progress thread never waits for an
-// application thread, which would stall every other connection: it comes back shortly.
+// Progress thread: receives, or hands the work to the polling thread that holds cb_mu.
 void IwarpConn::rx_handler() {
   std::unique_lock cb(cb_mu_, std::try_to_lock);
   if (!cb.owns_lock()) {
-    auto self = shared_from_this();
-    rx_retry_timer_.expires_after(kRxRetry);
-    rx_retry_timer_.async_wait([self](const boost::system::error_code &ec) {
-      if (!ec) self->rx_handler();
-    });
-    return;
+    rx_pending_.store(true, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (!cb.try_lock()) return;  // the holder takes over (rx_unlock())
+    rx_pending_.store(false, std::memory_order_relaxed);
   }
   if (closed_ || ended_ || rx_.parked) return;
   on_readable();
+}
+
+// A polling thread lets go of cb_mu, taking over what the progress thread handed back
+// meanwhile. `more`: its rx_process() stopped on the budget with bytes left.
+void IwarpConn::rx_unlock(std::unique_lock<Mutex> &cb, bool more) {
+  for (;;) {
+    if (rx_pending_.exchange(false, std::memory_order_acq_rel)) {
+      if (!closed_ && !ended_ && !rx_.parked) rx_process(kPollBudget);
+      more = true;  // the progress thread re-arms the read wait
+    }
+    cb.unlock();
+    if (more) {
+      auto self = shared_from_this();
+      Progress::instance().post([self] { self->rx_handler(); });
+      more = false;
+    }
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (!rx_pending_.load(std::memory_order_relaxed) || !cb.try_lock()) return;
+  }
 }
 
 // Progress thread, cb_mu held.
@@ -146,13 +192,11 @@ void IwarpConn::poll_progress() {
       !rx_expected())
     return;
   std::unique_lock cb(cb_mu_, std::try_to_lock);
-  if (!cb.owns_lock() || closed_ || ended_ || rx_.parked) return;
-  if (rx_process(kPollBudget)) {
-    // Budget used up with more to come: the progress thread continues (its read wait only
-    // fires for new data).
-    auto self = shared_from_this();
-    Progress::instance().post([self] { self->rx_handler(); });
-  }
+  if (!cb.owns_lock()) return;
+  // Budget used up with more to come: the progress thread continues (its read wait only
+  // fires for new data).
+  const bool more = !closed_ && !ended_ && !rx_.parked && rx_process(kPollBudget);
+  rx_unlock(cb, more);
 }
 
 // Whether the peer may have sent something the application waits for: a receive is posted
@@ -167,6 +211,7 @@ bool IwarpConn::rx_expected() const {
 // then a read wait is armed; closed; or parked).
 bool IwarpConn::rx_process(size_t budget) {
   size_t done = 0;
+  bool empty = false;  // the last recv() was short: the socket had no more
   while (done < budget) {
     if (closed_ || ended_ || rx_.parked) return false;
     // 1. Run the state machine over staged bytes.
@@ -201,6 +246,7 @@ bool IwarpConn::rx_process(size_t budget) {
     }
     // 2. Read more from the socket (the staging buffer is empty here).
     rx_.buf_pos = rx_.buf_end = 0;
+    if (empty) return rx_would_block();
     ssize_t n;
     if (rx_.phase == RxState::Phase::Payload && rx_.payload_len - rx_.payload_done >= kDirectMin) {
       n = rx_direct_recv();
@@ -216,6 +262,7 @@ bool IwarpConn::rx_process(size_t budget) {
       if (n > 0) {
         rx_.buf_end = (size_t)n;
         done += (size_t)n;
+        empty = (size_t)n < want;
         continue;
       }
     }
@@ -225,17 +272,21 @@ bool IwarpConn::rx_process(size_t budget) {
       return false;
     }
     if (errno == EINTR) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      // A polling thread arms nothing: the progress thread's read wait is still armed (it is
-      // re-armed whenever the progress thread stops short of an ended or parked stream).
-      if (Progress::instance().on_progress_thread()) arm_read();
-      return false;
-    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return rx_would_block();
     ECA_QP_LOG(Info, qp_.qpn, "receive failed: %s", strerror(errno));
     fail_llp(LlpEnd::Reset, IBV_WC_WR_FLUSH_ERR);
     return false;
   }
   return true;
+}
+
+// The socket has nothing more (EAGAIN, or a recv() that came back short: TCP hands over all
+// it holds, and what arrives later raises a new readiness edge). A polling thread arms
+// nothing: the progress thread's read wait is still armed, or an rx_handler() is due (see
+// "Hand-back"). The progress thread arms it before its reactor looks for edges again.
+bool IwarpConn::rx_would_block() {
+  if (Progress::instance().on_progress_thread()) arm_read();
+  return false;
 }
 
 // Receives payload straight into the target memory; the same readv also takes the trailer
@@ -740,6 +791,7 @@ void IwarpConn::fail_llp(LlpEnd why, ibv_wc_status sq_status) {
 }
 
 void IwarpConn::report_end(LlpEnd why, ibv_wc_status sq_status) {
+  ECA_ASSERT_HELD(cb_mu_);
   if (sq_status != IBV_WC_WR_FLUSH_ERR && sq_status != IBV_WC_SUCCESS) {
     // A posting thread may be between handing a message's last byte to the socket and
     // retiring its WQE (pump_locked holds tx_mu for both): wait for it, so that a WQE that
@@ -751,14 +803,29 @@ void IwarpConn::report_end(LlpEnd why, ibv_wc_status sq_status) {
     qp_.rq_done(rx_.rqe, IBV_WC_WR_FLUSH_ERR, 0, false, 0);
     rx_.have_rqe = false;
   }
-  qp_.llp_ended(why);  // QP to ERROR, flush, async event, rdma_cm; calls close() (recursive)
+  // QP to ERROR, flush, async event, rdma_cm. That calls close(), which must not lock cb_mu
+  // again (it is not recursive): in_report_ tells it that this call chain holds it.
+  struct InReport {
+    bool &flag;
+    explicit InReport(bool &f) : flag(f) { flag = true; }
+    ~InReport() { flag = false; }
+  } in_report(in_report_);
+  qp_.llp_ended(why);
 }
 
 // After close() returns, nothing calls into the Qp. A TERMINATE that has not left yet (the
 // socket was full) is still sent, from memory the transmitter holds references to, and the
 // socket closes when it is out or after kTermLinger, whichever comes first.
+// Any thread; cb_mu not held, except by report_end() on the progress thread (in_report_ is
+// read on the progress thread only, where it is written).
 void IwarpConn::close(bool graceful) {
+  if (Progress::instance().on_progress_thread() && in_report_) return close_locked(graceful);
   std::lock_guard cb(cb_mu_);
+  close_locked(graceful);
+}
+
+void IwarpConn::close_locked(bool graceful) {
+  ECA_ASSERT_HELD(cb_mu_);
   if (closed_.exchange(true)) return;
   bool linger;
   {
@@ -769,29 +836,32 @@ void IwarpConn::close(bool graceful) {
     else if (graceful && !term_sent_) ::shutdown(fd_, SHUT_WR);
     else ::shutdown(fd_, SHUT_RDWR);
   }
+  if (Progress::instance().on_progress_thread()) return close_finish_locked(linger);
   auto self = shared_from_this();
-  auto finish = [self, linger] {
+  Progress::instance().post([self, linger] {
     std::lock_guard cb(self->cb_mu_);
-    if (!linger) {
-      boost::system::error_code ec;
-      self->park_timer_.cancel();
-      self->rx_retry_timer_.cancel();
-      self->sock_.close(ec);
-      return;
-    }
-    if (!self->lingering_) return;  // the TERMINATE left meanwhile
-    self->term_timer_.expires_after(kTermLinger);
-    self->term_timer_.async_wait([self](const boost::system::error_code &ec) {
-      if (ec) return;
-      std::lock_guard cb(self->cb_mu_);
-      if (self->lingering_) ECA_QP_LOG(Info, self->qpn_, "TERMINATE could not be sent");
-      self->end_linger();
-    });
-  };
-  if (Progress::instance().on_progress_thread())
-    finish();
-  else
-    Progress::instance().post(finish);
+    self->close_finish_locked(linger);
+  });
+}
+
+// The socket and the timers belong to the progress thread: close() ends there.
+void IwarpConn::close_finish_locked(bool linger) {
+  ECA_ASSERT_HELD(cb_mu_);
+  if (!linger) {
+    boost::system::error_code ec;
+    park_timer_.cancel();
+    sock_.close(ec);
+    return;
+  }
+  if (!lingering_) return;  // the TERMINATE left meanwhile
+  auto self = shared_from_this();
+  term_timer_.expires_after(kTermLinger);
+  term_timer_.async_wait([self](const boost::system::error_code &ec) {
+    if (ec) return;
+    std::lock_guard cb(self->cb_mu_);
+    if (self->lingering_) ECA_QP_LOG(Info, self->qpn_, "TERMINATE could not be sent");
+    self->end_linger();
+  });
 }
 
 void IwarpConn::end_linger() {
@@ -803,7 +873,6 @@ void IwarpConn::end_linger() {
   boost::system::error_code ec;
   term_timer_.cancel();
   park_timer_.cancel();
-  rx_retry_timer_.cancel();
   sock_.close(ec);
 }
 
