@@ -13,9 +13,9 @@
 #include <cstring>
 
 #include "provider/core/log.hpp"
+#include "runtime/progress.hpp"
 #include "transport/crc32c.hpp"
 #include "transport/iwarp_conn.hpp"
-#include "transport/progress.hpp"
 
 namespace eca::transport {
 

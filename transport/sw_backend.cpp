@@ -77,7 +77,7 @@ class SoftwareBackend final : public Backend {
     p->link_layer = IBV_LINK_LAYER_ETHERNET;
   }
 
-  std::unique_ptr<QpEngine> attach(Qp &qp, transport::LlpConnection &&llp) override {
+  std::unique_ptr<QpEngine> attach(Qp &qp, LlpConnection &&llp) override {
     auto conn = std::make_shared<transport::IwarpConn>(qp, std::move(llp));
     ECA_QP_LOG(Info, qp.qpn, "connected: crc %d ird %u ord %u", (int)conn->crc_on(),
                conn->ird(), conn->ord());

@@ -39,7 +39,7 @@ class HwModelBackend final : public Backend {
     p->active_speed = 1;           // SDR: the modeled link is gigabit Ethernet
   }
 
-  std::unique_ptr<QpEngine> attach(Qp &qp, transport::LlpConnection &&llp) override {
+  std::unique_ptr<QpEngine> attach(Qp &qp, LlpConnection &&llp) override {
     auto conn = std::make_shared<hw::HwConn>(qp, std::move(llp));
     conn->start();
     return std::make_unique<hw::HwEngine>(std::move(conn));

@@ -23,11 +23,11 @@
 #include <span>
 #include <vector>
 
+#include "connect/llp.hpp"
 #include "hwmodel/backend/adapter.hpp"
 #include "hwmodel/backend/timing.hpp"
 #include "provider/core/backend.hpp"
 #include "provider/core/objects.hpp"
-#include "transport/llp.hpp"
 
 namespace eca::hw {
 
@@ -39,7 +39,7 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
     uint8_t *p;
     uint64_t n;
   };
-  HwConn(Qp &qp, transport::LlpConnection &&llp);
+  HwConn(Qp &qp, LlpConnection &&llp);
   ~HwConn();
   void start();  // handshake on the progress thread
   void doorbell();

@@ -46,12 +46,12 @@
 #include <unordered_set>
 #include <vector>
 
+#include "connect/llp.hpp"
+#include "connect/mpa_cm.hpp"
 #include "provider/core/backend.hpp"
 #include "provider/core/log.hpp"
 #include "provider/core/objects.hpp"
-#include "transport/llp.hpp"
-#include "transport/mpa_cm.hpp"
-#include "transport/progress.hpp"
+#include "runtime/progress.hpp"
 
 namespace eca::cm {
 namespace {
@@ -59,12 +59,11 @@ namespace {
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
 namespace mpa = eca::wire::mpa;
-using transport::LlpConnection;
-using transport::MpaOutcome;
-using transport::MpaParams;
-using transport::MpaSession;
-using transport::MpaStatus;
-using transport::Progress;
+using connect::MpaOutcome;
+using connect::MpaParams;
+using connect::MpaSession;
+using connect::MpaStatus;
+using runtime::Progress;
 
 struct Id;
 struct Core;
@@ -672,7 +671,7 @@ void on_initiator_done(const std::shared_ptr<Core> &cp, MpaOutcome o) {
       // The responder closed without replying: a refusal (the kernel reports the same).
       return fail_conn(c, RDMA_CM_EVENT_REJECTED, ECONNRESET);
     default:
-      ECA_LOG(Warn, "rdma_cm: connection setup failed: %s", transport::mpa_status_str(o.status));
+      ECA_LOG(Warn, "rdma_cm: connection setup failed: %s", connect::mpa_status_str(o.status));
       return fail_conn(c, RDMA_CM_EVENT_CONNECT_ERROR, o.err ? o.err : EPROTO);
   }
 }
@@ -694,7 +693,7 @@ void start_connect(const std::shared_ptr<Core> &cp, const tcp::endpoint &dst, Mp
   set_tos(c.sock->native_handle(), dst.protocol(), c.tos);
   c.timed_out = false;
   c.timer = std::make_unique<asio::steady_timer>(io());
-  c.timer->expires_after(transport::mpa_timeout());
+  c.timer->expires_after(connect::mpa_timeout());
   c.timer->async_wait([cp](const boost::system::error_code &e) {
     if (e || !cp->owner || cp->st != St::Connecting || !cp->sock) return;
     cp->timed_out = true;
@@ -769,7 +768,7 @@ void on_responder_done(const std::shared_ptr<Core> &cp, MpaOutcome o) {
   if (!c.owner || !c.mpa) return;
   std::shared_ptr<MpaSession> s = std::move(c.mpa);
   if (o.status != MpaStatus::Ok) {
-    ECA_LOG(Info, "rdma_cm: accept failed: %s", transport::mpa_status_str(o.status));
+    ECA_LOG(Info, "rdma_cm: accept failed: %s", connect::mpa_status_str(o.status));
     return fail_conn(c, RDMA_CM_EVENT_CONNECT_ERROR, o.err ? o.err : EIO);
   }
   // Attach right after the reply is written: from now on the peer may send FPDUs.
@@ -874,7 +873,7 @@ void accept_next(const std::shared_ptr<Core> &L) {
       }
       if (o.status != MpaStatus::Ok) {
         ECA_LOG(Info, "rdma_cm: incoming connection dropped: %s",
-                transport::mpa_status_str(o.status));
+                connect::mpa_status_str(o.status));
         return;
       }
       new_request(L, s2);

@@ -1,7 +1,7 @@
 // The device layer: what a device kind (software iWARP over TCP, modeled hardware) provides.
 //
 // The verbs layer (provider/core) owns queues, keys and completion semantics; a backend moves
-// bytes between connected QPs. rdma_cm sets a connection up (TCP + MPA, transport/mpa_cm.hpp),
+// bytes between connected QPs. rdma_cm sets a connection up (TCP + MPA, connect/mpa_cm.hpp),
 // then hands the established LLP to the device's backend, which returns the QP's engine.
 #pragma once
 
@@ -16,7 +16,7 @@ namespace eca {
 struct Qp;
 struct Device;
 struct Mr;
-namespace transport { struct LlpConnection; }
+struct LlpConnection;
 
 class QpEngine {
  public:
@@ -45,7 +45,7 @@ class Backend {
   virtual void device_attr(const Device &dev, ibv_device_attr *attr) const = 0;
   virtual void port_attr(const Device &dev, ibv_port_attr *attr) const = 0;
   // Builds the data path of `qp` on an established connection; the QP moves to RTS.
-  virtual std::unique_ptr<QpEngine> attach(Qp &qp, transport::LlpConnection &&llp) = 0;
+  virtual std::unique_ptr<QpEngine> attach(Qp &qp, LlpConnection &&llp) = 0;
   // Memory registration seen by the device (0 or a positive errno). Called after the verbs
   // layer checked the range is mapped and pinnable for the access asked (mem_pin.hpp).
   virtual int mr_registered(const Mr &) { return 0; }

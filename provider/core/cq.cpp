@@ -10,10 +10,10 @@
 
 #include "provider/core/backend.hpp"
 #include "provider/core/config.hpp"
-#include "transport/progress.hpp"
 #include "provider/core/log.hpp"
 #include "provider/core/objects.hpp"
 #include "provider/core/verbs_ops.hpp"
+#include "runtime/progress.hpp"
 
 namespace eca {
 namespace {
@@ -56,7 +56,7 @@ struct Cq::ModTimer {
   std::mutex mu;
   Cq *cq;
   boost::asio::steady_timer timer;
-  explicit ModTimer(Cq *c) : cq(c), timer(transport::Progress::instance().io()) {}
+  explicit ModTimer(Cq *c) : cq(c), timer(runtime::Progress::instance().io()) {}
 };
 
 int Cq::set_moderation(uint16_t cnt, uint16_t period_us) {

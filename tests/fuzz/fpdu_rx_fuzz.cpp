@@ -36,10 +36,10 @@
 #include <thread>
 #include <vector>
 
+#include "connect/llp.hpp"
 #include "provider/core/backend.hpp"
 #include "provider/core/objects.hpp"
-#include "transport/llp.hpp"
-#include "transport/progress.hpp"
+#include "runtime/progress.hpp"
 #include "tests/fuzz/fuzz_util.hpp"
 
 
@@ -198,8 +198,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static const int kExtra[] = {0, 1, 4, 16};
   for (int i = 0; i < kExtra[(ctl >> 2) & 3]; i++) post_recv({{uint64_t(4096 + 512 * i), 512}});
 
-  eca::transport::LlpConnection llp{
-      boost::asio::ip::tcp::socket(eca::transport::Progress::instance().io())};
+  eca::LlpConnection llp{
+      boost::asio::ip::tcp::socket(eca::runtime::Progress::instance().io())};
   int sv[2];
   FUZZ_CHECK(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
   boost::system::error_code ec;

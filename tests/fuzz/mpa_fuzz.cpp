@@ -1,5 +1,5 @@
-// libFuzzer target: the MPA connection-setup exchange (transport/mpa_cm.cpp over
-// transport/wire/mpa.hpp) fed by a hostile peer.
+// libFuzzer target: the MPA connection-setup exchange (connect/mpa_cm.cpp over
+// connect/wire/mpa.hpp) fed by a hostile peer.
 //
 // Input: byte 0 chooses the role and the application's answer, the rest is what the peer sends
 // on the stream before closing its side:
@@ -29,16 +29,16 @@
 #include <optional>
 #include <vector>
 
+#include "connect/mpa_cm.hpp"
+#include "connect/wire/mpa.hpp"
 #include "provider/core/config.hpp"
-#include "transport/mpa_cm.hpp"
-#include "transport/wire/mpa.hpp"
 #include "tests/fuzz/fuzz_util.hpp"
 
 namespace mpa = eca::wire::mpa;
-using eca::transport::MpaOutcome;
-using eca::transport::MpaParams;
-using eca::transport::MpaSession;
-using eca::transport::MpaStatus;
+using eca::connect::MpaOutcome;
+using eca::connect::MpaParams;
+using eca::connect::MpaSession;
+using eca::connect::MpaStatus;
 
 
 namespace {

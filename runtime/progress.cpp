@@ -1,4 +1,4 @@
-#include "transport/progress.hpp"
+#include "runtime/progress.hpp"
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
@@ -9,7 +9,7 @@
 
 #include <pthread.h>
 
-namespace eca::transport {
+namespace eca::runtime {
 
 struct Progress::Impl {
   std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> guard;
@@ -64,4 +64,4 @@ void Progress::run_sync(const std::function<void()> &fn) {
   fut.get();
 }
 
-}  // namespace eca::transport
+}  // namespace eca::runtime

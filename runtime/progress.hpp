@@ -7,7 +7,7 @@
 
 #include <functional>
 
-namespace eca::transport {
+namespace eca::runtime {
 
 class Progress {
  public:
@@ -26,4 +26,4 @@ class Progress {
   Impl *impl_;
 };
 
-}  // namespace eca::transport
+}  // namespace eca::runtime

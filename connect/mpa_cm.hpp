@@ -1,8 +1,8 @@
 // The MPA connection-setup exchange (RFC 5044 §7.1, RFC 6581) on a connected TCP socket,
 // asynchronous on the progress thread. rdma_cm (provider/cm) drives it; when it succeeds the
-// session yields a transport::LlpConnection for the device backend.
+// session yields a LlpConnection for the device backend.
 //
-// Every method of MpaSession must be called on the progress thread (transport::Progress).
+// Every method of MpaSession must be called on the progress thread (runtime::Progress).
 // Nothing read from the network is trusted: frames are read exactly (20-octet header, then
 // PD_Length octets, never beyond: what follows belongs to the data path), lengths are bounded,
 // and every wait is bounded by a timer (mpa_timeout()).
@@ -19,10 +19,10 @@
 #include <span>
 #include <vector>
 
-#include "transport/llp.hpp"
-#include "transport/wire/mpa.hpp"
+#include "connect/llp.hpp"
+#include "connect/wire/mpa.hpp"
 
-namespace eca::transport {
+namespace eca::connect {
 
 enum class MpaStatus : uint8_t {
   Ok,
@@ -130,4 +130,4 @@ class MpaSession : public std::enable_shared_from_this<MpaSession> {
   bool sent_markers_ = false;
 };
 
-}  // namespace eca::transport
+}  // namespace eca::connect

@@ -1,4 +1,4 @@
-#include "transport/mpa_cm.hpp"
+#include "connect/mpa_cm.hpp"
 
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
@@ -12,7 +12,7 @@
 #include "provider/core/config.hpp"
 #include "provider/core/log.hpp"
 
-namespace eca::transport {
+namespace eca::connect {
 
 namespace asio = boost::asio;
 namespace mpa = eca::wire::mpa;
@@ -339,4 +339,4 @@ LlpConnection MpaSession::take_llp() {
   return c;
 }
 
-}  // namespace eca::transport
+}  // namespace eca::connect

@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-namespace eca::transport {
+namespace eca {
 
 // RFC 6581 ready-to-receive message the initiator must send in peer-to-peer mode.
 enum class Rtr : uint8_t { None, ZeroLengthSend, ZeroLengthWrite, ZeroLengthRead };
@@ -22,4 +22,4 @@ struct LlpConnection {
   Rtr rtr_recv = Rtr::None;  // RTR we must expect and consume first (responder in p2p mode)
 };
 
-}  // namespace eca::transport
+}  // namespace eca
