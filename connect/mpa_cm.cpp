@@ -328,7 +328,10 @@ void MpaSession::reject(std::span<const uint8_t> pdata) {
 }
 
 LlpConnection MpaSession::take_llp() {
-  LlpConnection c{std::move(sock_)};
+  // The socket leaves the io_context (nothing of ours waits on it any more) as a bare fd.
+  boost::system::error_code ec;
+  LlpConnection c{OwnedFd(sock_.release(ec))};
+  if (ec) ECA_LOG(Error, "mpa: handing the stream on failed: %s", ec.message().c_str());
   c.crc = crc_;
   c.mpa_rev = rev_;
   c.initiator = initiator_;

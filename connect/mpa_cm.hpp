@@ -19,8 +19,8 @@
 #include <span>
 #include <vector>
 
-#include "connect/llp.hpp"
 #include "connect/wire/mpa.hpp"
+#include "provider/core/llp.hpp"
 
 namespace eca::connect {
 
@@ -95,7 +95,8 @@ class MpaSession : public std::enable_shared_from_this<MpaSession> {
   // The peer's frame (valid after its header and private data arrived).
   const wire::mpa::Frame &peer() const { return peer_; }
   bool initiator() const { return initiator_; }
-  // Negotiated connection; moves the socket out. Valid once after done(Ok).
+  // Negotiated connection; the socket leaves the session as the connection's fd. Valid once
+  // after done(Ok).
   LlpConnection take_llp();
   tcp::socket &socket() { return sock_; }
 

@@ -8,6 +8,10 @@
 #include <thread>
 
 #include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "provider/core/log.hpp"
 
 namespace eca::runtime {
 
@@ -62,6 +66,22 @@ void Progress::run_sync(const std::function<void()> &fn) {
     done.set_value();
   });
   fut.get();
+}
+
+boost::asio::ip::tcp::socket adopt_tcp_socket(int fd) {
+  boost::asio::ip::tcp::socket s(Progress::instance().io());
+  if (fd < 0) return s;
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  const bool v6 = ::getsockname(fd, reinterpret_cast<sockaddr *>(&ss), &len) == 0 &&
+                  ss.ss_family == AF_INET6;
+  boost::system::error_code ec;
+  s.assign(v6 ? boost::asio::ip::tcp::v6() : boost::asio::ip::tcp::v4(), fd, ec);
+  if (ec) {
+    ECA_LOG(Error, "adopting connection fd %d failed: %s", fd, ec.message().c_str());
+    ::close(fd);
+  }
+  return s;
 }
 
 }  // namespace eca::runtime

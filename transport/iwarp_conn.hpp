@@ -28,8 +28,8 @@
 #include <mutex>
 #include <vector>
 
-#include "connect/llp.hpp"
 #include "provider/core/backend.hpp"
+#include "provider/core/llp.hpp"
 #include "provider/core/objects.hpp"
 #include "runtime/progress.hpp"
 #include "transport/wire/atomic.hpp"

@@ -33,7 +33,7 @@ bool uses_orq(ibv_wr_opcode op) {
 
 IwarpConn::IwarpConn(Qp &qp, LlpConnection &&llp)
     : qp_(qp),
-      sock_(std::move(llp.sock)),
+      sock_(runtime::adopt_tcp_socket(llp.fd.release())),
       fd_(sock_.native_handle()),
       fpdu_payload_(config().fpdu_payload),
       qpn_(qp.qpn),

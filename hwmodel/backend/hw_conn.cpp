@@ -121,7 +121,7 @@ ibv_wc_status terminate_status(uint32_t why) {
 }  // namespace
 
 HwConn::HwConn(Qp &qp, LlpConnection &&llp)
-    : qp_(qp), sock_(std::move(llp.sock)), initiator_(llp.initiator) {
+    : qp_(qp), sock_(runtime::adopt_tcp_socket(llp.fd.release())), initiator_(llp.initiator) {
   start_ns_ = mono_ns();
   side_ = initiator_ ? 0 : 1;
 }

@@ -23,10 +23,10 @@
 #include <span>
 #include <vector>
 
-#include "connect/llp.hpp"
 #include "hwmodel/backend/adapter.hpp"
 #include "hwmodel/backend/timing.hpp"
 #include "provider/core/backend.hpp"
+#include "provider/core/llp.hpp"
 #include "provider/core/objects.hpp"
 
 namespace eca::hw {

@@ -46,9 +46,9 @@
 #include <unordered_set>
 #include <vector>
 
-#include "connect/llp.hpp"
 #include "connect/mpa_cm.hpp"
 #include "provider/core/backend.hpp"
+#include "provider/core/llp.hpp"
 #include "provider/core/log.hpp"
 #include "provider/core/objects.hpp"
 #include "runtime/progress.hpp"
@@ -927,10 +927,7 @@ ToDisconnect teardown(Core &c) {
     ::close(c.bfd);
     c.bfd = -1;
   }
-  if (c.llp) {
-    c.llp->sock.close(ig);
-    c.llp.reset();
-  }
+  c.llp.reset();  // closes its stream
   resv_release(c);
   // The QP's hook holds only a weak reference to this core, so leaving it set is harmless;
   // it is cleared (and a live connection taken down) only when the QP is known to exist.
@@ -1486,9 +1483,7 @@ int disconnect(rdma_cm_id *cid) {
         gen = c.qp_gen;
         return 0;
       case St::ConnResponse: {
-        boost::system::error_code ig;
-        if (c.llp) c.llp->sock.close(ig);
-        c.llp.reset();
+        c.llp.reset();  // closes its stream
         queued_now = mark_disconnected(c);
         return 0;
       }

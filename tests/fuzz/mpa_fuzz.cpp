@@ -167,7 +167,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FUZZ_CHECK(frame_len <= wire_len);
     std::vector<uint8_t> rest;
     uint8_t buf[4096];
-    int fd = llp.sock.native_handle();
+    int fd = llp.fd.get();
     for (;;) {
       ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
       if (n <= 0) break;

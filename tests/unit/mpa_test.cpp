@@ -286,10 +286,8 @@ TEST(MpaExchange, LoopbackHandshakeReadsExactly) {
     rsp.s->accept(p, [&](MpaOutcome o) {
       // The data path may follow the reply at once: send bytes right behind it.
       LlpConnection llp = rsp.s->take_llp();
-      boost::system::error_code ec;
       const char junk[] = "FPDU";
-      boost::asio::write(llp.sock, boost::asio::buffer(junk, 4), ec);
-      EXPECT_FALSE(ec);
+      EXPECT_EQ(::send(llp.fd.get(), junk, 4, MSG_NOSIGNAL), 4);
       EXPECT_FALSE(llp.initiator);
       EXPECT_EQ(llp.crc, cfg.mpa_crc);
       if (req.rev == 2) {
@@ -298,7 +296,7 @@ TEST(MpaExchange, LoopbackHandshakeReadsExactly) {
       }
       EXPECT_EQ(llp.rtr_recv, Rtr::None);
       rsp.done.set_value(o);
-      llp.sock.close(ec);
+      llp.fd.reset();
     });
   });
   EXPECT_EQ(wait(rsp_f).status, MpaStatus::Ok);
@@ -318,7 +316,7 @@ TEST(MpaExchange, LoopbackHandshakeReadsExactly) {
     EXPECT_EQ(llp->ird, 4);
   }
   // The bytes behind the reply were left in the socket for the data path.
-  int fd = llp->sock.native_handle();
+  int fd = llp->fd.get();
   timeval tv{5, 0};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   uint8_t buf[4];
