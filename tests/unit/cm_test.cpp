@@ -179,7 +179,7 @@ TEST(RdmaCm, EventChannelPollAndNonblock) {
 }
 
 // rdma_getaddrinfo, one test per combination of node, service and hints, against the rules of
-// rdma-core 44's librdmacm (addrinfo.c); see provider/cm/cm.cpp.
+// rdma-core 44's librdmacm (addrinfo.c); see provider/cm/getaddrinfo.cpp.
 struct Rai {
   rdma_addrinfo *p = nullptr;
   ~Rai() { rdma_freeaddrinfo(p); }

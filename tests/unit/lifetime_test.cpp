@@ -169,6 +169,111 @@ TEST_P(Lifetime, ResetAndReuseQpsWhileOthersPollArmAndPost) {
   rdma_destroy_id(probe);
 }
 
+// A QP the application resets and connects again through a new id belongs to the new
+// connection: destroying (or disconnecting) the id of its earlier connection must leave it alone
+// (no ERR, no flushes, and the new id still hears when its connection ends).
+TEST_P(Lifetime, EarlierIdOfAResetQpDoesNotTouchItsNewConnection) {
+  lch_ = rdma_create_event_channel();
+  cch_ = rdma_create_event_channel();
+  ASSERT_TRUE(lch_ && cch_);
+  ASSERT_EQ(0, rdma_create_id(lch_, &listen_, nullptr, RDMA_PS_TCP));
+  sockaddr_in la = loopback_addr(0);
+  ASSERT_EQ(0, rdma_bind_addr(listen_, reinterpret_cast<sockaddr *>(&la)));
+  ASSERT_EQ(0, rdma_listen(listen_, 4));
+  sockaddr_in da = loopback_addr(ntohs(rdma_get_src_port(listen_)));
+
+  rdma_cm_id *probe = nullptr;
+  ASSERT_EQ(0, rdma_create_id(cch_, &probe, nullptr, RDMA_PS_TCP));
+  ASSERT_EQ(0, rdma_resolve_addr(probe, nullptr, reinterpret_cast<sockaddr *>(&da), 2000));
+  ASSERT_TRUE(wait_cm_event(cch_, RDMA_CM_EVENT_ADDR_RESOLVED));
+  ibv_context *ctx = probe->verbs;
+  ibv_pd *pd = ibv_alloc_pd(ctx);
+  ibv_cq *cq = ibv_create_cq(ctx, 64, nullptr, nullptr, 0);
+  ibv_cq *scq = ibv_create_cq(ctx, 64, nullptr, nullptr, 0);
+  ASSERT_TRUE(pd && cq && scq);
+  std::vector<uint8_t> buf(8192, 0x11);
+  ibv_mr *mr = ibv_reg_mr(pd, buf.data(), buf.size(), kAllAccess);
+  ASSERT_NE(mr, nullptr);
+  ibv_qp_init_attr qa = rc_attr(cq, cq, 16);
+  ibv_qp *qp = ibv_create_qp(pd, &qa);
+  ASSERT_NE(qp, nullptr);
+
+  auto connect_pair = [&](Pair &p) {
+    ASSERT_EQ(0, rdma_create_id(cch_, &p.cid, nullptr, RDMA_PS_TCP));
+    ASSERT_EQ(0, rdma_resolve_addr(p.cid, nullptr, reinterpret_cast<sockaddr *>(&da), 2000));
+    ASSERT_TRUE(wait_cm_event(cch_, RDMA_CM_EVENT_ADDR_RESOLVED));
+    ASSERT_EQ(0, rdma_resolve_route(p.cid, 2000));
+    ASSERT_TRUE(wait_cm_event(cch_, RDMA_CM_EVENT_ROUTE_RESOLVED));
+    rdma_conn_param cp{};
+    cp.qp_num = qp->qp_num;
+    cp.initiator_depth = cp.responder_resources = 4;
+    ASSERT_EQ(0, rdma_connect(p.cid, &cp));
+    ASSERT_TRUE(wait_cm_event(lch_, RDMA_CM_EVENT_CONNECT_REQUEST, kTimeoutMs, &p.sid));
+    ibv_qp_init_attr sa = rc_attr(scq, scq, 16);
+    ASSERT_EQ(0, rdma_create_qp(p.sid, pd, &sa));
+    rdma_conn_param ap{};
+    ap.initiator_depth = ap.responder_resources = 4;
+    ASSERT_EQ(0, rdma_accept(p.sid, &ap));
+    ASSERT_TRUE(wait_cm_event(lch_, RDMA_CM_EVENT_ESTABLISHED));
+    ASSERT_TRUE(wait_cm_event(cch_, RDMA_CM_EVENT_ESTABLISHED));
+    ASSERT_EQ(qp_state(qp), IBV_QPS_RTS);
+  };
+  auto write_completes = [&](uint64_t id) {
+    SendSpec sp;
+    sp.opcode = IBV_WR_RDMA_WRITE;
+    sp.sges = {sge(mr, buf.data(), 64)};
+    sp.remote_addr = (uint64_t)(uintptr_t)buf.data() + 4096;
+    sp.rkey = mr->rkey;
+    sp.flags = IBV_SEND_SIGNALED;
+    sp.wr_id = id;
+    ASSERT_EQ(0, post(qp, sp));
+    ibv_wc wc{};
+    ASSERT_TRUE(poll_one(cq, &wc));
+    EXPECT_EQ(wc.wr_id, id);
+    EXPECT_EQ(wc.status, IBV_WC_SUCCESS) << ibv_wc_status_str(wc.status);
+  };
+
+  Pair first, second;
+  connect_pair(first);
+  write_completes(1);
+  ibv_qp_attr at{};
+  at.qp_state = IBV_QPS_RESET;
+  ASSERT_EQ(0, ibv_modify_qp(qp, &at, IBV_QP_STATE));
+  connect_pair(second);
+
+  // The earlier connection's ids go: the client's first (it named the QP), then the server's.
+  // rdma_disconnect on the earlier id ends that (already gone) connection only.
+  EXPECT_EQ(0, rdma_disconnect(first.cid));
+  rdma_cm_id *who = nullptr;
+  EXPECT_TRUE(wait_cm_event(cch_, RDMA_CM_EVENT_DISCONNECTED, kTimeoutMs, &who));
+  EXPECT_EQ(who, first.cid);
+  EXPECT_EQ(qp_state(qp), IBV_QPS_RTS);
+  rdma_destroy_id(first.cid);
+  rdma_destroy_qp(first.sid);
+  rdma_destroy_id(first.sid);
+  EXPECT_EQ(qp_state(qp), IBV_QPS_RTS);
+  EXPECT_TRUE(cq_empty(cq)) << "nothing flushed";
+  write_completes(2);
+
+  // The new connection still ends as one: the server disconnects, the client's new id hears it.
+  ASSERT_EQ(0, rdma_disconnect(second.sid));
+  who = nullptr;
+  EXPECT_TRUE(wait_cm_event(cch_, RDMA_CM_EVENT_DISCONNECTED, kTimeoutMs, &who));
+  EXPECT_EQ(who, second.cid);
+  EXPECT_TRUE(wait_qp_state(qp, IBV_QPS_ERR));
+
+  rdma_destroy_id(second.cid);
+  rdma_destroy_qp(second.sid);
+  rdma_destroy_id(second.sid);
+  drain_async(ctx);
+  EXPECT_EQ(0, ibv_destroy_qp(qp));
+  EXPECT_EQ(0, ibv_dereg_mr(mr));
+  EXPECT_EQ(0, ibv_destroy_cq(cq));
+  EXPECT_EQ(0, ibv_destroy_cq(scq));
+  EXPECT_EQ(0, ibv_dealloc_pd(pd));
+  rdma_destroy_id(probe);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, Lifetime, ::testing::ValuesIn(backend_params()),
                          backend_name);
 
