@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "provider/core/fork.hpp"
 #include "provider/core/log.hpp"
 #include "provider/core/objects.hpp"
 #include "provider/core/verbs_ops.hpp"
@@ -408,12 +409,13 @@ EXPORT int ibv_resolve_eth_l2_from_gid(ibv_context *, ibv_ah_attr *, uint8_t[6],
 }
 
 // ---------------------------------------------------------------------------------------------
-// fork support: nothing is pinned through a kernel, so fork needs no preparation.
+// fork support: safe without preparation; ibv_fork_init selects rdma-core's MADV_DONTFORK
+// mode (provider/core/fork.hpp).
 
-EXPORT int ibv_fork_init(void) { return 0; }
-EXPORT ibv_fork_status ibv_is_fork_initialized(void) { return IBV_FORK_UNNEEDED; }
-EXPORT int ibv_dontfork_range(void *, size_t) { return 0; }
-EXPORT int ibv_dofork_range(void *, size_t) { return 0; }
+EXPORT int ibv_fork_init(void) { return fork_init(); }
+EXPORT ibv_fork_status ibv_is_fork_initialized(void) { return fork_status(); }
+EXPORT int ibv_dontfork_range(void *base, size_t size) { return fork_dontfork(base, size); }
+EXPORT int ibv_dofork_range(void *base, size_t size) { return fork_dofork(base, size); }
 
 // ---------------------------------------------------------------------------------------------
 // sysfs helpers: these devices have no sysfs entries; reads of real files still work.

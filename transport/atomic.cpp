@@ -81,11 +81,13 @@ bool IwarpConn::rx_atomic_request() {
 // The atomic at the head of the IRQ: execute it now and make its response the current
 // message. tx_mu held. False if its MR was deregistered under it (the stream ends).
 bool IwarpConn::start_atomic_response_locked(IrqEntry &e) {
+  ECA_ASSERT_HELD(tx_mu_);
   uint64_t orig;
   {
     MrUse use;
-    if (!use.enter(e.src)) {
-      fail_from_tx(EFAULT);
+    if (!use.enter(e.src)) {  // deregistered since the request was checked
+      ECA_QP_LOG(Info, qp_.qpn, "atomic target deregistered before execution");
+      fail_local_async(term_for_read_source(AccessError::InvalidStag));
       return false;
     }
     orig = atomic_execute(e.src.host, e.areq);
@@ -120,7 +122,7 @@ bool IwarpConn::rx_atomic_response() {
     if (!use.enter(o->sinks)) {
       ECA_QP_LOG(Info, qp_.qpn, "atomic result buffer deregistered");
       fail_terminate({TermLayer::Rdmap, kRdmapLocalCatastrophic, kRdmapUnspecified},
-                     IBV_WC_WR_FLUSH_ERR);
+                     IBV_WC_LOC_PROT_ERR);  // the atomic is the oldest outstanding WQE
       return false;
     }
     // The original value, in host order, into the local buffer (8 bytes, maybe split).

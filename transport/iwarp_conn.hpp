@@ -11,7 +11,7 @@
 //  - tx_mu guards the transmit state, the ORQ and the IRQ. The thread that owns the
 //    transmitter (tx_state_ kTxRunning: a poster, a poller or the progress thread) holds it
 //    while it pumps; the receive side takes it briefly for the ORQ/IRQ.
-//    Order: cb_mu -> tx_mu -> Qp::sq_mu -> Cq::mu.
+//    Order: docs/architecture.md, "Lock order" (cb_mu before tx_mu before the Qp's locks).
 //  - The progress thread never blocks on the network: TERMINATE goes out through the
 //    ordinary transmitter, and a closed connection lingers for it at most kTermLinger.
 #pragma once
@@ -149,11 +149,18 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   bool start_wqe_locked(SendWqe *w);
   void tx_run();              // becomes the transmitter if work is pending and nobody is
   void tx_unblock_and_run();  // the socket may have room again
-  bool tx_stopped_locked() const { return (closed_ && !lingering_) || term_sent_; }
+  bool tx_stopped_locked() const {
+    ECA_ASSERT_HELD(tx_mu_);
+    return (closed_ && !lingering_) || term_sent_;
+  }
   void term_sent_locked();    // the TERMINATE left: FIN, and end a lingering close
   void end_linger();          // cb_mu held: close the socket for good
   ssize_t send_frame_rest();  // one sendmsg() of the rest of frame_ (tx_mu held)
-  void fail_local_async();    // a local error: end the stream from the progress thread
+  // A local error: end the stream from the progress thread with the TERMINATE `t`.
+  void fail_local_async(const wire::TermInfo &t = {wire::TermLayer::Rdmap,
+                                                   wire::kRdmapLocalCatastrophic,
+                                                   wire::kRdmapUnspecified});
+  bool source_deregistered_locked();  // send_frame_rest() found a source MR deregistered
   // ---- rx (qp_rx.cpp)
   void arm_read();
   void rx_handler();  // progress thread: on_readable() under a try-lock of cb_mu
@@ -201,7 +208,7 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   static constexpr uint32_t kTxBlocked = 4;  // the socket was full with work queued
   static constexpr uint32_t kTxArmed = 8;    // a writability wait is armed or being armed
   std::atomic<uint32_t> tx_state_{0};
-  std::mutex tx_mu_;
+  Mutex tx_mu_;
   TxMsg msg_;
   TxFrame frame_;
   std::deque<OrqEntry> orq_;

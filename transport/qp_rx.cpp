@@ -301,17 +301,32 @@ ssize_t IwarpConn::rx_direct_recv() {
 }
 
 // The MRs behind rx_.target, held for one access (see MrUse). False: one was deregistered
-// under the message; the stream ends (TERMINATE) as for an STag that became invalid.
+// under the message, and nothing more is placed; the stream ends. Our STag named by the peer
+// (RDMA WRITE): the TERMINATE for an invalid STag. A local SGE (READ response sink, receive
+// buffer): the work request fails with a local protection error and the TERMINATE reports a
+// local catastrophic error, as for a receive SGE that fails its lookup (siw does the same).
 bool IwarpConn::rx_enter_target(MrUse &use) {
   if (rx_.target.empty()) return true;
-  const bool ok = rx_.opcode == Opcode::Write          ? use.enter(rx_.tagged_ref)
-                  : rx_.opcode == Opcode::ReadResponse ? use.enter(rx_.orq->sinks)
-                                                       : use.enter(rx_.rqe_refs);
-  if (!ok) {
-    ECA_QP_LOG(Info, qp_.qpn, "placement target deregistered under a message");
-    fail_terminate({TermLayer::Ddp, kDdpTaggedError, kDdpTInvalidStag}, IBV_WC_WR_FLUSH_ERR);
+  if (rx_.opcode == Opcode::Write) {
+    if (use.enter(rx_.tagged_ref)) return true;
+    ECA_QP_LOG(Info, qp_.qpn, "RDMA Write target deregistered under the message");
+    fail_terminate(term_for_tagged(AccessError::InvalidStag), IBV_WC_WR_FLUSH_ERR);
+    return false;
   }
-  return ok;
+  const bool read = rx_.opcode == Opcode::ReadResponse;
+  if (use.enter(read ? rx_.orq->sinks : rx_.rqe_refs)) return true;
+  ECA_QP_LOG(Info, qp_.qpn, "%s deregistered under the message",
+             read ? "RDMA Read sink" : "receive buffer");
+  ibv_wc_status sq_status = IBV_WC_WR_FLUSH_ERR;
+  if (read) {
+    sq_status = IBV_WC_LOC_PROT_ERR;  // the READ is the oldest outstanding send WQE
+  } else {
+    qp_.rq_done(rx_.rqe, IBV_WC_LOC_PROT_ERR, 0, false, 0);
+    rx_.have_rqe = false;
+    rx_.rqe_refs.clear();
+  }
+  fail_terminate({TermLayer::Rdmap, kRdmapLocalCatastrophic, kRdmapUnspecified}, sq_status);
+  return false;
 }
 
 void IwarpConn::rx_place(const uint8_t *src, size_t n) {

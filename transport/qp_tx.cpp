@@ -133,6 +133,7 @@ void IwarpConn::tx_unblock_and_run() {
 
 // One non-blocking sendmsg() of what is left of the current frame.
 ssize_t IwarpConn::send_frame_rest() {
+  ECA_ASSERT_HELD(tx_mu_);
   MrUse use;  // the source MRs stay registered for this sendmsg(); a deregistered one ends it
   if (!use.enter(msg_.refs)) {
     errno = EFAULT;
@@ -161,6 +162,7 @@ ssize_t IwarpConn::send_frame_rest() {
 // Transmits until there is nothing to send or the socket is full. tx_mu held, by the owner
 // of the transmitter (kTxRunning).
 void IwarpConn::pump_locked() {
+  ECA_ASSERT_HELD(tx_mu_);
   while (!tx_stopped_locked()) {
     if (!frame_.active) {
       if (term_want_ && msg_.kind != TxMsg::Kind::Terminate) {
@@ -184,7 +186,9 @@ void IwarpConn::pump_locked() {
         wait_writable_locked();
         return;
       }
-      fail_from_tx(errno);
+      const int err = errno;
+      if (err == EFAULT && source_deregistered_locked()) return;
+      fail_from_tx(err);
       // Stop here: the failure handler on the progress thread ends the connection.
       term_sent_ = true;  // nothing more goes out on this stream
       return;
@@ -197,6 +201,7 @@ void IwarpConn::pump_locked() {
 // epoll reactor reports it edge-triggered, so an edge between our EAGAIN and the arming could
 // go unseen: after arming, a zero-timeout poll() catches that case.
 void IwarpConn::wait_writable_locked() {
+  ECA_ASSERT_HELD(tx_mu_);
   if (tx_state_.fetch_or(kTxBlocked | kTxArmed, std::memory_order_acq_rel) & kTxArmed) return;
   auto self = shared_from_this();
   auto arm = [self] {
@@ -231,6 +236,7 @@ void IwarpConn::wait_writable_locked() {
 // send queue in order, honouring ORD and fences.
 
 bool IwarpConn::next_message_locked() {
+  ECA_ASSERT_HELD(tx_mu_);
   if (term_queued_ || closed_) return false;  // the stream is ending: take no more work
   if (!irq_.empty() && !irq_active_) {
     IrqEntry &e = irq_.front();
@@ -277,21 +283,42 @@ Opcode send_opcode(const SendWqe &w) {
 
 }  // namespace
 
-// A local error ends the stream (RDMAP local catastrophic error). Work posted behind it is
-// flushed, not transmitted (term_queued_), even before the progress thread has moved the QP
-// to ERROR; the transition runs there, never on the posting thread. tx_mu held.
-void IwarpConn::fail_local_async() {
+// A local error ends the stream (by default with an RDMAP local catastrophic error). Work
+// posted behind it is flushed, not transmitted (term_queued_), even before the progress
+// thread has moved the QP to ERROR; the transition runs there, never on the posting thread.
+// tx_mu held.
+void IwarpConn::fail_local_async(const TermInfo &t) {
   term_queued_ = true;
   auto self = shared_from_this();
-  Progress::instance().post([self] {
+  Progress::instance().post([self, t] {
     std::lock_guard cb(self->cb_mu_);
     if (self->closed_) return;
-    self->fail_terminate({TermLayer::Rdmap, kRdmapLocalCatastrophic, kRdmapUnspecified},
-                         IBV_WC_WR_FLUSH_ERR);
+    self->fail_terminate(t, IBV_WC_WR_FLUSH_ERR);
   });
 }
 
+// send_frame_rest() found a source MR of the current message deregistered (kMrDead is final,
+// so nothing of it is read again). Its work request fails with a local protection error; a
+// READ response whose source STag went away answers the peer's READ with the TERMINATE for
+// an invalid STag (RFC 5040 remote protection error). Between FPDUs the frame is dropped and
+// the TERMINATE goes out next; returns false in the middle of an FPDU, where the stream can
+// only be reset (the caller does that). tx_mu held.
+bool IwarpConn::source_deregistered_locked() {
+  ECA_QP_LOG(Info, qp_.qpn, "%s source deregistered under the message",
+             msg_.kind == TxMsg::Kind::ReadResponse ? "RDMA Read" : "work request");
+  if (msg_.kind == TxMsg::Kind::Wqe && !qp_detached_) qp_.sq_done(msg_.wqe, IBV_WC_LOC_PROT_ERR);
+  const bool read_response = msg_.kind == TxMsg::Kind::ReadResponse;
+  msg_ = TxMsg{};  // nothing more of it is framed
+  if (frame_.sent) return false;
+  frame_.active = false;
+  fail_local_async(read_response
+                       ? term_for_read_source(AccessError::InvalidStag)
+                       : TermInfo{TermLayer::Rdmap, kRdmapLocalCatastrophic, kRdmapUnspecified});
+  return true;
+}
+
 bool IwarpConn::start_wqe_locked(SendWqe *w) {
+  ECA_ASSERT_HELD(tx_mu_);
   msg_ = TxMsg{};
   msg_.kind = TxMsg::Kind::Wqe;
   msg_.wqe = w;
@@ -386,6 +413,7 @@ bool IwarpConn::start_wqe_locked(SendWqe *w) {
 
 // Frames the next FPDU of the current message into frame_.
 bool IwarpConn::build_frame_locked() {
+  ECA_ASSERT_HELD(tx_mu_);
   if (msg_.kind == TxMsg::Kind::None && !next_message_locked()) return false;
   const OpInfo &oi = kOps[static_cast<size_t>(msg_.op)];
   uint8_t *h = frame_.hdr.data();
@@ -492,6 +520,7 @@ bool IwarpConn::build_frame_locked() {
 }
 
 void IwarpConn::frame_sent_locked() {
+  ECA_ASSERT_HELD(tx_mu_);
   frame_.active = false;
   if (!frame_.last_of_msg) return;
   switch (msg_.kind) {
@@ -534,6 +563,7 @@ void IwarpConn::frame_sent_locked() {
 // bounded by term_timer_.
 
 void IwarpConn::term_sent_locked() {
+  ECA_ASSERT_HELD(tx_mu_);
   term_sent_ = true;
   ::shutdown(fd_, SHUT_WR);  // FIN after the TERMINATE: the peer reads it, then sees EOF
   if (lingering_) {

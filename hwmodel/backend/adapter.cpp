@@ -20,6 +20,7 @@
 #include <string>
 
 #include "hwmodel/backend/hw_conn.hpp"
+#include "hwmodel/backend/tsan.hpp"
 #include "provider/core/log.hpp"
 
 namespace eca::hw {
@@ -234,7 +235,8 @@ int mappings(uint64_t start, uint64_t end, std::vector<Vma> *out) {
   return next >= end ? 0 : EFAULT;
 }
 
-int open_uffd() {
+// A userfaultfd offering `features` (UFFD_FEATURE_*), or -1.
+int open_uffd(uint64_t features = 0) {
   int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
 #ifdef UFFD_USER_MODE_ONLY
   if (fd < 0 && errno == EPERM)
@@ -243,11 +245,29 @@ int open_uffd() {
   if (fd < 0) return -1;
   uffdio_api api{};
   api.api = UFFD_API;
+  api.features = features;
   if (::ioctl(fd, UFFDIO_API, &api) != 0) {
     ::close(fd);
     return -1;
   }
   return fd;
+}
+
+// A userfaultfd with `features` watching [start, start+size) in `mode` (*uffd), or an errno
+// (ENOTSUP: no userfaultfd with those features).
+int open_uffd_on(uint64_t start, uint64_t size, uint64_t features, uint64_t mode, int *uffd) {
+  *uffd = open_uffd(features);
+  if (*uffd < 0) return ENOTSUP;
+  uffdio_register reg{};
+  reg.range.start = start;
+  reg.range.len = size;
+  reg.mode = mode;
+  if (::ioctl(*uffd, UFFDIO_REGISTER, &reg) != 0) {
+    const int e = errno;
+    ::close(*uffd);
+    return e;
+  }
+  return 0;
 }
 
 // Moves the contents of the private anonymous, writable pages [start, start+size) (made of
@@ -261,17 +281,8 @@ int open_uffd() {
 // Every write made before step 2 is in the moved pages; every write after it waits for step 4.
 // Returns 0, or an errno with the range unchanged.
 int reback_race_free(uint64_t start, uint64_t size, const std::vector<Vma> &vmas, int fd) {
-  const int uffd = open_uffd();
-  if (uffd < 0) return ENOTSUP;
-  uffdio_register reg{};
-  reg.range.start = start;
-  reg.range.len = size;
-  reg.mode = UFFDIO_REGISTER_MODE_MISSING;
-  if (::ioctl(uffd, UFFDIO_REGISTER, &reg) != 0) {
-    int e = errno;
-    ::close(uffd);
-    return e;
-  }
+  int uffd;
+  if (int rc = open_uffd_on(start, size, 0, UFFDIO_REGISTER_MODE_MISSING, &uffd)) return rc;
   void *view = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   int rc = view == MAP_FAILED ? errno : 0;
   struct Moved {
@@ -296,6 +307,8 @@ int reback_race_free(uint64_t start, uint64_t size, const std::vector<Vma> &vmas
   if (!rc) {
     for (const Moved &m : moved)
       std::memcpy(static_cast<uint8_t *>(view) + (m.at - start), m.old, m.n);
+    // Not a write of this thread: the bytes stay as they were (see tsan.hpp).
+    tsan::NotAnAccess same_bytes;
     if (::mmap(reinterpret_cast<void *>(start), size, PROT_READ | PROT_WRITE,
                MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED)
       rc = errno;
@@ -309,6 +322,44 @@ int reback_race_free(uint64_t start, uint64_t size, const std::vector<Vma> &vmas
   if (view != MAP_FAILED) ::munmap(view, size);
   ::close(uffd);  // wakes every thread that touched the range meanwhile
   return rc;
+}
+
+// The reverse of reback_race_free, when a region's last MR is gone: the application's pages
+// [start, start+size), mapped from the memfd `fd`, become private anonymous memory again
+// (read-write, as the fast path requires), so a peer that mapped the memfd while the region
+// was granted reaches only a file nobody else uses any more. No write of a concurrent
+// thread is lost: the range is registered with a userfaultfd for minor faults (a shmem page
+// that is in the file but not mapped), which we never serve; MADV_DONTNEED unmaps the pages
+// (the file keeps them), so a thread touching the range from now on waits in its fault; the
+// file is copied into fresh anonymous pages, which are moved over the range; closing the
+// userfaultfd wakes the waiting threads onto them. Returns 0, or an errno with the range
+// unchanged (a kernel without minor faults on shmem: ENOTSUP).
+int unback_race_free(uint64_t start, uint64_t size, int fd) {
+#ifdef UFFD_FEATURE_MINOR_SHMEM
+  int uffd;
+  if (int rc = open_uffd_on(start, size, UFFD_FEATURE_MINOR_SHMEM, UFFDIO_REGISTER_MODE_MINOR,
+                            &uffd))
+    return rc;
+  void *fresh = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void *view = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  int rc = fresh == MAP_FAILED || view == MAP_FAILED ? errno : 0;
+  if (!rc && ::madvise(reinterpret_cast<void *>(start), size, MADV_DONTNEED) != 0) rc = errno;
+  if (!rc) {
+    std::memcpy(fresh, view, size);
+    if (::mremap(fresh, size, size, MREMAP_MAYMOVE | MREMAP_FIXED,
+                 reinterpret_cast<void *>(start)) == MAP_FAILED)
+      rc = errno;
+    else
+      fresh = MAP_FAILED;  // it is the application's memory now
+  }
+  if (fresh != MAP_FAILED) ::munmap(fresh, size);
+  if (view != MAP_FAILED) ::munmap(view, size);
+  ::close(uffd);  // wakes every thread that touched the range meanwhile
+  return rc;
+#else
+  (void)start, (void)size, (void)fd;
+  return ENOTSUP;
+#endif
 }
 
 // In a fork() child: every page this adapter re-backed gets a private copy, as the kernel's
@@ -485,9 +536,10 @@ int Adapter::register_mr(uint32_t key, uint32_t pd, int access, uint64_t iova, v
 void Adapter::unregister_mr(uint32_t key) {
   const uint32_t sidx = (key >> 8) - 1;
   if (!shm_ || (key >> 8) == 0 || sidx >= kMaxStags) return;
+  Retired retired;
   {
     std::lock_guard lk(mu_);
-    if (!retire_stag_locked(sidx, key)) return;
+    if (!retire_stag_locked(sidx, key, &retired)) return;
   }
   // No peer validates the STag any more; wait for those that validated it before.
   std::vector<std::shared_ptr<HwConn>> live;
@@ -501,11 +553,39 @@ void Adapter::unregister_mr(uint32_t key) {
     });
   }
   for (auto &c : live) c->await_peer_untouched(key);
+  if (retired.fd >= 0) revoke_retired(retired);
+}
+
+// The region `r` lost its last MR and no peer access to it is in flight: the application's
+// pages leave the memfd (unback_race_free), so mappings peers made of it while it was granted
+// no longer reach them. Skipped if the region was revived meanwhile (registered again: it
+// is in g_regions, not g_retired) or if the pages cannot be moved (they then stay re-backed;
+// docs/hwmodel.md, "Limits").
+void Adapter::revoke_retired(const Retired &r) {
+  std::lock_guard lk(mu_);
+  auto it = g_retired.find(r.base);
+  if (it == g_retired.end() || it->second.fd != r.fd || it->second.gen != r.gen) return;
+  const LocalRegion &lr = it->second;
+  std::vector<Vma> vmas;
+  struct stat st{};
+  if (mappings(lr.base, lr.base + lr.len, &vmas) != 0 || ::fstat(lr.fd, &st) != 0) return;
+  const bool intact = std::all_of(vmas.begin(), vmas.end(), [&](const Vma &v) {
+    return v.ours && v.ino == (uint64_t)st.st_ino && v.prot == (PROT_READ | PROT_WRITE);
+  });
+  if (!intact) return;  // the application mapped something else there since
+  if (int rc = unback_race_free(lr.base, lr.len, lr.fd)) {
+    ECA_LOG(Debug, "hwmodel: retired region at 0x%llx stays shared (%s)",
+            (unsigned long long)lr.base, strerror(rc));
+    return;
+  }
+  ::close(lr.fd);
+  g_retired.erase(it);
 }
 
 // Clears the STag entry (seq_cst: pairs with the peers' LinkSide::touching stores) and drops
 // the MR's share of its region. False if `key` is not registered. mu_ held.
-bool Adapter::retire_stag_locked(uint32_t sidx, uint32_t key) {
+bool Adapter::retire_stag_locked(uint32_t sidx, uint32_t key, Retired *retired) {
+  ECA_ASSERT_HELD(mu_);
   StagEntry &se = shm_->stags[sidx];
   uint32_t expect = key;
   if (!se.key.compare_exchange_strong(expect, 0, std::memory_order_seq_cst)) return false;
@@ -527,6 +607,7 @@ bool Adapter::retire_stag_locked(uint32_t sidx, uint32_t key) {
         ::close(old->second.fd);
         old->second = it->second;
       }
+      if (retired) *retired = {it->second.base, it->second.fd, it->second.gen};
       g_regions.erase(it);
     }
     break;

@@ -24,6 +24,7 @@
 
 #include "hwmodel/backend/ctl.hpp"
 #include "hwmodel/backend/shm_layout.hpp"
+#include "provider/core/mutex.hpp"
 
 namespace eca::hw {
 
@@ -107,7 +108,14 @@ class Adapter {
  private:
   Adapter();
   void firmware_loop();
-  bool retire_stag_locked(uint32_t sidx, uint32_t key);
+  // A region whose last MR went away (fd -1: none did).
+  struct Retired {
+    uint64_t base = 0;
+    int fd = -1;
+    uint32_t gen = 0;
+  };
+  bool retire_stag_locked(uint32_t sidx, uint32_t key, Retired *retired = nullptr);
+  void revoke_retired(const Retired &r);  // the region's pages leave its memfd
   ctl::Reply serve(const ctl::Request &rq, const ctl::Server::Caller &who, std::vector<int> *fds);
 
   AdapterShm *shm_ = nullptr;
@@ -123,7 +131,7 @@ class Adapter {
   std::map<std::string, Pending> pending_;  // by nonce
   std::multiset<uint32_t> proven_;          // pids with a live proven connection
   uint32_t pid_ = 0;
-  std::mutex mu_;  // regions and STags (control path)
+  Mutex mu_;  // regions and STags (control path)
   uint32_t next_gen_ = 1;
   std::mutex conns_mu_;
   std::vector<std::weak_ptr<HwConn>> conns_;  // served by the firmware thread

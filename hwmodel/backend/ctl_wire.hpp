@@ -14,7 +14,9 @@
 //                       named in a Send to the asker, refused otherwise.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 namespace eca::hw::ctl {
 
@@ -41,5 +43,15 @@ struct Reply {
   uint64_t size[kMaxFds];  // exact size of each memfd (checked with fstat before mmap)
 };
 static_assert(sizeof(Reply) == 40);
+
+
+// Both ends copy these to and from the socket as bytes: plain data, exact sizes and offsets.
+static_assert(std::is_standard_layout_v<Request> && std::is_trivially_copyable_v<Request>);
+static_assert(offsetof(Request, magic) == 0 && offsetof(Request, kind) == 8 &&
+              offsetof(Request, idx) == 12 && offsetof(Request, gen) == 16 &&
+              offsetof(Request, nonce) == 24 && offsetof(Request, nonce) + kNonceBytes == sizeof(Request));
+static_assert(std::is_standard_layout_v<Reply> && std::is_trivially_copyable_v<Reply>);
+static_assert(offsetof(Reply, magic) == 0 && offsetof(Reply, status) == 8 &&
+              offsetof(Reply, nfds) == 12 && offsetof(Reply, size) == 16);
 
 }  // namespace eca::hw::ctl

@@ -17,6 +17,7 @@ namespace eca::hw {
 namespace w = eca::wire;
 
 bool HwConn::exec_atomic_locked(SendWqe *wqe) {
+  ECA_ASSERT_HELD(mu_);
   if (qp_.ord == 0) {  // the peer accepts no READs or atomics (IRD 0)
     ECA_QP_LOG(Warn, qp_.qpn, "atomic posted on a connection with ORD 0");
     qp_.sq_done(wqe, IBV_WC_LOC_QP_OP_ERR);
@@ -61,6 +62,7 @@ bool HwConn::exec_atomic_locked(SendWqe *wqe) {
 
 // The target's side. False: no room for the response yet (the frame is handled again).
 bool HwConn::handle_atomic_request_locked(const Frame &f) {
+  ECA_ASSERT_HELD(mu_);
   AtomicBody b;
   std::memcpy(&b, f.data, sizeof b);
   if (f.len != sizeof b ||
@@ -103,6 +105,7 @@ bool HwConn::handle_atomic_request_locked(const Frame &f) {
 }
 
 bool HwConn::handle_atomic_response_locked(const Frame &f) {
+  ECA_ASSERT_HELD(mu_);
   if (await_atomic_.empty() || f.len != sizeof(AtomicBody)) {
     ECA_QP_LOG(Warn, qp_.qpn, "unexpected atomic response from the peer");
     send_terminate_locked(WireError::Protocol);

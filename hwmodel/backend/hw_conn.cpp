@@ -18,6 +18,7 @@
 #include <random>
 #include <thread>
 
+#include "hwmodel/backend/tsan.hpp"
 #include "provider/core/config.hpp"
 #include "provider/core/log.hpp"
 #include "provider/core/mw.hpp"
@@ -269,6 +270,8 @@ void HwConn::become_ready() {
     out_ = &link_->ring[side_];
     in_ = &link_->ring[1 - side_];
     out_tail_ = out_->tail.load(std::memory_order_acquire);
+    tsan_key_ = initiator_ ? tsan::link_key(qp_.qpn, peer_qpn_)
+                           : tsan::link_key(peer_qpn_, qp_.qpn);
   }
   // Attached first: from the moment we can publish a frame naming our memory, a
   // deregistration must find this link (Adapter::unregister_mr).
@@ -373,6 +376,7 @@ HwConn::FwResult HwConn::firmware_poll() {
 }
 
 bool HwConn::work_locked() {
+  ECA_ASSERT_HELD(mu_);
   if (closed_ || failing_) return false;
   bool did = tx_locked();
   did |= rx_locked();
@@ -383,6 +387,7 @@ bool HwConn::work_locked() {
 // Transmit
 
 Frame *HwConn::ring_slot_locked() {
+  ECA_ASSERT_HELD(mu_);
   const uint64_t head = out_->head.load(std::memory_order_acquire);
   if (out_tail_ - head >= kRingSlots) return nullptr;
   Frame *f = &out_->slots[out_tail_ & kRingMask];
@@ -391,8 +396,10 @@ Frame *HwConn::ring_slot_locked() {
 }
 
 void HwConn::ring_publish_locked() {
+  ECA_ASSERT_HELD(mu_);
   // seq_cst pairs with cq_armed(): either we see the peer's interrupt request, or the peer
   // sees this frame when it checks after arming.
+  tsan::release(tsan_key_);
   out_->tail.store(++out_tail_, std::memory_order_seq_cst);
   // Ring the peer's doorbell only when it asked to be woken (interrupt mode).
   if (link_->side[1 - side_].want_intr.load(std::memory_order_seq_cst))
@@ -400,6 +407,7 @@ void HwConn::ring_publish_locked() {
 }
 
 void HwConn::send_terminate_locked(WireError why) {
+  ECA_ASSERT_HELD(mu_);
   if (Frame *f = ring_slot_locked()) {
     f->type = (uint32_t)FrameType::Terminate;
     f->status = (uint32_t)why;
@@ -410,6 +418,7 @@ void HwConn::send_terminate_locked(WireError why) {
 }
 
 bool HwConn::tx_locked() {
+  ECA_ASSERT_HELD(mu_);
   bool did = false;
   // Take what was posted; in paced mode each message enters the modeled pipeline now: it
   // starts when the path is free and completes one message latency later.
@@ -538,6 +547,7 @@ int HwConn::remote_copy(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t nee
 }
 
 bool HwConn::exec_wqe_locked(SendWqe *w) {
+  ECA_ASSERT_HELD(mu_);
   if (mw_is_local_op(w->opcode)) {  // memory-window bind / invalidation: no frame
     if (mw_execute_wqe(qp_, w)) return true;
     send_terminate_locked(WireError::Ended);
@@ -674,12 +684,14 @@ bool HwConn::exec_wqe_locked(SendWqe *w) {
 // visible means: once our application can see the message, the peer's adapter can see that
 // it was placed, whatever we do next (close, disconnect, exit).
 void HwConn::ack_placed_locked() {
+  ECA_ASSERT_HELD(mu_);
   link_->side[side_].placed.store(++placed_, std::memory_order_seq_cst);
   if (link_->side[1 - side_].want_intr.load(std::memory_order_seq_cst))
     Adapter::kick_peer(peer_->bell());
 }
 
 bool HwConn::harvest_acks_locked() {
+  ECA_ASSERT_HELD(mu_);
   const uint64_t placed = link_->side[1 - side_].placed.load(std::memory_order_acquire);
   uint64_t seen = acked_seen_.load(std::memory_order_relaxed);
   if (placed == seen) return false;
@@ -709,11 +721,13 @@ bool HwConn::acks_pending() const {
 }
 
 bool HwConn::rx_locked() {
+  ECA_ASSERT_HELD(mu_);
   bool did = harvest_acks_locked();
   uint64_t head = in_->head.load(std::memory_order_relaxed);
   while (!failing_) {
     const uint64_t tail = in_->tail.load(std::memory_order_acquire);
     if (head == tail) break;
+    tsan::acquire(tsan_key_);
     if (tail - head > kRingSlots) {  // a peer that corrupts the ring indices
       send_terminate_locked(WireError::Protocol);
       fail(LlpEnd::TerminateSent, IBV_WC_WR_FLUSH_ERR);
@@ -730,6 +744,7 @@ bool HwConn::rx_locked() {
 }
 
 bool HwConn::handle_frame_locked(const Frame &f) {
+  ECA_ASSERT_HELD(mu_);
   switch (static_cast<FrameType>(f.type)) {
     case FrameType::Send:
     case FrameType::Immediate: {
@@ -888,14 +903,14 @@ void HwConn::fail(LlpEnd why, ibv_wc_status st) {
   if (failing_.exchange(true)) return;
   auto self = shared_from_this();
   // QP transitions and rdma_cm notification run on the progress thread, never under mu_.
-  Progress::instance().post([self, why, st] {
-    std::lock_guard cb(self->cb_mu_);
-    if (!self->closed_) self->do_fail(why, st);
-  });
+  Progress::instance().post([self, why, st] { self->do_fail(why, st); });
 }
 
+// Progress thread. The adapter's part runs under cb_mu_; Qp::llp_ended, which closes this
+// connection (close() takes cb_mu_), runs after it, announced by upcall_.
 void HwConn::do_fail(LlpEnd why, ibv_wc_status st) {
-  if (ended_) return;
+  std::unique_lock cb(cb_mu_);
+  if (closed_ || ended_) return;
   ended_ = true;
   {
     // Sends the peer placed before it went away completed successfully: their count is
@@ -915,12 +930,25 @@ void HwConn::do_fail(LlpEnd why, ibv_wc_status st) {
     await_ack_.clear();
     await_atomic_.clear();
   }
+  upcall_.store(true, std::memory_order_relaxed);  // under cb_mu_: a close() after us sees it
+  cb.unlock();
   qp_.llp_ended(why);  // QP to ERROR, flush, async event, rdma_cm; calls close()
+  upcall_.store(false, std::memory_order_release);
+  upcall_.notify_all();
 }
 
 void HwConn::close(bool graceful) {
   // Always through cb_mu_, even when closed already: a close() or handler still running on
-  // another thread (do_fail -> Qp::llp_ended) uses the Qp, which the caller may free next.
+  // another thread uses the Qp, which the caller may free next. Then, with cb_mu_ released
+  // (`cb` goes first), the same for do_fail inside Qp::llp_ended (upcall_), unless that call
+  // is what brought us here.
+  struct AwaitUpcall {
+    HwConn &c;
+    ~AwaitUpcall() {
+      if (Progress::instance().on_progress_thread()) return;  // nested in do_fail, or none
+      while (c.upcall_.load(std::memory_order_acquire)) c.upcall_.wait(true);
+    }
+  } await_upcall{*this};
   std::lock_guard cb(cb_mu_);
   if (closed_.exchange(true)) return;
   {

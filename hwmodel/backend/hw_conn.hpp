@@ -92,8 +92,15 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   Qp &qp_;
   boost::asio::ip::tcp::socket sock_;
   bool initiator_;
-  std::recursive_mutex cb_mu_;  // held by progress/firmware handlers; taken by close()
-  std::mutex mu_;               // data path state; only try_lock from application threads
+  // Held by progress/firmware handlers for their work and by close(), never across a call
+  // that can come back into close() (do_fail's Qp::llp_ended: see upcall_).
+  std::mutex cb_mu_;
+  // do_fail is inside Qp::llp_ended, on the progress thread, without cb_mu_ (set under it).
+  // A close() on any other thread waits for it to clear before it returns: the caller may
+  // free the Qp next. A close() on the progress thread that sees it set is nested inside that
+  // very call (progress handlers run one at a time) and does not wait.
+  std::atomic<bool> upcall_{false};
+  Mutex mu_;                    // data path state; only try_lock from application threads
   std::atomic<bool> ready_{false};
   std::atomic<bool> closed_{false};
   std::atomic<bool> failing_{false};
@@ -115,6 +122,7 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   Ring *out_ = nullptr;
   Ring *in_ = nullptr;
   uint64_t out_tail_ = 0;  // producer's private copy of out_->tail
+  void *tsan_key_ = nullptr;  // the rings' hand-off as ThreadSanitizer sees it (tsan.hpp)
 
   // Work requests taken from the SQ and not yet executed, with their modeled completion
   // times (paced mode: the adapter pipelines them; fast mode: due 0).

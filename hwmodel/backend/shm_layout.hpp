@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 namespace eca::hw {
 
@@ -166,5 +167,62 @@ struct LinkShm {
   LinkSide side[2];
   Ring ring[2];  // ring[i]: frames sent BY side i
 };
+
+
+// ---- layout assertions
+// Both processes of a link map these structs and must agree on every byte: each is standard
+// layout, has its exact size, and every field sits at the offset asserted here (a change to
+// any of them is a new kLayoutVersion). Plain data is trivially copyable; the atomics are
+// lock-free, hence address-free, so they work between processes on shared pages.
+template <typename T>
+inline constexpr bool kShmPlain = std::is_standard_layout_v<T> && std::is_trivially_copyable_v<T>;
+template <typename T>
+inline constexpr bool kShmShared =
+    std::is_standard_layout_v<T> && std::is_trivially_destructible_v<T>;
+static_assert(std::atomic<uint32_t>::is_always_lock_free && std::atomic<uint64_t>::is_always_lock_free);
+static_assert(sizeof(std::atomic<uint32_t>) == 4 && sizeof(std::atomic<uint64_t>) == 8);
+
+static_assert(kShmShared<StagEntry> && alignof(StagEntry) == 64);
+static_assert(offsetof(StagEntry, key) == 0 && offsetof(StagEntry, pd) == 4 &&
+              offsetof(StagEntry, access) == 8 && offsetof(StagEntry, region) == 12 &&
+              offsetof(StagEntry, iova) == 16 && offsetof(StagEntry, length) == 24 &&
+              offsetof(StagEntry, host) == 32 && offsetof(StagEntry, qpn) == 40);
+static_assert(kShmShared<RegionEntry> && alignof(RegionEntry) == 64);
+static_assert(offsetof(RegionEntry, gen) == 0 && offsetof(RegionEntry, fd) == 4 &&
+              offsetof(RegionEntry, base) == 8 && offsetof(RegionEntry, length) == 16);
+static_assert(kShmShared<AdapterShm>);
+static_assert(offsetof(AdapterShm, magic) == 0 && offsetof(AdapterShm, version) == 8 &&
+              offsetof(AdapterShm, pid) == 12 && offsetof(AdapterShm, regions) == 64 &&
+              offsetof(AdapterShm, stags) == 64 + 64 * kMaxRegions);
+static_assert(sizeof(AdapterShm) == 64 + 64 * (uint64_t)kMaxRegions + 64 * (uint64_t)kMaxStags);
+static_assert(kShmShared<Bell> && sizeof(Bell) == 64);
+static_assert(offsetof(Bell, doorbell) == 0 && offsetof(Bell, sleeping) == 4);
+static_assert(kShmPlain<FrameSge>);
+static_assert(offsetof(FrameSge, stag) == 0 && offsetof(FrameSge, len) == 4 &&
+              offsetof(FrameSge, addr) == 8);
+static_assert(kShmPlain<Frame> && alignof(Frame) == 64);
+static_assert(offsetof(Frame, type) == 0 && offsetof(Frame, flags) == 4 &&
+              offsetof(Frame, len) == 8 && offsetof(Frame, nsge) == 12 &&
+              offsetof(Frame, imm) == 16 && offsetof(Frame, status) == 20 &&
+              offsetof(Frame, reserved_) == 24 && offsetof(Frame, model_ps) == 56 &&
+              offsetof(Frame, sge) == 64 && offsetof(Frame, data) == 64 + 16 * kFrameSges &&
+              offsetof(Frame, data) + kFrameInline == sizeof(Frame));
+static_assert(kShmPlain<AtomicBody>);
+static_assert(offsetof(AtomicBody, op) == 0 && offsetof(AtomicBody, rkey) == 4 &&
+              offsetof(AtomicBody, addr) == 8 && offsetof(AtomicBody, operand) == 16 &&
+              offsetof(AtomicBody, compare) == 24 && offsetof(AtomicBody, orig) == 32);
+static_assert(kShmShared<Ring>);
+static_assert(offsetof(Ring, head) == 0 && offsetof(Ring, tail) == 64 &&
+              offsetof(Ring, slots) == 128 &&
+              sizeof(Ring) == 128 + sizeof(Frame) * (uint64_t)kRingSlots);
+static_assert(kShmShared<LinkSide> && alignof(LinkSide) == 64);
+static_assert(offsetof(LinkSide, pid) == 0 && offsetof(LinkSide, qpn) == 4 &&
+              offsetof(LinkSide, pd) == 8 && offsetof(LinkSide, want_intr) == 12 &&
+              offsetof(LinkSide, closed) == 16 && offsetof(LinkSide, touching) == 20 &&
+              offsetof(LinkSide, placed) == 24);
+static_assert(kShmShared<LinkShm>);
+static_assert(offsetof(LinkShm, magic) == 0 && offsetof(LinkShm, version) == 8 &&
+              offsetof(LinkShm, side) == 64 && offsetof(LinkShm, ring) == 64 + 2 * 64 &&
+              sizeof(LinkShm) == 64 + 2 * 64 + 2 * sizeof(Ring));
 
 }  // namespace eca::hw

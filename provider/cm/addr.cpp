@@ -306,7 +306,7 @@ int bind_addr(rdma_cm_id *cid, const sockaddr *addr) {
     if (int r = bind_socket(c, ep, &got)) return r;
     set_src(id, got);
     set_device(id, de);
-    c.st = St::Bound;
+    if (!transition(c, St::Bound)) return EINVAL;
     return 0;
   });
 }
@@ -370,7 +370,7 @@ int resolve_addr(rdma_cm_id *cid, const sockaddr *src, const sockaddr *dst, int 
     }
     set_src(id, s);
     set_device(id, de);
-    c.st = St::AddrResolved;
+    if (!transition(c, St::AddrResolved)) return EINVAL;
     push_simple(c, RDMA_CM_EVENT_ADDR_RESOLVED, 0);
     return 0;
   });
@@ -384,7 +384,7 @@ int resolve_route(rdma_cm_id *cid, int /*timeout_ms*/) {
   int r = run([&] {
     Core &c = *id->core;
     if (c.st != St::AddrResolved && c.st != St::RouteResolved) return EINVAL;
-    c.st = St::RouteResolved;
+    if (!transition(c, St::RouteResolved)) return EINVAL;
     push_simple(c, RDMA_CM_EVENT_ROUTE_RESOLVED, 0);
     return 0;
   });

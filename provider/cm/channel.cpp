@@ -19,6 +19,7 @@ Channel *chan_of(rdma_event_channel *c) { return reinterpret_cast<Channel *>(c);
 // Events
 
 void chan_drain_locked(Channel *c) {
+  ECA_ASSERT_HELD(c->mu);
   char b;
   (void)!::read(c->ch.fd, &b, 1);
 }

@@ -198,7 +198,7 @@ int listen(rdma_cm_id *cid, int backlog) {
       tcp::endpoint got;  // as the kernel: an unbound id listens on the IPv4 wildcard
       if (int r = bind_socket(c, tcp::endpoint(tcp::v4(), 0), &got)) return r;
       set_src(id, got);
-      c.st = St::Bound;
+      if (!transition(c, St::Bound)) return EINVAL;
     }
     if (c.st != St::Bound || c.bfd < 0) return EINVAL;
     auto acc = std::make_unique<tcp::acceptor>(io());
@@ -214,8 +214,11 @@ int listen(rdma_cm_id *cid, int backlog) {
       c.bfd = acc->release(ec);
       return EADDRINUSE;
     }
+    if (!transition(c, St::Listen)) {
+      c.bfd = acc->release(ec);
+      return EINVAL;
+    }
     c.acceptor = std::move(acc);
-    c.st = St::Listen;
     accept_next(id->core);
     return 0;
   });
@@ -264,9 +267,9 @@ int connect(rdma_cm_id *cid, const rdma_conn_param *param) {
   int r = run([&] {
     Core &c = *id->core;
     if (c.st != St::RouteResolved) return EINVAL;
+    if (!transition(c, St::Connecting)) return EINVAL;
     set_qp(c, qp);
     c.qp_num = param ? param->qp_num : 0;
-    c.st = St::Connecting;
     c.disc_delivered = false;
     tcp::endpoint dst;
     to_ep(&id->id.route.addr.dst_addr, &dst);
@@ -298,8 +301,8 @@ int accept(rdma_cm_id *cid, const rdma_conn_param *param) {
                   : std::min<uint16_t>(c.def_ird, kMaxIrdOrd);
     p.ord = param ? clamp_res(param->initiator_depth, c.def_ord)
                   : std::min<uint16_t>(c.def_ord, kMaxIrdOrd);
+    if (!transition(c, St::Accepting)) return EINVAL;
     set_qp(c, qp);
-    c.st = St::Accepting;
     auto cp = id->core;
     c.mpa->accept(p, [cp](MpaOutcome o) { on_responder_done(cp, o); });
     return 0;
@@ -317,9 +320,9 @@ int reject(rdma_cm_id *cid, const void *pdata, uint8_t len) {
   return run([&] {
     Core &c = *id->core;
     if (c.st != St::ConnReq || !c.mpa) return EINVAL;
+    if (!transition(c, St::Failed)) return EINVAL;
     c.mpa->reject(pd);
     c.mpa.reset();
-    c.st = St::Failed;
     return 0;
   });
 }
@@ -341,7 +344,10 @@ int establish(rdma_cm_id *cid) {
       fail_conn(c, RDMA_CM_EVENT_CONNECT_ERROR, EIO);
       return 0;
     }
-    c.st = St::Established;
+    if (!transition(c, St::Established)) {
+      fail_conn(c, RDMA_CM_EVENT_CONNECT_ERROR, EPROTO);
+      return 0;
+    }
     push_conn(c, RDMA_CM_EVENT_ESTABLISHED, 0, {});
     return 0;
   });
@@ -365,7 +371,7 @@ int disconnect(rdma_cm_id *cid) {
           queued_now = mark_disconnected(c);
           return 0;
         }
-        c.st = St::Disconnecting;
+        if (!transition(c, St::Disconnecting)) return EINVAL;
         qp = c.qp;
         gen = c.qp_gen;
         return 0;

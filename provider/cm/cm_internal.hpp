@@ -33,17 +33,20 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
+#include <type_traits>
 #include <vector>
 
 #include "connect/mpa_cm.hpp"
 #include "provider/core/llp.hpp"
 #include "provider/core/log.hpp"
+#include "provider/core/mutex.hpp"
 #include "provider/core/objects.hpp"
 #include "runtime/progress.hpp"
 
@@ -67,13 +70,15 @@ struct Event {
   Id *child = nullptr;  // CONNECT_REQUEST: the new id (destroyed with the event if undelivered)
   uint8_t pdata[mpa::kMaxPrivateData]{};
 };
+static_assert(std::is_standard_layout_v<Event> && offsetof(Event, ev) == 0);  // ack_cm_event
 
 struct Channel {
   rdma_event_channel ch{};  // first; ch.fd = read end of the pipe
   int wfd = -1;
-  std::mutex mu;
+  Mutex mu;  // q
   std::deque<Event *> q;
 };
+static_assert(std::is_standard_layout_v<Channel> && offsetof(Channel, ch) == 0);  // chan_of
 
 enum class St : uint8_t {
   Idle,
@@ -91,8 +96,27 @@ enum class St : uint8_t {
   Failed,        // connection attempt over (rejected, error); only destroy is useful
 };
 
+// St runs from 0 to Failed: a new state goes before Failed (and into conn.cpp's kNext).
+constexpr size_t kStates = static_cast<size_t>(St::Failed) + 1;
+
 // The state's name for logs.
 const char *st_name(St s);
+// Whether the transition table (conn.cpp, kNext) lets a connection go from `from` to `to`.
+bool transition_allowed(St from, St to);
+
+// Builds with assertions (the project's RelWithDebInfo, debug and sanitizer builds: no NDEBUG)
+// stop at a transition the table does not list.
+#ifdef NDEBUG
+inline constexpr bool kCheckTransitions = false;
+#else
+inline constexpr bool kCheckTransitions = true;
+#endif
+
+// Every state change of a Core goes through here (progress thread). A move the table does not
+// list is logged (Error) and asserted; in a build without assertions (NDEBUG) the state stays
+// as it was and false lets the caller fail cleanly (an API call returns EINVAL, an
+// asynchronous path ends the attempt with CONNECT_ERROR).
+bool transition(Core &c, St to);
 
 struct Core : std::enable_shared_from_this<Core> {
   Id *owner = nullptr;  // null once the id is destroyed
@@ -144,6 +168,7 @@ struct Id {
   static Id *make();
   static void free(Id *id);
 };
+static_assert(std::is_standard_layout_v<Id> && offsetof(Id, id) == 0);  // Id::from
 
 // Runs f on the progress thread and returns its result; a system error thrown by Boost.Asio
 // (out of descriptors: EMFILE) becomes its errno, other exceptions EIO.

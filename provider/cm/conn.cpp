@@ -3,6 +3,8 @@
 // request), the responder path (listener, MPA request -> CONNECT_REQUEST, reply), and
 // teardown.
 #include <algorithm>
+#include <array>
+#include <cassert>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -12,12 +14,83 @@
 
 namespace eca::cm {
 
+// ---------------------------------------------------------------------------------------------
+// The state machine
+
+namespace {
+
+constexpr uint16_t bit(St s) { return uint16_t(1u << static_cast<unsigned>(s)); }
+
+struct Row {
+  St from;
+  const char *name;
+  uint16_t next;  // the states `from` may go to
+};
+
+// One row per state, in St order. Derived from every state change in provider/cm/ and checked
+// against the event sequences of rdma_cm(7) and rdma_get_cm_event(3); docs/architecture.md
+// ("rdma_cm connection states") has the same table with the calls and events.
+constexpr std::array<Row, kStates> kNext = {{
+    // rdma_bind_addr | rdma_resolve_addr (binds first) | a CONNECT_REQUEST's new id
+    {St::Idle, "idle", bit(St::Bound) | bit(St::AddrResolved) | bit(St::ConnReq)},
+    // rdma_resolve_addr | rdma_listen
+    {St::Bound, "bound", bit(St::AddrResolved) | bit(St::Listen)},
+    // rdma_resolve_addr again (the kernel refuses it) | rdma_resolve_route
+    {St::AddrResolved, "addr-resolved", bit(St::AddrResolved) | bit(St::RouteResolved)},
+    // rdma_resolve_route again (the kernel refuses it) | rdma_connect
+    {St::RouteResolved, "route-resolved", bit(St::RouteResolved) | bit(St::Connecting)},
+    // MPA reply, QP given: ESTABLISHED | no QP: CONNECT_RESPONSE | REJECTED, UNREACHABLE,
+    // CONNECT_ERROR
+    {St::Connecting, "connecting", bit(St::Established) | bit(St::ConnResponse) | bit(St::Failed)},
+    // rdma_establish: ESTABLISHED | its attach failed: CONNECT_ERROR | rdma_disconnect
+    {St::ConnResponse, "conn-response",
+     bit(St::Established) | bit(St::Failed) | bit(St::Disconnected)},
+    // a listener stays one until rdma_destroy_id
+    {St::Listen, "listen", 0},
+    // rdma_accept | rdma_reject
+    {St::ConnReq, "conn-request", bit(St::Accepting) | bit(St::Failed)},
+    // reply written and QP attached: ESTABLISHED | CONNECT_ERROR
+    {St::Accepting, "accepting", bit(St::Established) | bit(St::Failed)},
+    // rdma_disconnect | the stream ended (peer, QP error) or rdma_disconnect without a QP:
+    // DISCONNECTED
+    {St::Established, "established", bit(St::Disconnecting) | bit(St::Disconnected)},
+    // the local close completed or the stream ended: DISCONNECTED
+    {St::Disconnecting, "disconnecting", bit(St::Disconnected)},
+    // both ends of a close report it; DISCONNECTED is queued once
+    {St::Disconnected, "disconnected", bit(St::Disconnected)},
+    // rejected or failed: only rdma_destroy_id is left
+    {St::Failed, "failed", 0},
+}};
+
+constexpr bool rows_in_state_order() {
+  for (size_t i = 0; i < kStates; i++)
+    if (static_cast<size_t>(kNext[i].from) != i) return false;
+  return true;
+}
+static_assert(rows_in_state_order(), "kNext: one row per state, in St order");
+static_assert(kStates <= 16, "kNext: a row's next states are a 16-bit set");
+
+}  // namespace
+
 const char *st_name(St s) {
-  static const char *const n[] = {"idle",        "bound",        "addr-resolved", "route-resolved",
-                                  "connecting",  "conn-response", "listen",       "conn-request",
-                                  "accepting",   "established",  "disconnecting", "disconnected",
-                                  "failed"};
-  return n[static_cast<int>(s)];
+  const auto i = static_cast<size_t>(s);
+  return i < kStates ? kNext[i].name : "invalid";
+}
+
+bool transition_allowed(St from, St to) {
+  const auto f = static_cast<size_t>(from), t = static_cast<size_t>(to);
+  return f < kStates && t < kStates && (kNext[f].next & bit(to)) != 0;
+}
+
+bool transition(Core &c, St to) {
+  if (transition_allowed(c.st, to)) {
+    c.st = to;
+    return true;
+  }
+  ECA_LOG(Error, "rdma_cm: id %p: illegal state transition %s -> %s",
+          static_cast<void *>(c.owner), st_name(c.st), st_name(to));
+  assert(!"rdma_cm: state transition not in the table (conn.cpp, kNext)");
+  return false;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -26,7 +99,7 @@ const char *st_name(St s) {
 // The connection is down: the id's DISCONNECTED is queued, exactly once. Returns whether it
 // was queued now.
 bool mark_disconnected(Core &c) {
-  c.st = St::Disconnected;
+  if (!transition(c, St::Disconnected)) return false;
   if (c.disc_delivered) return false;
   c.disc_delivered = true;
   push_simple(c, RDMA_CM_EVENT_DISCONNECTED, 0);
@@ -82,7 +155,9 @@ bool attach(Core &c, LlpConnection &&llp) {
 }
 
 void fail_conn(Core &c, rdma_cm_event_type t, int err, const std::vector<uint8_t> &pd) {
-  c.st = St::Failed;
+  // Already the failure path: the event goes out even if the table refuses the move (logged),
+  // so that the application learns that its attempt is over.
+  (void)transition(c, St::Failed);
   c.qp = nullptr;
   push_conn(c, t, -err, pd);
 }
@@ -99,12 +174,14 @@ static void on_initiator_done(const std::shared_ptr<Core> &cp, MpaOutcome o) {
       c.ord = llp.ord;
       if (c.qp) {
         if (!attach(c, std::move(llp))) return fail_conn(c, RDMA_CM_EVENT_CONNECT_ERROR, EIO);
-        c.st = St::Established;
+        if (!transition(c, St::Established))
+          return fail_conn(c, RDMA_CM_EVENT_CONNECT_ERROR, EPROTO);
         c.disc_delivered = false;
         push_conn(c, RDMA_CM_EVENT_ESTABLISHED, 0, pd);
       } else {
         c.llp.emplace(std::move(llp));
-        c.st = St::ConnResponse;
+        if (!transition(c, St::ConnResponse))
+          return fail_conn(c, RDMA_CM_EVENT_CONNECT_ERROR, EPROTO);
         push_conn(c, RDMA_CM_EVENT_CONNECT_RESPONSE, 0, pd);
       }
       return;
@@ -218,7 +295,7 @@ void on_responder_done(const std::shared_ptr<Core> &cp, MpaOutcome o) {
   // Attach right after the reply is written: from now on the peer may send FPDUs.
   LlpConnection llp = s->take_llp();
   if (!attach(c, std::move(llp))) return fail_conn(c, RDMA_CM_EVENT_CONNECT_ERROR, EIO);
-  c.st = St::Established;
+  if (!transition(c, St::Established)) return fail_conn(c, RDMA_CM_EVENT_CONNECT_ERROR, EPROTO);
   c.disc_delivered = false;
   push_conn(c, RDMA_CM_EVENT_ESTABLISHED, 0, {});
 }
@@ -246,7 +323,12 @@ static void new_request(const std::shared_ptr<Core> &L, const std::shared_ptr<Mp
   cid->core = std::make_shared<Core>();
   Core &c = *cid->core;
   c.owner = cid;
-  c.st = St::ConnReq;
+  if (!transition(c, St::ConnReq)) {
+    if (cid->sync) channel_free(cid->chan);
+    Id::free(cid);
+    s->cancel();
+    return;
+  }
   c.mpa = s;
   c.tos = L->tos;
   boost::system::error_code ec;

@@ -30,8 +30,8 @@ constexpr int kRemoteRights =
 constexpr int kBindAccess = kRemoteRights | IBV_ACCESS_ZERO_BASED | IBV_ACCESS_LOCAL_WRITE;
 
 // The window lock (mw.hpp) and the windows by STag index.
-std::mutex &window_mu() {
-  static auto *m = new std::mutex();
+Mutex &window_mu() {
+  static auto *m = new Mutex();
   return *m;
 }
 std::unordered_map<uint32_t, Mw *> &windows() {
@@ -56,6 +56,7 @@ Backend &backend_of(const Mw *mw) { return *mw->pd->ctx->dev->backend; }
 // found the binding before keep its entry, and through it the parent MR, alive; the MR's
 // deregistration waits for them (MrUse enters the parent too). Window lock held.
 void unbind_locked(Mw *mw) {
+  ECA_ASSERT_HELD(window_mu());
   std::shared_ptr<Mr> old = mw->entry;
   auto e = unbound_entry(mw, old->ibmr.rkey);
   stag_replace(old->ibmr.rkey, e);
@@ -68,6 +69,7 @@ void unbind_locked(Mw *mw) {
 
 // Gives an unbound window the STag `key` (same index) without binding it.
 void rekey_locked(Mw *mw, uint32_t key) {
+  ECA_ASSERT_HELD(window_mu());
   if (mw->entry->ibmr.rkey == key) return;
   auto e = unbound_entry(mw, key);
   stag_replace(mw->entry->ibmr.rkey, e);
@@ -77,6 +79,7 @@ void rekey_locked(Mw *mw, uint32_t key) {
 // The window a queued bind names, if it still exists. (ibmw.rkey is the application's to
 // read while we change it on other threads; the index is ours and never changes.)
 Mw *live_window_locked(ibv_mw *m) {
+  ECA_ASSERT_HELD(window_mu());
   if (!m) return nullptr;
   Mw *mw = Mw::from(m);
   auto it = windows().find(mw->index);
@@ -84,6 +87,7 @@ Mw *live_window_locked(ibv_mw *m) {
 }
 
 ibv_wc_status bind_locked(Qp &qp, const SendWqe &w) {
+  ECA_ASSERT_HELD(window_mu());
   Mw *mw = live_window_locked(w.mw);
   if (!mw) return IBV_WC_MW_BIND_ERR;
   const ibv_mw_bind_info &b = w.bind;
@@ -144,6 +148,7 @@ ibv_wc_status bind_locked(Qp &qp, const SendWqe &w) {
 
 // Invalidation of a type 2 window's STag `key` by a QP in `pd` (qpn 0: any QP of it).
 bool invalidate_locked(uint32_t key, const Pd *pd, uint32_t qpn) {
+  ECA_ASSERT_HELD(window_mu());
   auto it = windows().find(key >> 8);
   if (it == windows().end()) return false;
   Mw *mw = it->second;

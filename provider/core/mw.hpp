@@ -20,8 +20,10 @@
 
 #include <infiniband/verbs.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <type_traits>
 
 #include "provider/core/objects.hpp"
 
@@ -35,6 +37,7 @@ struct Mw {
   bool bound = false;         // entry is a live binding (window lock)
   static Mw *from(ibv_mw *m) { return reinterpret_cast<Mw *>(m); }
 };
+static_assert(std::is_standard_layout_v<Mw> && offsetof(Mw, ibmw) == 0);  // from()
 
 int mw_alloc(Pd *pd, ibv_mw_type type, Mw **out);
 int mw_dealloc(Mw *mw);

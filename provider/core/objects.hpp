@@ -7,8 +7,9 @@
 // Error convention inside: functions return 0 or a positive errno. The extern "C" layer
 // (provider/verbs_api.cpp) translates to each verb's man-page convention.
 //
-// Locking rules (outermost first): Qp::sq_mu, Qp::rq_mu / Srq::mu, Cq::mu. The device layer
-// (QpEngine) calls back into Qp only without holding its own locks that a poster could need.
+// Lock order: the numbered list in docs/architecture.md ("Lock order") names every mutex.
+// The device layer (QpEngine) calls back into Qp only without holding its own locks that a
+// poster could need.
 #pragma once
 
 #include <infiniband/verbs.h>
@@ -25,7 +26,10 @@
 #include <shared_mutex>
 #include <thread>
 #include <string>
+#include <type_traits>
 #include <vector>
+
+#include "provider/core/mutex.hpp"
 
 namespace eca {
 
@@ -373,21 +377,23 @@ struct Qp {
     return live && err_completed.load(std::memory_order_acquire) ? IBV_QPS_ERR : s;
   }
 
-  std::mutex sq_mu;
+  Mutex sq_mu;
   WqRing<SendWqe> sq;
   // sq.tx and sq.tail as last published under sq_mu: lets the device see "nothing new"
   // without taking the lock.
   std::atomic<uint64_t> sq_tx_pub{0}, sq_tail_pub{0};
   void publish_sq_locked() {
+    ECA_ASSERT_HELD(sq_mu);
     sq_tx_pub.store(sq.tx, std::memory_order_release);
     sq_tail_pub.store(sq.tail, std::memory_order_release);
   }
-  std::mutex rq_mu;
+  Mutex rq_mu;
   WqRing<RecvWqe> rq;
   // rq.head and rq.tail as last published under rq_mu: "a receive may be posted", for a
   // polling thread deciding whether to look at the socket (a hint: stale is harmless).
   std::atomic<uint64_t> rq_head_pub{0}, rq_tail_pub{0};
   void publish_rq_locked() {
+    ECA_ASSERT_HELD(rq_mu);
     rq_head_pub.store(rq.head, std::memory_order_relaxed);
     rq_tail_pub.store(rq.tail, std::memory_order_relaxed);
   }
@@ -516,6 +522,33 @@ void qp_ex_init(Qp *qp);  // fills the ibv_qp_ex wr_* function table (qp_ex.cpp)
 
 // Completion helpers shared by the SQ and RQ paths.
 ibv_wc_opcode wc_opcode_for(ibv_wr_opcode op);
+
+// ---------------------------------------------------------------------------------------------
+// Layout assumptions of the casts between rdma-core's structs and ours (`from()` above): the
+// rdma-core struct is the first member, at offset 0, and the object is standard layout, so
+// the two addresses are one (C++ [basic.compound]). Qp holds a std::function, which makes it
+// not standard layout; GCC and clang still place its first member at offset 0 (no virtual
+// functions, no bases), and the offsetof below checks exactly that.
+static_assert(std::is_standard_layout_v<Device> && offsetof(Device, vdev) == 0 &&
+              offsetof(VerbsDeviceAbi, device) == 0);
+// verbs.h finds the verbs_context in front of an ibv_context (verbs_get_ctx): context is last.
+static_assert(std::is_standard_layout_v<Context> && offsetof(Context, vctx) == 0 &&
+              offsetof(verbs_context, context) + sizeof(ibv_context) == sizeof(verbs_context));
+static_assert(std::is_standard_layout_v<Pd> && offsetof(Pd, ibpd) == 0);
+static_assert(std::is_standard_layout_v<Mr> && offsetof(Mr, ibmr) == 0);
+static_assert(std::is_standard_layout_v<CompChannel> && offsetof(CompChannel, ch) == 0);
+static_assert(std::is_standard_layout_v<Cq> && offsetof(Cq, cqx) == 0);
+// ibv_cq_ex_to_cq() is a cast: ibv_cq_ex begins with the fields of ibv_cq.
+static_assert(offsetof(ibv_cq_ex, context) == offsetof(ibv_cq, context) &&
+              offsetof(ibv_cq_ex, cq_context) == offsetof(ibv_cq, cq_context) &&
+              offsetof(ibv_cq_ex, cqe) == offsetof(ibv_cq, cqe) &&
+              offsetof(ibv_cq_ex, async_events_completed) == offsetof(ibv_cq, async_events_completed));
+static_assert(std::is_standard_layout_v<Srq> && offsetof(Srq, ibsrq) == 0);
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Winvalid-offsetof"
+static_assert(!std::is_polymorphic_v<Qp> && offsetof(Qp, qpx) == 0 &&
+              offsetof(ibv_qp_ex, qp_base) == 0);
+#pragma GCC diagnostic pop
 
 }  // namespace eca
 

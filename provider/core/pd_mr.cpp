@@ -8,6 +8,7 @@
 #include <shared_mutex>
 
 #include "provider/core/backend.hpp"
+#include "provider/core/fork.hpp"
 #include "provider/core/log.hpp"
 #include "provider/core/mem_pin.hpp"
 #include "provider/core/mw.hpp"
@@ -132,6 +133,12 @@ int mr_register(Pd *pd, void *addr, size_t len, uint64_t iova, int access, Mr **
     table().remove(key);
     return rc;
   }
+  // After the backend: it may have replaced the mappings (fork.hpp).
+  if (int rc = fork_dontfork(addr, len)) {
+    pd->ctx->dev->backend->mr_deregistered(*raw);
+    table().remove(key);
+    return rc;
+  }
   pd->users++;
   *out = raw;
   return 0;
@@ -152,6 +159,7 @@ int mr_deregister(Mr *mr) {
     mr->touch.wait(v, std::memory_order_acquire);
     v = mr->touch.load(std::memory_order_acquire);
   }
+  fork_dofork(mr->addr, mr->length);
   pd->users--;
   return 0;
 }

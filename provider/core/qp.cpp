@@ -183,6 +183,7 @@ int qp_destroy(Qp *qp) {
 // Posting
 
 int Qp::enqueue_send(const SendWqe &w) {
+  ECA_ASSERT_HELD(sq_mu);
   if (sq.full()) return ENOMEM;
   SendWqe &slot = sq.at(sq.tail);
   slot = w;
@@ -362,6 +363,7 @@ void Qp::sq_done(SendWqe *w, ibv_wc_status st) {
 
 // Signaled WQEs, all WQEs with sq_sig_all, and every failed or flushed one complete.
 void Qp::retire_locked(const SendWqe &d) {
+  ECA_ASSERT_HELD(sq_mu);
   if (!(sq_sig_all || (d.flags & IBV_SEND_SIGNALED) || d.status != IBV_WC_SUCCESS)) return;
   if (d.status != IBV_WC_SUCCESS) err_completed.store(true, std::memory_order_release);
   ibv_wc wc{};
@@ -400,6 +402,7 @@ void Qp::rq_done(const RecvWqe &w, ibv_wc_status st, uint32_t byte_len, bool sol
 
 // Marks every WQE not yet finished as flushed and retires the queue (sq_mu held).
 void Qp::flush_locked_sq() {
+  ECA_ASSERT_HELD(sq_mu);
   for (uint64_t i = sq.head; i != sq.tail; i++) {
     SendWqe &w = sq.at(i);
     if (w.state != WqeState::Done) {

@@ -35,8 +35,10 @@
 
 #include <arpa/inet.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace eca::rsock::wire {
 
@@ -122,5 +124,8 @@ struct Hello {
   uint8_t version;
   uint8_t pad[3];
 };
+// Sent as the bytes of the struct: plain data, 8 bytes, fields where the peer expects them.
+static_assert(std::is_standard_layout_v<Hello> && std::is_trivially_copyable_v<Hello>);
+static_assert(sizeof(Hello) == 8 && offsetof(Hello, magic) == 0 && offsetof(Hello, version) == 4);
 
 }  // namespace eca::rsock::wire

@@ -62,16 +62,22 @@ int connect_parent(int in_fd, Client &c, std::vector<uint8_t> *pdata, uint8_t *r
   return 0;
 }
 
+// connect_parent, then the parent's Offer from the accept's private data. 0 or an exit code.
+int connect_for_offer(int in_fd, Client &c, Offer *o) {
+  std::vector<uint8_t> pdata;
+  if (int rc = connect_parent(in_fd, c, &pdata)) return rc;
+  if (pdata.size() < sizeof(Offer)) return 20;
+  std::memcpy(o, pdata.data(), sizeof *o);
+  return 0;
+}
+
 // Does what the offer asks (READ, then WRITE) and reports each completion status on the
 // pipe (one byte each; a READ's bytes follow its status). Stays connected until the parent
 // says 'Q'.
 int child_accessor(int in_fd, int out_fd) {
   Client c;
-  std::vector<uint8_t> pdata;
-  if (int rc = connect_parent(in_fd, c, &pdata)) return rc;
-  if (pdata.size() < sizeof(Offer)) return 20;
   Offer o;
-  std::memcpy(&o, pdata.data(), sizeof o);
+  if (int rc = connect_for_offer(in_fd, c, &o)) return rc;
   std::vector<uint8_t> buf(o.len);
   ibv_mr *mr = ibv_reg_mr(c.pd, buf.data(), buf.size(), IBV_ACCESS_LOCAL_WRITE);
   if (!mr) return 21;
@@ -108,8 +114,50 @@ int child_receive_and_exit(int in_fd, int out_fd) {
   ::_exit(0);  // no disconnect, no teardown
 }
 
+// A hostile peer of the modeled adapter: WRITEs 64 bytes into the offered MR (so its adapter
+// maps the region), reports the status, waits for 'D' (the parent deregistered the MR), then
+// writes 0xEE through every writable mapping of a registration memfd it has (its own MR is
+// smaller than a page, so these are the parent's), reports how many, and waits for 'Q'.
+int child_stale_writer(int in_fd, int out_fd) {
+  Client c;
+  Offer o;
+  if (int rc = connect_for_offer(in_fd, c, &o)) return rc;
+  alignas(64) static uint8_t buf[64];
+  ibv_mr *mr = ibv_reg_mr(c.pd, buf, sizeof buf, IBV_ACCESS_LOCAL_WRITE);
+  if (!mr) return 21;
+  fill_pattern(buf, sizeof buf, o.seed);
+  ibv_wc wc = {};
+  if (post(c.id->qp, {IBV_WR_RDMA_WRITE, {sge(mr, buf, sizeof buf)}, IBV_SEND_SIGNALED, 1,
+                      o.addr, o.rkey}) ||
+      !poll_one(c.cq, &wc))
+    return 22;
+  const uint8_t st = (uint8_t)wc.status;
+  if (!write_full(out_fd, &st, 1)) return 23;
+  char d = 0;
+  if (!read_full(in_fd, &d, 1, kTimeoutMs) || d != 'D') return 24;
+  uint8_t mapped = 0;
+  std::ifstream f("/proc/self/maps");
+  std::string line;
+  while (std::getline(f, line)) {
+    unsigned long long a = 0, e = 0;
+    char perms[8] = {};
+    if (std::sscanf(line.c_str(), "%llx-%llx %7s", &a, &e, perms) != 3) continue;
+    if (line.find("/memfd:eca-hw-mr") == std::string::npos || std::string(perms) != "rw-s")
+      continue;
+    std::memset(reinterpret_cast<void *>(a), 0xEE, e - a);
+    mapped++;
+  }
+  if (!write_full(out_fd, &mapped, 1)) return 25;
+  char q = 0;
+  read_full(in_fd, &q, 1, kTimeoutMs);
+  return 0;
+}
+
+int child_fork_safe(int in_fd, int out_fd);  // below, with the fork() tests
+
 const int kChildRole =
-    run_child_role({{"accessor", child_accessor}, {"receive_and_exit", child_receive_and_exit}});
+    run_child_role({{"accessor", child_accessor}, {"receive_and_exit", child_receive_and_exit},
+                    {"fork_safe", child_fork_safe}, {"stale_writer", child_stale_writer}});
 
 // ---------------------------------------------------------------------------------------------
 // Parent side
@@ -312,6 +360,40 @@ TEST_P(AppMemory, PeerWriteChangesNoByteOutsideTheMr) {
   EXPECT_TRUE(child.exited_ok()) << child.describe();
 }
 
+// Modeled adapter: a peer that mapped a region while it was granted (a WRITE into the MR)
+// keeps that mapping after ibv_dereg_mr, but it no longer reaches the application's pages:
+// deregistration moved them off the memfd. The peer writes through its stale mapping; not a
+// byte of ours changes.
+TEST_P(AppMemory, DeregisteredRegionIsOutOfAPeersReach) {
+  if (GetParam() != "hwmodel") GTEST_SKIP() << "only the modeled adapter shares pages";
+  Child child;
+  ASSERT_TRUE(child.start("stale_writer"));
+  const size_t len = 16 * page();
+  auto *m = static_cast<uint8_t *>(
+      ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(m, MAP_FAILED);
+  std::memset(m, 'A', len);
+  ASSERT_NO_FATAL_FAILURE(
+      Serve(child, m, len, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE, kOpWrite, 9, 64));
+  ASSERT_EQ(ChildStatus(child), IBV_WC_SUCCESS);
+  ASSERT_TRUE(wait_pattern(m, 64, 9));
+  ASSERT_EQ(0, ibv_dereg_mr(mr_));
+  mr_ = nullptr;
+  ASSERT_TRUE(write_full(child.to_child, "D", 1));
+  const int mapped = ChildStatus(child);
+  EXPECT_GE(mapped, 1) << "the peer had no mapping of the region: nothing was tried";
+  std::vector<uint8_t> want(len, 'A');
+  fill_pattern(want.data(), 64, 9);
+  size_t changed = 0;
+  for (size_t i = 0; i < len; i++) changed += m[i] != want[i];
+  EXPECT_EQ(changed, 0u) << "the peer's stale mapping still reaches deregistered memory";
+  m[0] = 'P';  // still the application's own, writable memory
+  EXPECT_EQ(m[0], 'P');
+  EXPECT_TRUE(write_full(child.to_child, "Q", 1));
+  EXPECT_TRUE(child.exited_ok()) << child.describe();
+  ::munmap(m, len);
+}
+
 // A peer asking for more than the MR (or another key) gets an error; nothing changes.
 TEST_P(AppMemory, WriteBeyondTheMrFailsAndChangesNothing) {
   Child child;
@@ -380,8 +462,8 @@ TEST_P(AppMemory, RegisteringAHoleOrAHugeRangeFailsCleanly) {
   ::munmap(m + 2 * pg, 2 * pg);
 }
 
-// Another thread keeps writing while the memory is registered (and re-registered): every
-// write survives.
+// Another thread keeps writing while the memory is registered (and re-registered), then
+// deregistered: every write survives.
 TEST_P(AppMemory, RegistrationLosesNoConcurrentWrite) {
   Device d;
   ASSERT_TRUE(d.open(GetParam()));
@@ -414,54 +496,116 @@ TEST_P(AppMemory, RegistrationLosesNoConcurrentWrite) {
     EXPECT_NE(mr, nullptr) << strerror(errno);
     if (mr) mrs.push_back(mr);
   }
-  const uint64_t p0 = passes.load();
+  uint64_t p0 = passes.load();
   while (passes.load() < p0 + 2) std::this_thread::yield();  // the writer ran on afterwards
+  // Deregistration too (the modeled adapter moves the pages off its memfd again).
+  for (ibv_mr *mr : mrs) EXPECT_EQ(0, ibv_dereg_mr(mr));
+  p0 = passes.load();
+  while (passes.load() < p0 + 2) std::this_thread::yield();
   stop = true;
   writer.join();
   size_t lost = reverted;
   for (size_t i = 0; i < slots; i += 61)
     if (m[i] != shadow[i]) lost++;
-  EXPECT_EQ(lost, 0u) << "writes lost while registering";
-  for (ibv_mr *mr : mrs) EXPECT_EQ(0, ibv_dereg_mr(mr));
+  EXPECT_EQ(lost, 0u) << "writes lost while registering or deregistering";
   ::munmap(m, len);
 }
 
-// fork(): the child gets its own copy of registered memory (a modern kernel's copy-on-fork
-// for pinned pages; ibv_fork_init() is then not needed and changes nothing), with and
-// without ibv_fork_init().
+// fork() without ibv_fork_init(): the child gets its own copy of registered memory (a modern
+// kernel's copy-on-fork for pinned pages), so ibv_is_fork_initialized() says
+// IBV_FORK_UNNEEDED. As in rdma-core, ibv_fork_init() after a registration is refused: the
+// memory registered before it would not be protected.
 TEST_P(AppMemory, ForkChildGetsItsOwnCopyOfRegisteredMemory) {
   Device d;
   ASSERT_TRUE(d.open(GetParam()));
   EXPECT_EQ(ibv_is_fork_initialized(), IBV_FORK_UNNEEDED);
-  for (bool fork_init : {false, true}) {
-    SCOPED_TRACE(fork_init ? "with ibv_fork_init" : "without ibv_fork_init");
-    if (fork_init) EXPECT_EQ(0, ibv_fork_init());
-    const size_t len = 8 * page();
-    auto *m = static_cast<uint8_t *>(
-        ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
-    ASSERT_NE(m, MAP_FAILED);
-    std::memset(m, 'A', len);
-    ibv_mr *mr = ibv_reg_mr(d.pd, m, len, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
-    ASSERT_NE(mr, nullptr);
-    pid_t pid = ::fork();
-    ASSERT_GE(pid, 0);
-    if (pid == 0) {  // child: memory only, no library calls
-      int rc = 0;
-      for (size_t i = 0; i < len; i++)
-        if (m[i] != 'A') rc = 2;
-      std::memset(m, 'C', len);
-      ::_exit(rc);
+  const size_t len = 8 * page();
+  auto *m = static_cast<uint8_t *>(
+      ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(m, MAP_FAILED);
+  std::memset(m, 'A', len);
+  ibv_mr *mr = ibv_reg_mr(d.pd, m, len, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+  ASSERT_NE(mr, nullptr);
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {  // child: memory only, no library calls
+    int rc = 0;
+    for (size_t i = 0; i < len; i++)
+      if (m[i] != 'A') rc = 2;
+    std::memset(m, 'C', len);
+    ::_exit(rc);
+  }
+  int st = 0;
+  ASSERT_EQ(pid, ::waitpid(pid, &st, 0));
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "the child did not see the parent's data";
+  size_t changed = 0;
+  for (size_t i = 0; i < len; i++) changed += m[i] != 'A';
+  EXPECT_EQ(changed, 0u) << "the child's writes reached the parent";
+  m[0] = 'P';  // and the parent's memory is still its own
+  EXPECT_EQ(m[0], 'P');
+  EXPECT_EQ(EINVAL, ibv_fork_init()) << "ibv_fork_init accepted after a registration";
+  EXPECT_EQ(ibv_is_fork_initialized(), IBV_FORK_UNNEEDED);
+  EXPECT_EQ(0, ibv_dereg_mr(mr));
+  ::munmap(m, len);
+}
+
+// Forks; the child checks which of the 10 pages at `m` it has: page p must be missing exactly
+// when bit p of `gone` is set, and present pages hold 'A'. 0 when all is as expected.
+int fork_and_probe(const uint8_t *m, unsigned gone) {
+  const pid_t pid = ::fork();
+  if (pid < 0) return 60;
+  if (pid == 0) {  // memory and /proc only
+    const size_t pg = page();
+    for (unsigned p = 0; p < 10; p++) {
+      const bool missing = perms_of(m + p * pg) == "unmapped";
+      if (missing != ((gone >> p) & 1)) ::_exit(61 + (int)missing);
+      if (!missing && m[p * pg] != 'A') ::_exit(63);
     }
-    int st = 0;
-    ASSERT_EQ(pid, ::waitpid(pid, &st, 0));
-    EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "the child did not see the parent's data";
-    size_t changed = 0;
-    for (size_t i = 0; i < len; i++) changed += m[i] != 'A';
-    EXPECT_EQ(changed, 0u) << "the child's writes reached the parent";
-    m[0] = 'P';  // and the parent's memory is still its own
-    EXPECT_EQ(m[0], 'P');
-    EXPECT_EQ(0, ibv_dereg_mr(mr));
-    ::munmap(m, len);
+    ::_exit(0);
+  }
+  int st = 0;
+  if (::waitpid(pid, &st, 0) != pid || !WIFEXITED(st)) return 64;
+  return WEXITSTATUS(st);
+}
+
+// Child role (a fresh process, so that no memory was registered before): with ibv_fork_init()
+// called first, or RDMAV_FORK_SAFE set, registered pages are MADV_DONTFORK, as rdma-core makes
+// them. A fork() child of ours does not have them; the pages around them, and the MR's own
+// pages once the last MR over them is deregistered, it inherits as usual. Exit codes say what
+// failed.
+int child_fork_safe(int, int) {
+  if (!std::getenv("RDMAV_FORK_SAFE") && ibv_fork_init() != 0) return 40;
+  if (ibv_is_fork_initialized() != IBV_FORK_ENABLED) return 41;
+  Device d;
+  if (!d.open(process_backend())) return 42;
+  const size_t pg = page();
+  auto *m = static_cast<uint8_t *>(
+      ::mmap(nullptr, 10 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  if (m == MAP_FAILED) return 43;
+  std::memset(m, 'A', 10 * pg);
+  constexpr int kAccess = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE;
+  // MR a: pages 1..7 (it begins and ends mid-page); MR b: pages 5..9.
+  ibv_mr *a = ibv_reg_mr(d.pd, m + pg + pg / 2, 6 * pg, kAccess);
+  ibv_mr *b = ibv_reg_mr(d.pd, m + 5 * pg, 5 * pg, kAccess);
+  if (!a || !b) return 44;
+  if (ibv_fork_init() != 0) return 45;  // again: nothing changes
+  if (int rc = fork_and_probe(m, 0x3fe)) return rc;  // pages 1..9 not inherited
+  if (ibv_dereg_mr(a)) return 46;
+  if (int rc = fork_and_probe(m, 0x3e0)) return rc;  // b still covers 5..9
+  if (ibv_dereg_mr(b)) return 47;
+  if (int rc = fork_and_probe(m, 0)) return rc;  // all back
+  m[0] = 'P';  // the parent's memory is still its own
+  return m[0] == 'P' ? 0 : 48;
+}
+
+TEST_P(AppMemory, ForkInitChildDoesNotInheritRegisteredPages) {
+  for (const char *how : {"ibv_fork_init", "RDMAV_FORK_SAFE"}) {
+    SCOPED_TRACE(how);
+    Child child;
+    std::vector<std::string> env;
+    if (std::string(how) == "RDMAV_FORK_SAFE") env.push_back("RDMAV_FORK_SAFE=1");
+    ASSERT_TRUE(child.start("fork_safe", env));
+    EXPECT_TRUE(child.exited_ok(kTimeoutMs)) << child.describe();
   }
 }
 

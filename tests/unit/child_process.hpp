@@ -36,6 +36,67 @@ inline bool write_full(int fd, const void *p, size_t n) {
   return ::write(fd, p, n) == (ssize_t)n;
 }
 
+// A new id on a new event channel with address and route resolved to loopback `port`, ready
+// for rdma_connect. False (nothing to clean up but what was returned) on failure.
+inline bool resolve_loopback(uint16_t port, rdma_event_channel **ch, rdma_cm_id **id) {
+  *ch = rdma_create_event_channel();
+  *id = nullptr;
+  if (!*ch || rdma_create_id(*ch, id, nullptr, RDMA_PS_TCP)) return false;
+  sockaddr_in d = loopback_addr(port);
+  return rdma_resolve_addr(*id, nullptr, reinterpret_cast<sockaddr *>(&d), 2000) == 0 &&
+         wait_cm_event(*ch, RDMA_CM_EVENT_ADDR_RESOLVED) && rdma_resolve_route(*id, 2000) == 0 &&
+         wait_cm_event(*ch, RDMA_CM_EVENT_ROUTE_RESOLVED);
+}
+
+// A passive peer: listens on a free loopback port, writes the port to `out_fd` and waits for
+// the connection request (*id). False on failure.
+inline bool listen_for_one(int out_fd, rdma_event_channel **ch, rdma_cm_id **lid, rdma_cm_id **id) {
+  *ch = rdma_create_event_channel();
+  *lid = *id = nullptr;
+  if (!*ch || rdma_create_id(*ch, lid, nullptr, RDMA_PS_TCP)) return false;
+  sockaddr_in a = loopback_addr(0);
+  if (rdma_bind_addr(*lid, reinterpret_cast<sockaddr *>(&a)) || rdma_listen(*lid, 4)) return false;
+  const uint16_t port = ntohs(rdma_get_src_port(*lid));
+  return ::write(out_fd, &port, sizeof port) == (ssize_t)sizeof port &&
+         wait_cm_event(*ch, RDMA_CM_EVENT_CONNECT_REQUEST, kTimeoutMs, id);
+}
+
+// What a passive peer offers in the accept's private data: an MR of its own.
+struct PeerInfo {
+  uint64_t addr;
+  uint32_t rkey;
+  uint32_t len;
+};
+
+// A passive peer role: accepts the parent's connection (listen_for_one), offers `len` bytes
+// registered with `access` (filled with the pattern of `seed` unless 0), writes 'S' once
+// established, then idles (its progress thread keeps serving) until killed. Returns an exit
+// code (30.. on failure, 40 if never killed).
+inline int serve_region_until_killed(int out_fd, size_t len, int access, uint32_t seed) {
+  rdma_event_channel *ch = nullptr;
+  rdma_cm_id *lid = nullptr, *id = nullptr;
+  if (!listen_for_one(out_fd, &ch, &lid, &id)) return 30;
+  ibv_pd *pd = nullptr;
+  ibv_cq *cq = nullptr;
+  if (!make_rc_qp(id, 16, &pd, &cq)) return 34;
+  auto *mem = static_cast<uint8_t *>(std::malloc(len));
+  if (seed) fill_pattern(mem, len, seed);
+  ibv_mr *mr = ibv_reg_mr(pd, mem, len, access);
+  if (!mr) return 36;
+  PeerInfo pi{(uint64_t)(uintptr_t)mem, mr->rkey, (uint32_t)len};
+  rdma_conn_param cp{};
+  cp.initiator_depth = cp.responder_resources = 16;
+  cp.private_data = &pi;
+  cp.private_data_len = sizeof pi;
+  if (rdma_accept(id, &cp)) return 37;
+  if (!wait_cm_event(ch, RDMA_CM_EVENT_ESTABLISHED)) return 38;
+  char s = 'S';
+  if (::write(out_fd, &s, 1) != 1) return 39;
+  auto deadline = Clock::now() + std::chrono::seconds(60);
+  while (Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  return 40;
+}
+
 // Runs the role named in the environment and exits with its code; returns 0 in the parent.
 // Roles get (in_fd, out_fd): the parent's end of each pipe.
 inline int run_child_role(const std::map<std::string, std::function<int(int, int)>> &roles) {

@@ -16,12 +16,6 @@ namespace {
 constexpr size_t kChunk = 1u << 20;
 constexpr size_t kTarget = 16u << 20;
 
-struct PeerInfo {
-  uint64_t addr;
-  uint32_t rkey;
-  uint32_t len;
-};
-
 // ---------------------------------------------------------------------------------------------
 // Child side (plain code, no gtest): exit codes tell the parent what went wrong.
 
@@ -89,38 +83,8 @@ int child_writer(int in_fd, int out_fd) {
 // Passive side: accepts the parent's connection, offers an MR to WRITE into, then idles
 // (its progress thread keeps receiving) until killed.
 int child_server(int /*in_fd*/, int out_fd) {
-  rdma_event_channel *ch = rdma_create_event_channel();
-  rdma_cm_id *lid = nullptr, *id = nullptr;
-  if (!ch || rdma_create_id(ch, &lid, nullptr, RDMA_PS_TCP)) return 30;
-  sockaddr_in a = loopback_addr(0);
-  if (rdma_bind_addr(lid, reinterpret_cast<sockaddr *>(&a)) || rdma_listen(lid, 4)) return 31;
-  uint16_t port = ntohs(rdma_get_src_port(lid));
-  if (::write(out_fd, &port, sizeof port) != (ssize_t)sizeof port) return 32;
-  if (!wait_cm_event(ch, RDMA_CM_EVENT_CONNECT_REQUEST, kTimeoutMs, &id)) return 33;
-  ibv_pd *pd = ibv_alloc_pd(id->verbs);
-  ibv_cq *cq = ibv_create_cq(id->verbs, 256, nullptr, nullptr, 0);
-  if (!pd || !cq) return 34;
-  ibv_qp_init_attr qa{};
-  qa.send_cq = qa.recv_cq = cq;
-  qa.qp_type = IBV_QPT_RC;
-  qa.cap.max_send_wr = qa.cap.max_recv_wr = 16;
-  qa.cap.max_send_sge = qa.cap.max_recv_sge = 1;
-  if (rdma_create_qp(id, pd, &qa)) return 35;
-  auto *target = static_cast<uint8_t *>(std::malloc(kTarget));
-  ibv_mr *mr = ibv_reg_mr(pd, target, kTarget, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
-  if (!mr) return 36;
-  PeerInfo pi{(uint64_t)(uintptr_t)target, mr->rkey, (uint32_t)kTarget};
-  rdma_conn_param cp{};
-  cp.initiator_depth = cp.responder_resources = 16;
-  cp.private_data = &pi;
-  cp.private_data_len = sizeof pi;
-  if (rdma_accept(id, &cp)) return 37;
-  if (!wait_cm_event(ch, RDMA_CM_EVENT_ESTABLISHED)) return 38;
-  char s = 'S';
-  if (::write(out_fd, &s, 1) != 1) return 39;
-  auto deadline = Clock::now() + std::chrono::seconds(60);
-  while (Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  return 40;
+  return serve_region_until_killed(out_fd, kTarget,
+                                   IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE, 0);
 }
 
 const int kChildRole = run_child_role({{"writer", child_writer}, {"server", child_server}});
