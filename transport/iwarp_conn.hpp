@@ -33,12 +33,15 @@
 
 #include "engine/conn_engine.hpp"
 #include "provider/core/backend.hpp"
+#include "provider/core/llp.hpp"
 #include "provider/core/objects.hpp"
-#include "transport/llp.hpp"
+#include "runtime/progress.hpp"
 #include "transport/wire/atomic.hpp"
 #include "transport/wire/ddp_rdmap.hpp"
 
 namespace eca::transport {
+
+using runtime::Progress;  // the process's progress thread (runtime/)
 
 // An RDMA READ or RFC 7306 atomic we issued and await the response to (outbound read queue).
 struct OrqEntry {

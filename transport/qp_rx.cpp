@@ -15,9 +15,9 @@
 
 #include "engine/sge.hpp"
 #include "provider/core/log.hpp"
+#include "runtime/progress.hpp"
 #include "transport/crc32c.hpp"
 #include "transport/iwarp_conn.hpp"
-#include "transport/progress.hpp"
 
 namespace eca::transport {
 

@@ -16,9 +16,9 @@
 #include "engine/sge.hpp"
 #include "provider/core/log.hpp"
 #include "provider/core/mw.hpp"
+#include "runtime/progress.hpp"
 #include "transport/crc32c.hpp"
 #include "transport/iwarp_conn.hpp"
-#include "transport/progress.hpp"
 
 namespace eca::transport {
 
@@ -34,7 +34,7 @@ bool uses_orq(ibv_wr_opcode op) {
 
 IwarpConn::IwarpConn(Qp &qp, LlpConnection &&llp)
     : qp_(qp),
-      sock_(std::move(llp.sock)),
+      sock_(runtime::adopt_tcp_socket(llp.fd.release())),
       fd_(sock_.native_handle()),
       fpdu_payload_(config().fpdu_payload),
       qpn_(qp.qpn),

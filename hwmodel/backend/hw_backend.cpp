@@ -11,8 +11,7 @@
 namespace eca {
 namespace {
 
-constexpr uint32_t kVendorId = 0x454341;  // "ECA"
-constexpr uint32_t kPartHwModel = 2;
+constexpr uint32_t kPartHwModel = 2;  // vendor part id of the modeled adapter
 
 class HwModelBackend final : public Backend {
  public:
@@ -22,24 +21,24 @@ class HwModelBackend final : public Backend {
   void device_attr(const Device &dev, ibv_device_attr *a) const override {
     // The verbs-visible limits are those of the shared verbs layer; the adapter adds its own:
     // at most hw::kMaxStags registered regions.
-    software_backend().device_attr(dev, a);
+    base_device_attr(dev, a);
     std::snprintf(a->fw_ver, sizeof(a->fw_ver), "eca-hw 0.1 model");
     a->vendor_part_id = kPartHwModel;
     a->max_mr = hw::kMaxStags;
+    a->max_mw = hw::kMaxStags;  // windows and MRs share the STag table
     // Atomics: executed by the target's adapter with CPU atomics on the target process's
     // memory (hw_atomic.cpp), so the same guarantee as the software transport.
     a->atomic_cap = IBV_ATOMIC_GLOB;
-    a->max_mw = hw::kMaxStags;  // windows and MRs share the STag table
   }
 
   void port_attr(const Device &dev, ibv_port_attr *p) const override {
-    software_backend().port_attr(dev, p);
+    base_port_attr(dev, p);
     p->active_mtu = IBV_MTU_1024;  // standard 1500-byte Ethernet frames
     p->active_width = 1;           // 1X
     p->active_speed = 1;           // SDR: the modeled link is gigabit Ethernet
   }
 
-  std::unique_ptr<QpEngine> attach(Qp &qp, transport::LlpConnection &&llp) override {
+  std::unique_ptr<QpEngine> attach(Qp &qp, LlpConnection &&llp) override {
     auto conn = std::make_shared<hw::HwConn>(qp, std::move(llp));
     conn->start();
     return std::make_unique<hw::HwEngine>(std::move(conn));

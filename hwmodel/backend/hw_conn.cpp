@@ -24,13 +24,13 @@
 #include "provider/core/log.hpp"
 #include "provider/core/mw.hpp"
 #include "provider/core/objects.hpp"
-#include "transport/progress.hpp"
+#include "runtime/progress.hpp"
 
 namespace eca::hw {
 static_assert(kFrameInline >= kMaxInline, "inline sends must fit in one frame");
 namespace {
 
-using transport::Progress;
+using runtime::Progress;
 constexpr uint64_t kRingMask = kRingSlots - 1;
 constexpr size_t kMaxInflight = 4096;  // work requests the adapter holds at once
 
@@ -76,8 +76,8 @@ ibv_wc_status terminate_status(uint32_t why) {
 
 }  // namespace
 
-HwConn::HwConn(Qp &qp, transport::LlpConnection &&llp)
-    : qp_(qp), sock_(std::move(llp.sock)), initiator_(llp.initiator) {
+HwConn::HwConn(Qp &qp, LlpConnection &&llp)
+    : qp_(qp), sock_(runtime::adopt_tcp_socket(llp.fd.release())), initiator_(llp.initiator) {
   start_ns_ = mono_ns();
   side_ = initiator_ ? 0 : 1;
 }

@@ -29,8 +29,8 @@
 #include "hwmodel/backend/adapter.hpp"
 #include "hwmodel/backend/timing.hpp"
 #include "provider/core/backend.hpp"
+#include "provider/core/llp.hpp"
 #include "provider/core/objects.hpp"
-#include "transport/llp.hpp"
 
 namespace eca::hw {
 
@@ -44,7 +44,7 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
 
  public:
   using Seg = iovec;  // a piece of memory in our address space
-  HwConn(Qp &qp, transport::LlpConnection &&llp);
+  HwConn(Qp &qp, LlpConnection &&llp);
   ~HwConn();
   void start();  // handshake on the progress thread
   void doorbell();

@@ -376,9 +376,7 @@ int disconnect(rdma_cm_id *cid) {
         gen = c.qp_gen;
         return 0;
       case St::ConnResponse: {
-        boost::system::error_code ig;
-        if (c.llp) c.llp->sock.close(ig);
-        c.llp.reset();
+        c.llp.reset();  // closes its stream
         queued_now = mark_disconnected(c);
         return 0;
       }

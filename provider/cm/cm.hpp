@@ -1,6 +1,6 @@
 // rdma_cm core (compiled into libeca-core): event channels, communication identifiers, the
 // connection state machine, address resolution and the iWARP connection setup (TCP + MPA,
-// transport/mpa_cm.hpp) that ends by handing the stream to the QP's device backend.
+// connect/mpa_cm.hpp) that ends by handing the stream to the QP's device backend.
 //
 // provider/cm/rdmacm_api.cpp is the extern "C" shell (librdmacm.so.1): it translates the
 // positive errno these functions return into the rdma_* convention (-1 + errno) and creates
@@ -8,7 +8,7 @@
 // cannot call. Everything else lives here.
 //
 // Threading: all connection state is owned by the process-wide progress thread
-// (transport::Progress); API calls post their work there with run_sync and return. Events
+// (runtime::Progress); API calls post their work there with run_sync and return. Events
 // are queued on the id's channel in the order they happen; the channel's fd (a pipe) is
 // readable exactly while events are queued, so poll()/select()/O_NONBLOCK work as with
 // librdmacm. Event status values follow the kernel: 0 or a negative errno.

@@ -43,24 +43,23 @@
 #include <type_traits>
 #include <vector>
 
+#include "connect/mpa_cm.hpp"
+#include "provider/core/llp.hpp"
 #include "provider/core/log.hpp"
 #include "provider/core/mutex.hpp"
 #include "provider/core/objects.hpp"
-#include "transport/llp.hpp"
-#include "transport/mpa_cm.hpp"
-#include "transport/progress.hpp"
+#include "runtime/progress.hpp"
 
 namespace eca::cm {
 
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
 namespace mpa = eca::wire::mpa;
-using transport::LlpConnection;
-using transport::MpaOutcome;
-using transport::MpaParams;
-using transport::MpaSession;
-using transport::MpaStatus;
-using transport::Progress;
+using connect::MpaOutcome;
+using connect::MpaParams;
+using connect::MpaSession;
+using connect::MpaStatus;
+using runtime::Progress;
 
 struct Id;
 struct Core;

@@ -192,7 +192,7 @@ static void on_initiator_done(const std::shared_ptr<Core> &cp, MpaOutcome o) {
       // The responder closed without replying: a refusal (the kernel reports the same).
       return fail_conn(c, RDMA_CM_EVENT_REJECTED, ECONNRESET);
     default:
-      ECA_LOG(Warn, "rdma_cm: connection setup failed: %s", transport::mpa_status_str(o.status));
+      ECA_LOG(Warn, "rdma_cm: connection setup failed: %s", connect::mpa_status_str(o.status));
       return fail_conn(c, RDMA_CM_EVENT_CONNECT_ERROR, o.err ? o.err : EPROTO);
   }
 }
@@ -214,7 +214,7 @@ void start_connect(const std::shared_ptr<Core> &cp, const tcp::endpoint &dst, Mp
   set_tos(c.sock->native_handle(), dst.protocol(), c.tos);
   c.timed_out = false;
   c.timer = std::make_unique<asio::steady_timer>(io());
-  c.timer->expires_after(transport::mpa_timeout());
+  c.timer->expires_after(connect::mpa_timeout());
   c.timer->async_wait([cp](const boost::system::error_code &e) {
     if (e || !cp->owner || cp->st != St::Connecting || !cp->sock) return;
     cp->timed_out = true;
@@ -289,7 +289,7 @@ void on_responder_done(const std::shared_ptr<Core> &cp, MpaOutcome o) {
   if (!c.owner || !c.mpa) return;
   std::shared_ptr<MpaSession> s = std::move(c.mpa);
   if (o.status != MpaStatus::Ok) {
-    ECA_LOG(Info, "rdma_cm: accept failed: %s", transport::mpa_status_str(o.status));
+    ECA_LOG(Info, "rdma_cm: accept failed: %s", connect::mpa_status_str(o.status));
     return fail_conn(c, RDMA_CM_EVENT_CONNECT_ERROR, o.err ? o.err : EIO);
   }
   // Attach right after the reply is written: from now on the peer may send FPDUs.
@@ -397,7 +397,7 @@ void accept_next(const std::shared_ptr<Core> &L) {
       }
       if (o.status != MpaStatus::Ok) {
         ECA_LOG(Info, "rdma_cm: incoming connection dropped: %s",
-                transport::mpa_status_str(o.status));
+                connect::mpa_status_str(o.status));
         return;
       }
       new_request(L, s2);
@@ -441,10 +441,7 @@ ToDisconnect teardown(Core &c) {
     ::close(c.bfd);
     c.bfd = -1;
   }
-  if (c.llp) {
-    c.llp->sock.close(ig);
-    c.llp.reset();
-  }
+  c.llp.reset();  // closes its stream
   resv_release(c);
   // The QP's hook holds only a weak reference to this core, so leaving it set is harmless;
   // it is cleared (and a live connection taken down) only when the QP is known to exist.

@@ -1,8 +1,11 @@
 // The device layer: what a device kind (software iWARP over TCP, modeled hardware) provides.
 //
 // The verbs layer (provider/core) owns queues, keys and completion semantics; a backend moves
-// bytes between connected QPs. rdma_cm sets a connection up (TCP + MPA, transport/mpa_cm.hpp),
-// then hands the established LLP to the device's backend, which returns the QP's engine.
+// bytes between connected QPs. rdma_cm sets a connection up (TCP + MPA, connect/), then hands
+// the negotiated connection (llp.hpp: MPA parameters and the stream's fd, no socket library)
+// to the device's backend, which returns the QP's engine. The engine reports back through
+// the Qp's own calls (sq_take/sq_done, rq completions, the end of the connection).
+// This interface names no transport, socket or event library.
 #pragma once
 
 #include <infiniband/verbs.h>
@@ -16,7 +19,7 @@ namespace eca {
 struct Qp;
 struct Device;
 struct Mr;
-namespace transport { struct LlpConnection; }
+struct LlpConnection;
 
 class QpEngine {
  public:
@@ -42,10 +45,11 @@ class Backend {
   virtual BackendKind kind() const = 0;
   // Device name prefix: says which backend a device belongs to ("ecasw", "ecahw").
   virtual const char *device_prefix() const = 0;
+  // Start from base_device_attr()/base_port_attr() and adjust what this device differs in.
   virtual void device_attr(const Device &dev, ibv_device_attr *attr) const = 0;
   virtual void port_attr(const Device &dev, ibv_port_attr *attr) const = 0;
   // Builds the data path of `qp` on an established connection; the QP moves to RTS.
-  virtual std::unique_ptr<QpEngine> attach(Qp &qp, transport::LlpConnection &&llp) = 0;
+  virtual std::unique_ptr<QpEngine> attach(Qp &qp, LlpConnection &&llp) = 0;
   // Memory registration seen by the device (0 or a positive errno). Called after the verbs
   // layer checked the range is mapped and pinnable for the access asked (mem_pin.hpp).
   virtual int mr_registered(const Mr &) { return 0; }
@@ -57,6 +61,11 @@ class Backend {
   virtual void mr_deregistered(const Mr &) {}
   virtual void mr_invalidated(const Mr &) {}
 };
+
+// The attributes every device of this stack shares: the verbs layer's limits (objects.hpp),
+// which it enforces whatever the backend (provider/core/device_attr.cpp).
+void base_device_attr(const Device &dev, ibv_device_attr *attr);
+void base_port_attr(const Device &dev, ibv_port_attr *attr);
 
 Backend &backend(BackendKind kind);
 Backend &software_backend();  // transport/sw_backend.cpp

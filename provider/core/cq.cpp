@@ -6,14 +6,12 @@
 #include <cerrno>
 #include <cstring>
 
-#include <boost/asio/steady_timer.hpp>
-
 #include "provider/core/backend.hpp"
 #include "provider/core/config.hpp"
-#include "transport/progress.hpp"
 #include "provider/core/log.hpp"
 #include "provider/core/objects.hpp"
 #include "provider/core/verbs_ops.hpp"
+#include "runtime/timer.hpp"
 
 namespace eca {
 namespace {
@@ -55,8 +53,8 @@ uint8_t cqx_read_dlid_path_bits(ibv_cq_ex *cx) { return cur(cx).dlid_path_bits; 
 struct Cq::ModTimer {
   std::mutex mu;
   Cq *cq;
-  boost::asio::steady_timer timer;
-  explicit ModTimer(Cq *c) : cq(c), timer(transport::Progress::instance().io()) {}
+  runtime::Timer timer;
+  explicit ModTimer(Cq *c) : cq(c) {}
 };
 
 int Cq::set_moderation(uint16_t cnt, uint16_t period_us) {
@@ -106,9 +104,7 @@ bool Cq::push(const ibv_wc &wc, bool solicited) {
   }
   if (start_timer) {
     auto mt = mod_timer;
-    mt->timer.expires_after(std::chrono::microseconds(mod_period_us));
-    mt->timer.async_wait([mt](const boost::system::error_code &ec) {
-      if (ec) return;
+    mt->timer.arm(std::chrono::microseconds(mod_period_us), [mt] {
       std::lock_guard tl(mt->mu);
       Cq *cq = mt->cq;
       if (!cq) return;
@@ -268,7 +264,6 @@ int cq_destroy(Cq *cq) {
   if (auto mt = cq->mod_timer) {
     std::lock_guard tl(mt->mu);  // waits for a timer callback in progress
     mt->cq = nullptr;
-    boost::system::error_code ec;
     mt->timer.cancel();
   }
   if (cq->channel) cq->channel->ch.refcnt--;

@@ -26,8 +26,6 @@
 
 #include <infiniband/verbs.h>
 
-#include <boost/asio/ip/tcp.hpp>
-
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -37,11 +35,9 @@
 #include <vector>
 
 #include "provider/core/backend.hpp"
+#include "provider/core/llp.hpp"
 #include "provider/core/objects.hpp"
-#include "transport/llp.hpp"
-#include "transport/progress.hpp"
 #include "tests/fuzz/fuzz_util.hpp"
-
 
 namespace {
 
@@ -198,13 +194,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static const int kExtra[] = {0, 1, 4, 16};
   for (int i = 0; i < kExtra[(ctl >> 2) & 3]; i++) post_recv({{uint64_t(4096 + 512 * i), 512}});
 
-  eca::transport::LlpConnection llp{
-      boost::asio::ip::tcp::socket(eca::transport::Progress::instance().io())};
   int sv[2];
   FUZZ_CHECK(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
-  boost::system::error_code ec;
-  llp.sock.assign(boost::asio::ip::tcp::v4(), sv[0], ec);
-  FUZZ_CHECK(!ec);
+  eca::LlpConnection llp{eca::OwnedFd(sv[0])};
   llp.crc = ctl & 1;
   llp.mpa_rev = (ctl & 2) ? 1 : 2;
   llp.initiator = true;

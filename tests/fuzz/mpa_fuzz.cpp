@@ -1,5 +1,5 @@
-// libFuzzer target: the MPA connection-setup exchange (transport/mpa_cm.cpp over
-// transport/wire/mpa.hpp) fed by a hostile peer.
+// libFuzzer target: the MPA connection-setup exchange (connect/mpa_cm.cpp over
+// connect/wire/mpa.hpp) fed by a hostile peer.
 //
 // Input: byte 0 chooses the role and the application's answer, the rest is what the peer sends
 // on the stream before closing its side:
@@ -29,16 +29,16 @@
 #include <optional>
 #include <vector>
 
+#include "connect/mpa_cm.hpp"
+#include "connect/wire/mpa.hpp"
 #include "provider/core/config.hpp"
-#include "transport/mpa_cm.hpp"
-#include "transport/wire/mpa.hpp"
 #include "tests/fuzz/fuzz_util.hpp"
 
 namespace mpa = eca::wire::mpa;
-using eca::transport::MpaOutcome;
-using eca::transport::MpaParams;
-using eca::transport::MpaSession;
-using eca::transport::MpaStatus;
+using eca::connect::MpaOutcome;
+using eca::connect::MpaParams;
+using eca::connect::MpaSession;
+using eca::connect::MpaStatus;
 
 
 namespace {
@@ -167,7 +167,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FUZZ_CHECK(frame_len <= wire_len);
     std::vector<uint8_t> rest;
     uint8_t buf[4096];
-    int fd = llp.sock.native_handle();
+    int fd = llp.fd.get();
     for (;;) {
       ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
       if (n <= 0) break;

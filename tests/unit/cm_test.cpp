@@ -22,9 +22,9 @@
 #include <thread>
 #include <vector>
 
+#include "connect/wire/mpa.hpp"
 #include "provider/core/config.hpp"
 #include "provider/core/objects.hpp"
-#include "transport/wire/mpa.hpp"
 
 using namespace std::chrono_literals;
 

@@ -1,5 +1,5 @@
-// MPA connection setup: frame encoding (transport/wire/mpa.hpp) and the asynchronous
-// exchange (transport/mpa_cm.hpp) over loopback TCP, including hostile peers.
+// MPA connection setup: frame encoding (connect/wire/mpa.hpp) and the asynchronous
+// exchange (connect/mpa_cm.hpp) over loopback TCP, including hostile peers.
 #include <gtest/gtest.h>
 
 #include <arpa/inet.h>
@@ -18,19 +18,19 @@
 #include <optional>
 #include <vector>
 
+#include "connect/mpa_cm.hpp"
+#include "connect/wire/mpa.hpp"
 #include "provider/core/config.hpp"
-#include "transport/mpa_cm.hpp"
-#include "transport/progress.hpp"
-#include "transport/wire/mpa.hpp"
+#include "runtime/progress.hpp"
 
 namespace mpa = eca::wire::mpa;
-using eca::transport::LlpConnection;
-using eca::transport::MpaOutcome;
-using eca::transport::MpaParams;
-using eca::transport::MpaSession;
-using eca::transport::MpaStatus;
-using eca::transport::Progress;
-using eca::transport::Rtr;
+using eca::LlpConnection;
+using eca::connect::MpaOutcome;
+using eca::connect::MpaParams;
+using eca::connect::MpaSession;
+using eca::connect::MpaStatus;
+using eca::runtime::Progress;
+using eca::Rtr;
 using tcp = boost::asio::ip::tcp;
 using namespace std::chrono_literals;
 
@@ -286,10 +286,8 @@ TEST(MpaExchange, LoopbackHandshakeReadsExactly) {
     rsp.s->accept(p, [&](MpaOutcome o) {
       // The data path may follow the reply at once: send bytes right behind it.
       LlpConnection llp = rsp.s->take_llp();
-      boost::system::error_code ec;
       const char junk[] = "FPDU";
-      boost::asio::write(llp.sock, boost::asio::buffer(junk, 4), ec);
-      EXPECT_FALSE(ec);
+      EXPECT_EQ(::send(llp.fd.get(), junk, 4, MSG_NOSIGNAL), 4);
       EXPECT_FALSE(llp.initiator);
       EXPECT_EQ(llp.crc, cfg.mpa_crc);
       if (req.rev == 2) {
@@ -298,7 +296,7 @@ TEST(MpaExchange, LoopbackHandshakeReadsExactly) {
       }
       EXPECT_EQ(llp.rtr_recv, Rtr::None);
       rsp.done.set_value(o);
-      llp.sock.close(ec);
+      llp.fd.reset();
     });
   });
   EXPECT_EQ(wait(rsp_f).status, MpaStatus::Ok);
@@ -318,7 +316,7 @@ TEST(MpaExchange, LoopbackHandshakeReadsExactly) {
     EXPECT_EQ(llp->ird, 4);
   }
   // The bytes behind the reply were left in the socket for the data path.
-  int fd = llp->sock.native_handle();
+  int fd = llp->fd.get();
   timeval tv{5, 0};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   uint8_t buf[4];
@@ -339,7 +337,7 @@ struct RawClientCase {
   std::promise<MpaOutcome> p;
   std::future<MpaOutcome> f = p.get_future();
   explicit RawClientCase(std::chrono::milliseconds timeout = 5000ms,
-                         eca::transport::MpaPolicy pol = eca::transport::MpaPolicy::from_config()) {
+                         eca::connect::MpaPolicy pol = eca::connect::MpaPolicy::from_config()) {
     cfd = raw_connect(l.port);
     int sfd = l.accept_one();
     EXPECT_GE(cfd, 0);
@@ -526,7 +524,7 @@ struct RawServerCase {
   std::promise<MpaOutcome> p;
   std::future<MpaOutcome> f = p.get_future();
   explicit RawServerCase(std::chrono::milliseconds timeout = 5000ms, MpaParams params = {1, 1, {}},
-                         eca::transport::MpaPolicy pol = eca::transport::MpaPolicy::from_config()) {
+                         eca::connect::MpaPolicy pol = eca::connect::MpaPolicy::from_config()) {
     int cfd = raw_connect(l.port);
     sfd = l.accept_one();
     EXPECT_GE(cfd, 0);
@@ -658,7 +656,7 @@ struct Negotiated {
   bool initiator_crc = false, responder_crc = false;  // what each end then uses
 };
 
-Negotiated negotiate(eca::transport::MpaPolicy ini_pol, eca::transport::MpaPolicy rsp_pol) {
+Negotiated negotiate(eca::connect::MpaPolicy ini_pol, eca::connect::MpaPolicy rsp_pol) {
   Negotiated n;
   RawListener l;
   int cfd = raw_connect(l.port);
@@ -744,7 +742,7 @@ TEST(MpaRfc, Rev1RequestWithoutCrcParses) {
 // runs without CRC, unless the responder insists.
 TEST(MpaRfc, ResponderFollowsARequestWithoutCrc) {
   for (bool required : {false, true}) {
-    eca::transport::MpaPolicy pol;
+    eca::connect::MpaPolicy pol;
     pol.crc_required = required;
     RawClientCase c(5000ms, pol);
     c.send(frame_bytes(kReqKeyBytes, {0x10, 0x02, 0x00, 0x04, 0x00, 0x02, 0x00, 0x02}));
@@ -776,7 +774,7 @@ struct RawReplyResult {
   uint8_t request_flags = 0;
   bool crc = false;
 };
-static RawReplyResult initiate_against_raw_reply(eca::transport::MpaPolicy pol, uint8_t reply_flags) {
+static RawReplyResult initiate_against_raw_reply(eca::connect::MpaPolicy pol, uint8_t reply_flags) {
   RawReplyResult r;
   RawServerCase c(5000ms, MpaParams{1, 1, {}}, pol);
   std::vector<uint8_t> req(24);
@@ -791,7 +789,7 @@ static RawReplyResult initiate_against_raw_reply(eca::transport::MpaPolicy pol, 
 
 // The Reply decides; a responder that declines a requested CRC breaks RFC 5044 7.1.
 TEST(MpaRfc, ReplyDecliningRequestedCrcIsRefused) {
-  eca::transport::MpaPolicy pol;
+  eca::connect::MpaPolicy pol;
   pol.crc_request = true;
   RawReplyResult r = initiate_against_raw_reply(pol, 0x10);  // Reply: C=0
   EXPECT_EQ(r.request_flags & 0x40, 0x40) << "C set in the Request";
@@ -801,7 +799,7 @@ TEST(MpaRfc, ReplyDecliningRequestedCrcIsRefused) {
 
 // A Reply with C=1 to a Request with C=0 (a responder that requires CRC): both use CRC.
 TEST(MpaRfc, ReplyRequiringCrcIsFollowed) {
-  eca::transport::MpaPolicy pol;
+  eca::connect::MpaPolicy pol;
   pol.crc_request = false;
   RawReplyResult r = initiate_against_raw_reply(pol, 0x50);  // Reply: C=1
   EXPECT_EQ(r.request_flags & 0x40, 0) << "C clear in the Request";
@@ -824,7 +822,7 @@ TEST(MpaRfc, CrcNegotiationMatrix) {
       {true, true, true, true, true},
   };
   for (const Case &c : cases) {
-    eca::transport::MpaPolicy ip, rp;
+    eca::connect::MpaPolicy ip, rp;
     ip.crc_request = c.ini_request;
     ip.crc_required = c.ini_required;
     rp.crc_request = false;  // a responder's own request setting plays no part

@@ -1,4 +1,4 @@
-#include "transport/mpa_cm.hpp"
+#include "connect/mpa_cm.hpp"
 
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
@@ -12,7 +12,7 @@
 #include "provider/core/config.hpp"
 #include "provider/core/log.hpp"
 
-namespace eca::transport {
+namespace eca::connect {
 
 namespace asio = boost::asio;
 namespace mpa = eca::wire::mpa;
@@ -328,7 +328,10 @@ void MpaSession::reject(std::span<const uint8_t> pdata) {
 }
 
 LlpConnection MpaSession::take_llp() {
-  LlpConnection c{std::move(sock_)};
+  // The socket leaves the io_context (nothing of ours waits on it any more) as a bare fd.
+  boost::system::error_code ec;
+  LlpConnection c{OwnedFd(sock_.release(ec))};
+  if (ec) ECA_LOG(Error, "mpa: handing the stream on failed: %s", ec.message().c_str());
   c.crc = crc_;
   c.mpa_rev = rev_;
   c.initiator = initiator_;
@@ -339,4 +342,4 @@ LlpConnection MpaSession::take_llp() {
   return c;
 }
 
-}  // namespace eca::transport
+}  // namespace eca::connect

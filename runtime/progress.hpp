@@ -4,10 +4,11 @@
 #pragma once
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
 
 #include <functional>
 
-namespace eca::transport {
+namespace eca::runtime {
 
 class Progress {
  public:
@@ -26,4 +27,10 @@ class Progress {
   Impl *impl_;
 };
 
-}  // namespace eca::transport
+// Takes ownership of `fd`, a connected TCP socket (IPv4 or IPv6), as a socket of the progress
+// io_context: how a backend turns the connection rdma_cm hands it (provider/core/llp.hpp)
+// into its stream. On failure `fd` is closed, the error logged, and the socket returned is
+// not open (the backend's first I/O then ends the connection).
+boost::asio::ip::tcp::socket adopt_tcp_socket(int fd);
+
+}  // namespace eca::runtime

@@ -1,4 +1,4 @@
-#include "transport/progress.hpp"
+#include "runtime/progress.hpp"
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
@@ -8,8 +8,12 @@
 #include <thread>
 
 #include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
-namespace eca::transport {
+#include "provider/core/log.hpp"
+
+namespace eca::runtime {
 
 struct Progress::Impl {
   std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> guard;
@@ -64,4 +68,20 @@ void Progress::run_sync(const std::function<void()> &fn) {
   fut.get();
 }
 
-}  // namespace eca::transport
+boost::asio::ip::tcp::socket adopt_tcp_socket(int fd) {
+  boost::asio::ip::tcp::socket s(Progress::instance().io());
+  if (fd < 0) return s;
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  const bool v6 = ::getsockname(fd, reinterpret_cast<sockaddr *>(&ss), &len) == 0 &&
+                  ss.ss_family == AF_INET6;
+  boost::system::error_code ec;
+  s.assign(v6 ? boost::asio::ip::tcp::v6() : boost::asio::ip::tcp::v4(), fd, ec);
+  if (ec) {
+    ECA_LOG(Error, "adopting connection fd %d failed: %s", fd, ec.message().c_str());
+    ::close(fd);
+  }
+  return s;
+}
+
+}  // namespace eca::runtime

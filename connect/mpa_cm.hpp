@@ -1,8 +1,8 @@
 // The MPA connection-setup exchange (RFC 5044 §7.1, RFC 6581) on a connected TCP socket,
 // asynchronous on the progress thread. rdma_cm (provider/cm) drives it; when it succeeds the
-// session yields a transport::LlpConnection for the device backend.
+// session yields a LlpConnection for the device backend.
 //
-// Every method of MpaSession must be called on the progress thread (transport::Progress).
+// Every method of MpaSession must be called on the progress thread (runtime::Progress).
 // Nothing read from the network is trusted: frames are read exactly (20-octet header, then
 // PD_Length octets, never beyond: what follows belongs to the data path), lengths are bounded,
 // and every wait is bounded by a timer (mpa_timeout()).
@@ -19,10 +19,10 @@
 #include <span>
 #include <vector>
 
-#include "transport/llp.hpp"
-#include "transport/wire/mpa.hpp"
+#include "connect/wire/mpa.hpp"
+#include "provider/core/llp.hpp"
 
-namespace eca::transport {
+namespace eca::connect {
 
 enum class MpaStatus : uint8_t {
   Ok,
@@ -95,7 +95,8 @@ class MpaSession : public std::enable_shared_from_this<MpaSession> {
   // The peer's frame (valid after its header and private data arrived).
   const wire::mpa::Frame &peer() const { return peer_; }
   bool initiator() const { return initiator_; }
-  // Negotiated connection; moves the socket out. Valid once after done(Ok).
+  // Negotiated connection; the socket leaves the session as the connection's fd. Valid once
+  // after done(Ok).
   LlpConnection take_llp();
   tcp::socket &socket() { return sock_; }
 
@@ -130,4 +131,4 @@ class MpaSession : public std::enable_shared_from_this<MpaSession> {
   bool sent_markers_ = false;
 };
 
-}  // namespace eca::transport
+}  // namespace eca::connect
