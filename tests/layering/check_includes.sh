@@ -21,7 +21,6 @@ rules=(
 # Known exceptions: file;included header;why. An exception that no longer occurs is reported
 # (remove it) but does not fail the check.
 exceptions=(
-  'hwmodel/backend/hw_atomic.cpp;transport/atomic.hpp;the responder-side atomic checks both backends use move to the shared connection core (engine/), under way in a parallel change'
 )
 
 include_re='^[[:space:]]*#[[:space:]]*include[[:space:]]*["<]([^">]+)[">]'
