@@ -31,7 +31,33 @@ ibv_qp_init_attr rc_attr(ibv_cq *scq, ibv_cq *rcq, uint32_t depth) {
   return a;
 }
 
-class Lifetime : public EcaTest {};
+class Lifetime : public EcaTest {
+ protected:
+  // Connects our QP `qp` through a new client id to the listener at `da`; the server side gets
+  // its own QP on `pd` with CQs `scq`/`rcq`. Fatal failure (ASSERT) if any step does not happen.
+  void connect_pair(Pair &p, ibv_qp *qp, const sockaddr_in &da, ibv_pd *pd, ibv_cq *scq,
+                    ibv_cq *rcq) {
+    sockaddr_in dst = da;
+    ASSERT_EQ(0, rdma_create_id(cch_, &p.cid, nullptr, RDMA_PS_TCP));
+    ASSERT_EQ(0, rdma_resolve_addr(p.cid, nullptr, reinterpret_cast<sockaddr *>(&dst), 2000));
+    ASSERT_TRUE(wait_cm_event(cch_, RDMA_CM_EVENT_ADDR_RESOLVED));
+    ASSERT_EQ(0, rdma_resolve_route(p.cid, 2000));
+    ASSERT_TRUE(wait_cm_event(cch_, RDMA_CM_EVENT_ROUTE_RESOLVED));
+    rdma_conn_param cp{};
+    cp.qp_num = qp->qp_num;
+    cp.initiator_depth = cp.responder_resources = 4;
+    ASSERT_EQ(0, rdma_connect(p.cid, &cp));
+    ASSERT_TRUE(wait_cm_event(lch_, RDMA_CM_EVENT_CONNECT_REQUEST, kTimeoutMs, &p.sid));
+    ibv_qp_init_attr sa = rc_attr(scq, rcq, 16);
+    ASSERT_EQ(0, rdma_create_qp(p.sid, pd, &sa));
+    rdma_conn_param ap{};
+    ap.initiator_depth = ap.responder_resources = 4;
+    ASSERT_EQ(0, rdma_accept(p.sid, &ap));
+    ASSERT_TRUE(wait_cm_event(lch_, RDMA_CM_EVENT_ESTABLISHED));
+    ASSERT_TRUE(wait_cm_event(cch_, RDMA_CM_EVENT_ESTABLISHED));
+    ASSERT_EQ(qp_state(qp), IBV_QPS_RTS);
+  }
+};
 
 TEST_P(Lifetime, ResetAndReuseQpsWhileOthersPollArmAndPost) {
   lch_ = rdma_create_event_channel();
@@ -111,26 +137,10 @@ TEST_P(Lifetime, ResetAndReuseQpsWhileOthersPollArmAndPost) {
   for (int round = 0; round < kRounds && !HasFatalFailure(); round++) {
     std::vector<Pair> pairs(kQps);
     for (int i = 0; i < kQps; i++) {
-      Pair &p = pairs[i];
-      ASSERT_EQ(0, rdma_create_id(cch_, &p.cid, nullptr, RDMA_PS_TCP));
-      ASSERT_EQ(0, rdma_resolve_addr(p.cid, nullptr, reinterpret_cast<sockaddr *>(&da), 2000));
-      ASSERT_TRUE(wait_cm_event(cch_, RDMA_CM_EVENT_ADDR_RESOLVED));
-      ASSERT_EQ(0, rdma_resolve_route(p.cid, 2000));
-      ASSERT_TRUE(wait_cm_event(cch_, RDMA_CM_EVENT_ROUTE_RESOLVED));
-      rdma_conn_param cp{};
-      cp.qp_num = qps[i]->qp_num;
-      cp.initiator_depth = cp.responder_resources = 4;
-      ASSERT_EQ(0, rdma_connect(p.cid, &cp));
-      ASSERT_TRUE(wait_cm_event(lch_, RDMA_CM_EVENT_CONNECT_REQUEST, kTimeoutMs, &p.sid));
-      ibv_qp_init_attr sa = rc_attr(scq_srv, rcq_srv, 16);
-      ASSERT_EQ(0, rdma_create_qp(p.sid, pd, &sa));
-      rdma_conn_param ap{};
-      ap.initiator_depth = ap.responder_resources = 4;
-      ASSERT_EQ(0, rdma_accept(p.sid, &ap));
-      ASSERT_TRUE(wait_cm_event(lch_, RDMA_CM_EVENT_ESTABLISHED));
-      ASSERT_TRUE(wait_cm_event(cch_, RDMA_CM_EVENT_ESTABLISHED));
-      ASSERT_EQ(qp_state(qps[i]), IBV_QPS_RTS);
+      connect_pair(pairs[i], qps[i], da, pd, scq_srv, rcq_srv);
+      if (HasFatalFailure()) break;  // the threads are stopped and joined below
     }
+    if (HasFatalFailure()) break;
     // Each QP's engine hooks into the shared CQ exactly once, however often it reconnected.
     eca::Cq *ecq = eca::Cq::from(cq);
     pthread_rwlock_rdlock(&ecq->hooks_rw.rw);
@@ -145,7 +155,7 @@ TEST_P(Lifetime, ResetAndReuseQpsWhileOthersPollArmAndPost) {
       for (unsigned spin = rng() % 20000; spin; spin--) asm volatile("" ::: "memory");
       ibv_qp_attr at{};
       at.qp_state = IBV_QPS_RESET;
-      ASSERT_EQ(0, ibv_modify_qp(qps[i], &at, IBV_QP_STATE));
+      EXPECT_EQ(0, ibv_modify_qp(qps[i], &at, IBV_QP_STATE));
       EXPECT_EQ(qp_state(qps[i]), IBV_QPS_RESET);
     }
     for (Pair &p : pairs) {
@@ -198,26 +208,6 @@ TEST_P(Lifetime, EarlierIdOfAResetQpDoesNotTouchItsNewConnection) {
   ibv_qp *qp = ibv_create_qp(pd, &qa);
   ASSERT_NE(qp, nullptr);
 
-  auto connect_pair = [&](Pair &p) {
-    ASSERT_EQ(0, rdma_create_id(cch_, &p.cid, nullptr, RDMA_PS_TCP));
-    ASSERT_EQ(0, rdma_resolve_addr(p.cid, nullptr, reinterpret_cast<sockaddr *>(&da), 2000));
-    ASSERT_TRUE(wait_cm_event(cch_, RDMA_CM_EVENT_ADDR_RESOLVED));
-    ASSERT_EQ(0, rdma_resolve_route(p.cid, 2000));
-    ASSERT_TRUE(wait_cm_event(cch_, RDMA_CM_EVENT_ROUTE_RESOLVED));
-    rdma_conn_param cp{};
-    cp.qp_num = qp->qp_num;
-    cp.initiator_depth = cp.responder_resources = 4;
-    ASSERT_EQ(0, rdma_connect(p.cid, &cp));
-    ASSERT_TRUE(wait_cm_event(lch_, RDMA_CM_EVENT_CONNECT_REQUEST, kTimeoutMs, &p.sid));
-    ibv_qp_init_attr sa = rc_attr(scq, scq, 16);
-    ASSERT_EQ(0, rdma_create_qp(p.sid, pd, &sa));
-    rdma_conn_param ap{};
-    ap.initiator_depth = ap.responder_resources = 4;
-    ASSERT_EQ(0, rdma_accept(p.sid, &ap));
-    ASSERT_TRUE(wait_cm_event(lch_, RDMA_CM_EVENT_ESTABLISHED));
-    ASSERT_TRUE(wait_cm_event(cch_, RDMA_CM_EVENT_ESTABLISHED));
-    ASSERT_EQ(qp_state(qp), IBV_QPS_RTS);
-  };
   auto write_completes = [&](uint64_t id) {
     SendSpec sp;
     sp.opcode = IBV_WR_RDMA_WRITE;
@@ -234,12 +224,14 @@ TEST_P(Lifetime, EarlierIdOfAResetQpDoesNotTouchItsNewConnection) {
   };
 
   Pair first, second;
-  connect_pair(first);
+  connect_pair(first, qp, da, pd, scq, scq);
+  ASSERT_FALSE(HasFatalFailure());
   write_completes(1);
   ibv_qp_attr at{};
   at.qp_state = IBV_QPS_RESET;
   ASSERT_EQ(0, ibv_modify_qp(qp, &at, IBV_QP_STATE));
-  connect_pair(second);
+  connect_pair(second, qp, da, pd, scq, scq);
+  ASSERT_FALSE(HasFatalFailure());
 
   // The earlier connection's ids go: the client's first (it named the QP), then the server's.
   // rdma_disconnect on the earlier id ends that (already gone) connection only.
