@@ -5,7 +5,6 @@
 // share. With dma_engines=1 a single engine serves both directions in turn.
 #pragma once
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <string>
 
@@ -17,15 +16,19 @@ enum class DmaKind : uint8_t { Data = 0, DescFetch, WriteBack, Test, kCount };
 inline constexpr const char *kDmaKindNames[] = {"data", "desc-fetch", "write-back", "test"};
 static_assert(std::size(kDmaKindNames) == static_cast<size_t>(DmaKind::kCount));
 
-class DmaEngine {
+struct DmaReq {
+  Dir dir;
+  DmaKind kind;
+  int64_t bytes;
+};
+
+class DmaEngine final : public FifoServer<DmaReq> {
  public:
   DmaEngine(Sim &sim, PciBus &bus, int requester, ps_t overhead, std::string name);
 
   // Queues a transaction; `done` runs when its last byte has crossed the bus.
   void submit(Dir dir, DmaKind kind, int64_t bytes, std::function<void()> done);
 
-  bool idle() const { return !busy_ && q_.empty(); }
-  size_t queued() const { return q_.size(); }
   const std::string &name() const { return name_; }
 
   struct Counters {
@@ -34,25 +37,14 @@ class DmaEngine {
     uint64_t by_kind[static_cast<size_t>(DmaKind::kCount)] = {};
   };
   const Counters &counters() const { return c_; }
-  ps_t busy_ps() const { return meter_.total(sim_.now()); }
 
  private:
-  struct Req {
-    Dir dir;
-    DmaKind kind;
-    int64_t bytes;
-    std::function<void()> done;
-  };
-  void start_next();
+  void begin(const DmaReq &r, std::function<void()> end) override;
 
-  Sim &sim_;
   PciBus &bus_;
   int requester_;
   ps_t overhead_;
   std::string name_;
-  std::deque<Req> q_;
-  bool busy_ = false;
-  BusyMeter meter_;
   Counters c_;
 };
 

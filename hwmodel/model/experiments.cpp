@@ -44,13 +44,8 @@ StreamResult run_stream(const Params &p, const Mode &m, int64_t min_frames = 120
 }
 
 Mode mode_of(bool frag, bool coal, int64_t payload, int64_t n_tx = 0, int64_t n_rx = 0) {
-  Mode m;
-  m.fragment = frag;
-  m.coalesce = coal;
-  m.frame_payload = payload;
-  m.chunk_frames = n_tx;
-  m.coal_frames = n_rx;
-  return m;
+  return Mode{.fragment = frag, .coalesce = coal, .frame_payload = payload,
+              .chunk_frames = n_tx, .coal_frames = n_rx};
 }
 
 double line_speed(const Params &p, int64_t payload) {
@@ -64,13 +59,17 @@ double line_speed(const Params &p, int64_t payload) {
 Series series(std::string name) { return Series{std::move(name), {}, {}}; }
 void add(Series &s, double x, double y) { s.x.push_back(x), s.y.push_back(y); }
 
+// An experiment of one table and its plots.
+ExperimentOutput output_of(Table t, std::vector<Plot> plots) {
+  return ExperimentOutput{{std::move(t)}, std::move(plots)};
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------- (a)
 
 ExperimentOutput experiment_a(const Params &p) {
   const FrameFormat f = FrameFormat::from(p);
-  ExperimentOutput out;
   Table t{"a_theoretical", "(a) Ethernet theoretical maximum throughput by frame size",
           {"payload (B)", "frame (B)", "true size (B)", "efficiency (%)", "max (Mbit/s)"},
           {},
@@ -88,9 +87,7 @@ ExperimentOutput experiment_a(const Params &p) {
     add(line, pay, static_cast<double>(p.mac_rate_mbps));
   }
   pl.series = {s, line};
-  out.tables.push_back(t);
-  out.plots.push_back(pl);
-  return out;
+  return output_of(std::move(t), {std::move(pl)});
 }
 
 // ------------------------------------------------------------------------------- (b)
@@ -100,7 +97,6 @@ ExperimentOutput experiment_b(const Params &p) {
   const ps_t cyc = period_from_mhz(p.fw_clock_mhz);
   const ps_t fw_ps = std::max(p.fw_tx_frame_cycles, p.fw_rx_frame_cycles) * cyc;
   const double fw_fps = fw_ps > 0 ? 1e12 / static_cast<double>(fw_ps) : 0;
-  ExperimentOutput out;
   Table t{"b_line_speed", "(b) NIC-to-NIC line speed (firmware generates and sinks frames)",
           {"payload (B)", "line limit (Mbit/s)", "model (Mbit/s)", "line (frames/s)",
            "firmware max (frames/s)", "model (frames/s)", "limited by"},
@@ -124,17 +120,13 @@ ExperimentOutput experiment_b(const Params &p) {
   }
   pl.series = {lim, mod};
   pf.series = {flim, ffw, fmod};
-  out.tables.push_back(t);
-  out.plots.push_back(pl);
-  out.plots.push_back(pf);
-  return out;
+  return output_of(std::move(t), {std::move(pl), std::move(pf)});
 }
 
 // ------------------------------------------------------------------------------- (c)
 
 ExperimentOutput experiment_c(const Params &p) {
   const PciTiming pt = PciTiming::from(p);
-  ExperimentOutput out;
   Table t{"c_dma", "(c) DMA throughput by transfer size (firmware DMA loop)",
           {"bytes", "host->NIC (Mbit/s)", "NIC->host (Mbit/s)", "host->NIC per DMA (us)",
            "NIC->host per DMA (us)", "bursts"},
@@ -154,9 +146,7 @@ ExperimentOutput experiment_c(const Params &p) {
     add(n2h, b, c);
   }
   pl.series = {h2n, n2h};
-  out.tables.push_back(t);
-  out.plots.push_back(pl);
-  return out;
+  return output_of(std::move(t), {std::move(pl)});
 }
 
 // ------------------------------------------------------------------------------- (d)
@@ -381,7 +371,6 @@ std::vector<CalibrationRow> calibration(const Params &p) {
 }
 
 ExperimentOutput experiment_calibration(const Params &p) {
-  ExperimentOutput out;
   Table t{"calibration", "Calibration: the dissertation's numbers against the model",
           {"quantity", "published", "model", "unit", "error (%)", "role", "basis"},
           {},
@@ -389,8 +378,7 @@ ExperimentOutput experiment_calibration(const Params &p) {
   for (const CalibrationRow &r : calibration(p))
     t.rows.push_back({r.quantity, fmt(r.published, 4), fmt(r.model, 4), r.unit,
                       fmt(r.error_pct(), 3), r.calibrates ? "CALIBRATES" : "PREDICTION", r.basis});
-  out.tables.push_back(t);
-  return out;
+  return output_of(std::move(t), {});
 }
 
 ExperimentOutput run_experiment(const std::string &name, const Params &p) {

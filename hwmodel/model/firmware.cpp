@@ -5,27 +5,16 @@
 namespace eca::hwmodel {
 
 Processor::Processor(Sim &sim, ps_t cycle, std::string name)
-    : sim_(sim), cycle_(cycle), name_(std::move(name)) {}
+    : FifoServer(sim), cycle_(cycle), name_(std::move(name)) {}
 
 void Processor::run(int64_t n, std::function<void()> then) {
   assert(n >= 0);
-  q_.push_back(Task{n, std::move(then)});
-  if (!busy_) start_next();
+  enqueue(n, std::move(then));
 }
 
-void Processor::start_next() {
-  if (busy_ || q_.empty()) return;
-  busy_ = true;
-  meter_.start(sim_.now());
-  Task t = std::move(q_.front());
-  q_.pop_front();
+void Processor::begin(const int64_t &cycles, std::function<void()> end) {
   ++tasks_;
-  sim_.after(t.cycles * cycle_, Prio::Complete, [this, then = std::move(t.then)] {
-    busy_ = false;
-    meter_.stop(sim_.now());
-    if (then) then();
-    start_next();
-  });
+  sim_.after(cycles * cycle_, Prio::Complete, std::move(end));
 }
 
 ChunkPlan plan_chunk(const FrameFormat &f, int64_t payload, int64_t frame_payload) {

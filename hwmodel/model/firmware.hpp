@@ -21,30 +21,21 @@
 
 namespace eca::hwmodel {
 
-class Processor {
+class Processor final : public FifoServer<int64_t> {
  public:
   Processor(Sim &sim, ps_t cycle, std::string name);
 
   // Runs `n` cycles of work after all work queued earlier; `then` runs when it ends.
   void run(int64_t n, std::function<void()> then);
 
-  ps_t busy_ps() const { return meter_.total(sim_.now()); }
   uint64_t tasks() const { return tasks_; }
   ps_t cycle() const { return cycle_; }
   const std::string &name() const { return name_; }
 
  private:
-  void start_next();
-  struct Task {
-    int64_t cycles;
-    std::function<void()> then;
-  };
-  Sim &sim_;
+  void begin(const int64_t &cycles, std::function<void()> end) override;
   ps_t cycle_;
   std::string name_;
-  std::deque<Task> q_;
-  bool busy_ = false;
-  BusyMeter meter_;
   uint64_t tasks_ = 0;
 };
 

@@ -86,28 +86,38 @@ uint64_t Nic::post_send(int64_t payload, int64_t frame_payload, uint32_t flags) 
   return id;
 }
 
-void Nic::maybe_fetch_tx() {
-  if (tx_fetching_) return;
-  const int64_t unfetched = static_cast<int64_t>(tx_next_id_ - tx_fetch_next_);
-  if (unfetched <= 0 || tx_fetched_waiting_ > p_.desc_fetch_batch / 2) return;
+// Starts one descriptor-fetch DMA on a ring (descriptors [f.next, posted)) unless one is under
+// way, none is unfetched, or more than half a batch (desc_fetch_batch) still waits on the NIC.
+// When the DMA completes, `fetched` runs for each descriptor in order, then `again` looks for
+// the next batch.
+void Nic::fetch_descs(DescFetch &f, uint64_t posted, int64_t waiting,
+                      std::function<void(uint64_t id)> fetched, void (Nic::*again)()) {
+  if (f.busy) return;
+  const int64_t unfetched = static_cast<int64_t>(posted - f.next);
+  if (unfetched <= 0 || waiting > p_.desc_fetch_batch / 2) return;
   const int64_t n = std::min(unfetched, p_.desc_fetch_batch);
-  const uint64_t first = tx_fetch_next_;
-  tx_fetch_next_ += n;
-  tx_fetching_ = true;
+  const uint64_t first = f.next;
+  f.next += n;
+  f.busy = true;
   ++c_.desc_fetches;
-  submit(Dir::HostToNic, DmaKind::DescFetch, n * p_.desc_bytes, [this, first, n] {
-    tx_fetching_ = false;
-    for (uint64_t id = first; id < first + n; ++id) {
-      advance(tx(id), S::Fetched);
-      ++tx_fetched_waiting_;
-      tx_cpu().run(p_.fw_desc_cycles, [this, id] {
-        advance(tx(id), S::Processing);
-        tx_dma_wait_.push_back(id);
-        pump_tx_dma();
-      });
-    }
-    maybe_fetch_tx();
-  });
+  submit(Dir::HostToNic, DmaKind::DescFetch, n * p_.desc_bytes,
+         [this, &f, first, n, fetched = std::move(fetched), again] {
+           f.busy = false;
+           for (uint64_t id = first; id < first + n; ++id) fetched(id);
+           (this->*again)();
+         });
+}
+
+void Nic::maybe_fetch_tx() {
+  fetch_descs(tx_fetch_, tx_next_id_, tx_fetched_waiting_, [this](uint64_t id) {
+    advance(tx(id), S::Fetched);
+    ++tx_fetched_waiting_;
+    tx_cpu().run(p_.fw_desc_cycles, [this, id] {
+      advance(tx(id), S::Processing);
+      tx_dma_wait_.push_back(id);
+      pump_tx_dma();
+    });
+  }, &Nic::maybe_fetch_tx);
 }
 
 void Nic::pump_tx_dma() {
@@ -174,25 +184,13 @@ uint64_t Nic::post_recv(int64_t capacity, uint32_t flags) {
 }
 
 void Nic::maybe_fetch_rx() {
-  if (rx_fetching_) return;
-  const int64_t unfetched = static_cast<int64_t>(rx_next_id_ - rx_fetch_next_);
-  if (unfetched <= 0 || static_cast<int64_t>(rx_avail_.size()) > p_.desc_fetch_batch / 2) return;
-  const int64_t n = std::min(unfetched, p_.desc_fetch_batch);
-  const uint64_t first = rx_fetch_next_;
-  rx_fetch_next_ += n;
-  rx_fetching_ = true;
-  ++c_.desc_fetches;
-  submit(Dir::HostToNic, DmaKind::DescFetch, n * p_.desc_bytes, [this, first, n] {
-    rx_fetching_ = false;
-    for (uint64_t id = first; id < first + n; ++id) {
-      advance(rx(id), S::Fetched);
-      rx_cpu().run(p_.fw_desc_cycles, [this, id] {
-        rx_avail_.push_back(id);
-        pump_rx();
-      });
-    }
-    maybe_fetch_rx();
-  });
+  fetch_descs(rx_fetch_, rx_next_id_, static_cast<int64_t>(rx_avail_.size()), [this](uint64_t id) {
+    advance(rx(id), S::Fetched);
+    rx_cpu().run(p_.fw_desc_cycles, [this, id] {
+      rx_avail_.push_back(id);
+      pump_rx();
+    });
+  }, &Nic::maybe_fetch_rx);
 }
 
 bool Nic::rx_reserve(int64_t bytes) {

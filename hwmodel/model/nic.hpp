@@ -136,6 +136,13 @@ class Nic {
   Processor &rx_cpu() { return *cpu_[cpus_ - 1]; }
   void submit(Dir d, DmaKind k, int64_t bytes, std::function<void()> done);
 
+  // Where the NIC stands in fetching one host descriptor ring.
+  struct DescFetch {
+    uint64_t next = 1;  // first descriptor not yet fetched
+    bool busy = false;  // a fetch DMA is under way
+  };
+  void fetch_descs(DescFetch &f, uint64_t posted, int64_t waiting,
+                   std::function<void(uint64_t id)> fetched, void (Nic::*again)());
   void maybe_fetch_tx();
   void pump_tx_dma();
   void tx_frame_done(const Frame &f);
@@ -161,15 +168,15 @@ class Nic {
 
   // transmit
   std::deque<TxDesc> tx_;
-  uint64_t tx_base_ = 1, tx_next_id_ = 1, tx_fetch_next_ = 1;
-  bool tx_fetching_ = false;
+  uint64_t tx_base_ = 1, tx_next_id_ = 1;
+  DescFetch tx_fetch_;
   int64_t tx_fetched_waiting_ = 0;    // fetched, data DMA not yet issued
   std::deque<uint64_t> tx_dma_wait_;  // ready for their data DMA, waiting for NIC memory
   int64_t tx_buf_used_ = 0;
   // receive
   std::deque<RxDesc> rx_;
-  uint64_t rx_base_ = 1, rx_next_id_ = 1, rx_fetch_next_ = 1;
-  bool rx_fetching_ = false;
+  uint64_t rx_base_ = 1, rx_next_id_ = 1;
+  DescFetch rx_fetch_;
   std::deque<uint64_t> rx_avail_;     // fetched, not yet filled
   std::deque<Frame> rx_ready_;        // received, firmware done, waiting for a buffer
   uint64_t rx_open_ = 0;              // coalesced chunk being filled (0 = none)

@@ -1,5 +1,5 @@
-// Tunables of the modeled NIC. Every parameter is one row of a table (name, default, unit,
-// range, meaning); `eca-nicmodel --list-params` prints the table and docs/hwmodel.md carries
+// Tunables of the modeled NIC. Every parameter is one row of params.def (name, default, range,
+// unit, meaning); `eca-nicmodel --list-params` prints the table and docs/hwmodel.md carries
 // that output. Presets are named sets of overrides in the same "name=value" syntax that the
 // ECA_HWMODEL environment string and `--set` use.
 //
@@ -13,57 +13,12 @@
 
 namespace eca::hwmodel {
 
-// The in-class defaults are the Alteon Tigon on 33 MHz / 32-bit PCI with gigabit Ethernet
-// (preset "tigon-pci33"); params.cpp checks at compile time that they equal the table's.
+// One int64_t field per row of params.def, initialised to the row's default (preset
+// "tigon-pci33").
 struct Params {
-  // --- PCI bus
-  int64_t pci_clock_khz = 33'333;
-  int64_t pci_width_bytes = 4;
-  int64_t pci_burst_setup_cycles = 4;
-  int64_t pci_latency_timer_cycles = 64;
-  int64_t pci_max_burst_bytes = 4096;
-  int64_t pci_read_latency_cycles = 0;
-  int64_t pci_shared = 1;
-  // --- DMA engines
-  int64_t dma_engines = 2;
-  int64_t dma_overhead_ns = 5'992;
-  // --- firmware (embedded processors)
-  int64_t fw_cpus = 2;
-  int64_t fw_clock_mhz = 88;
-  int64_t fw_desc_cycles = 50;
-  int64_t fw_tx_frame_cycles = 100;
-  int64_t fw_rx_frame_cycles = 100;
-  int64_t desc_bytes = 32;
-  int64_t desc_fetch_batch = 16;
-  int64_t wb_bytes = 32;
-  int64_t wb_batch = 16;
-  int64_t doorbell_ns = 300;
-  // --- transmit fragmentation / receive coalescing
-  int64_t frag = 0;
-  int64_t frag_max_chunk = 65'536;
-  int64_t frag_frames = 0;
-  int64_t coal = 0;
-  int64_t coal_max_chunk = 65'536;
-  int64_t coal_frames = 0;
-  int64_t coal_hdr_bytes = 16;
-  int64_t coal_timer_us = 1'000;
-  // --- MAC and Ethernet segment
-  int64_t mac_rate_mbps = 1'000;
-  int64_t eth_preamble_bytes = 8;
-  int64_t eth_ifg_bytes = 12;
-  int64_t eth_header_bytes = 14;
-  int64_t eth_fcs_bytes = 4;
-  int64_t eth_min_frame_bytes = 64;
-  int64_t eth_max_frame_bytes = 65'536;
-  int64_t eth_mtu = 1'500;
-  int64_t eth_jumbo_mtu = 9'000;
-  int64_t std_payload = 1'498;
-  int64_t jumbo_payload = 9'058;
-  int64_t link_prop_ns = 50;
-  int64_t flow_control = 1;
-  int64_t tx_buf_bytes = 262'144;
-  int64_t rx_buf_bytes = 262'144;
-  int64_t rx_ring = 256;
+#define ECA_PARAM(name, deflt, min, max, unit, help) int64_t name = deflt;
+#include "hwmodel/model/params.def"
+#undef ECA_PARAM
 
   bool operator==(const Params &) const = default;
 };

@@ -4,7 +4,9 @@
 // Components never sleep: a cost is modeled by scheduling the follow-up event later.
 #pragma once
 #include <cstdint>
+#include <deque>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "hwmodel/model/time.hpp"
@@ -73,6 +75,48 @@ class BusyMeter {
   int depth_ = 0;
   ps_t since_ = 0;
   ps_t total_ = 0;
+};
+
+// A resource that serves one job at a time in arrival order (a DMA engine, a firmware
+// processor). It queues jobs, keeps the busy meter and starts the next job when one ends;
+// the resource says only how a job is served: begin(job, end) models the job and calls `end`
+// exactly once when it is over. `end` frees the resource, runs the job's `done` and starts
+// the next job, in that order.
+template <class Job>
+class FifoServer {
+ public:
+  explicit FifoServer(Sim &sim) : sim_(sim) {}
+  virtual ~FifoServer() = default;
+
+  bool idle() const { return !busy_ && q_.empty(); }
+  size_t queued() const { return q_.size(); }
+  ps_t busy_ps() const { return meter_.total(sim_.now()); }
+
+ protected:
+  void enqueue(Job job, std::function<void()> done) {
+    q_.push_back({std::move(job), std::move(done)});
+    if (!busy_) start_next();
+  }
+  virtual void begin(const Job &job, std::function<void()> end) = 0;
+  Sim &sim_;
+
+ private:
+  void start_next() {
+    if (busy_ || q_.empty()) return;
+    busy_ = true;
+    meter_.start(sim_.now());
+    auto [job, done] = std::move(q_.front());
+    q_.pop_front();
+    begin(job, [this, done = std::move(done)] {
+      busy_ = false;
+      meter_.stop(sim_.now());
+      if (done) done();
+      start_next();
+    });
+  }
+  std::deque<std::pair<Job, std::function<void()>>> q_;
+  bool busy_ = false;
+  BusyMeter meter_;
 };
 
 }  // namespace eca::hwmodel
