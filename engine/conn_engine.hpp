@@ -13,6 +13,13 @@ template <class Conn>
 class ConnEngine final : public QpEngine {
  public:
   explicit ConnEngine(std::shared_ptr<Conn> c) : c_(std::move(c)) {}
+  // Backend::attach of either backend: the backend's connection object over the negotiated
+  // connection, started, inside the engine the core keeps for the QP.
+  static std::unique_ptr<ConnEngine> attach(Qp &qp, LlpConnection &&llp) {
+    auto conn = std::make_shared<Conn>(qp, std::move(llp));
+    conn->start();
+    return std::make_unique<ConnEngine>(std::move(conn));
+  }
   ~ConnEngine() override { c_->close(false); }
   void sq_doorbell() override { c_->sq_doorbell(); }
   void rq_doorbell() override { c_->rq_doorbell(); }

@@ -1,6 +1,5 @@
 // The modeled-hardware backend: devices "ecahw_<ifname>", an adapter per process
 // (hwmodel/backend/adapter.*), connections in shared memory (hw_conn.*).
-#include <cstdio>
 
 #include "hwmodel/backend/adapter.hpp"
 #include "hwmodel/backend/hw_conn.hpp"
@@ -11,37 +10,21 @@
 namespace eca {
 namespace {
 
-constexpr uint32_t kPartHwModel = 2;  // vendor part id of the modeled adapter
+// Atomics: executed by the target's adapter with CPU atomics on the target process's memory
+// (hw_atomic.cpp), so the same guarantee as the software transport. Registered regions and
+// windows share the adapter's STag table. The modeled link is gigabit Ethernet with standard
+// 1500-byte frames: MTU 1024, 1X SDR.
+const DeviceProfile kProfile{.kind = BackendKind::HwModel, .prefix = "ecahw",
+                             .fw_ver = "eca-hw 0.1 model", .vendor_part_id = 2,
+                             .atomic_cap = IBV_ATOMIC_GLOB, .max_mr = hw::kMaxStags,
+                             .active_mtu = IBV_MTU_1024, .active_width = 1, .active_speed = 1};
 
 class HwModelBackend final : public Backend {
  public:
-  BackendKind kind() const override { return BackendKind::HwModel; }
-  const char *device_prefix() const override { return "ecahw"; }
-
-  void device_attr(const Device &dev, ibv_device_attr *a) const override {
-    // The verbs-visible limits are those of the shared verbs layer; the adapter adds its own:
-    // at most hw::kMaxStags registered regions.
-    base_device_attr(dev, a);
-    std::snprintf(a->fw_ver, sizeof(a->fw_ver), "eca-hw 0.1 model");
-    a->vendor_part_id = kPartHwModel;
-    a->max_mr = hw::kMaxStags;
-    a->max_mw = hw::kMaxStags;  // windows and MRs share the STag table
-    // Atomics: executed by the target's adapter with CPU atomics on the target process's
-    // memory (hw_atomic.cpp), so the same guarantee as the software transport.
-    a->atomic_cap = IBV_ATOMIC_GLOB;
-  }
-
-  void port_attr(const Device &dev, ibv_port_attr *p) const override {
-    base_port_attr(dev, p);
-    p->active_mtu = IBV_MTU_1024;  // standard 1500-byte Ethernet frames
-    p->active_width = 1;           // 1X
-    p->active_speed = 1;           // SDR: the modeled link is gigabit Ethernet
-  }
+  HwModelBackend() : Backend(kProfile) {}
 
   std::unique_ptr<QpEngine> attach(Qp &qp, LlpConnection &&llp) override {
-    auto conn = std::make_shared<hw::HwConn>(qp, std::move(llp));
-    conn->start();
-    return std::make_unique<hw::HwEngine>(std::move(conn));
+    return hw::HwEngine::attach(qp, std::move(llp));
   }
 
   int mr_registered(const Mr &mr) override {

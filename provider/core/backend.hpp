@@ -39,15 +39,31 @@ class QpEngine {
   virtual void close(bool graceful) = 0;
 };
 
+// What a device kind says of itself: its name prefix and the attributes in which it differs
+// from the shared ones (device_attr.cpp). Data, so the two backends cannot drift apart in how
+// they fill ibv_device_attr / ibv_port_attr.
+struct DeviceProfile {
+  BackendKind kind;
+  const char *prefix;  // device name prefix: says which backend a device belongs to
+  const char *fw_ver;
+  uint32_t vendor_part_id;
+  ibv_atomic_cap atomic_cap;  // what the backend's RFC 7306 atomics guarantee
+  int max_mr = 0;             // registered regions (and windows: one STag table); 0: the verbs layer's
+  ibv_mtu active_mtu{};       // 0: from the interface's MTU
+  uint8_t active_width;       // ibv_port_attr encodings
+  uint8_t active_speed;
+};
+
 class Backend {
  public:
+  explicit Backend(const DeviceProfile &profile) : profile_(profile) {}
   virtual ~Backend() = default;
-  virtual BackendKind kind() const = 0;
-  // Device name prefix: says which backend a device belongs to ("ecasw", "ecahw").
-  virtual const char *device_prefix() const = 0;
-  // Start from base_device_attr()/base_port_attr() and adjust what this device differs in.
-  virtual void device_attr(const Device &dev, ibv_device_attr *attr) const = 0;
-  virtual void port_attr(const Device &dev, ibv_port_attr *attr) const = 0;
+  BackendKind kind() const { return profile_.kind; }
+  const char *device_prefix() const { return profile_.prefix; }
+  // The shared attributes with the profile's own on top (device_attr.cpp).
+  void device_attr(const Device &dev, ibv_device_attr *attr) const;
+  void port_attr(const Device &dev, ibv_port_attr *attr) const;
+
   // Builds the data path of `qp` on an established connection; the QP moves to RTS.
   virtual std::unique_ptr<QpEngine> attach(Qp &qp, LlpConnection &&llp) = 0;
   // Memory registration seen by the device (0 or a positive errno). Called after the verbs
@@ -60,12 +76,11 @@ class Backend {
   // MrUse (software transport accesses) to leave. Must not block on application threads.
   virtual void mr_deregistered(const Mr &) {}
   virtual void mr_invalidated(const Mr &) {}
+
+ private:
+  const DeviceProfile &profile_;
 };
 
-// The attributes every device of this stack shares: the verbs layer's limits (objects.hpp),
-// which it enforces whatever the backend (provider/core/device_attr.cpp).
-void base_device_attr(const Device &dev, ibv_device_attr *attr);
-void base_port_attr(const Device &dev, ibv_port_attr *attr);
 
 Backend &backend(BackendKind kind);
 Backend &software_backend();  // transport/sw_backend.cpp

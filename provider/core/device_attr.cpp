@@ -1,6 +1,6 @@
-// Device and port attributes common to both backends: the limits of the verbs layer, which
-// enforces them itself (provider/core/objects.hpp). Each backend starts from these and sets
-// what is its own (firmware version, part id, atomics, link speed).
+// Device and port attributes: the limits of the verbs layer, which enforces them itself
+// whatever the backend (provider/core/objects.hpp), and on top what each backend's
+// DeviceProfile says is its own (firmware version, part id, atomics, STag table, link).
 #include <cstdio>
 
 #include "provider/core/backend.hpp"
@@ -22,7 +22,7 @@ ibv_mtu mtu_enum(uint32_t bytes) {
 
 }  // namespace
 
-void base_device_attr(const Device &dev, ibv_device_attr *a) {
+void Backend::device_attr(const Device &dev, ibv_device_attr *a) const {
   a->node_guid = dev.guid;
   a->sys_image_guid = dev.guid;
   a->max_mr_size = kMaxMrSize;
@@ -39,24 +39,28 @@ void base_device_attr(const Device &dev, ibv_device_attr *a) {
   a->max_sge_rd = kMaxSge;
   a->max_cq = kMaxCq;
   a->max_cqe = kMaxCqe;
-  a->max_mr = kMaxMr;
-  a->max_mw = kMaxMr;  // windows and MRs share the STag table
+  a->max_mr = profile_.max_mr ? profile_.max_mr : kMaxMr;
+  a->max_mw = a->max_mr;  // windows and MRs share the STag table
   a->max_pd = kMaxPd;
   a->max_qp_rd_atom = kMaxIrdOrd;
   a->max_qp_init_rd_atom = kMaxIrdOrd;
   a->max_res_rd_atom = kMaxIrdOrd * kMaxQp;
-  a->atomic_cap = IBV_ATOMIC_NONE;  // the backend says what its atomics guarantee
+  a->atomic_cap = profile_.atomic_cap;
   a->max_srq = kMaxSrq;
   a->max_srq_wr = kMaxSrqWr;
   a->max_srq_sge = kMaxSge;
   a->max_pkeys = 1;
   a->phys_port_cnt = 1;
+  std::snprintf(a->fw_ver, sizeof(a->fw_ver), "%s", profile_.fw_ver);
+  a->vendor_part_id = profile_.vendor_part_id;
 }
 
-void base_port_attr(const Device &dev, ibv_port_attr *p) {
+void Backend::port_attr(const Device &dev, ibv_port_attr *p) const {
   p->state = IBV_PORT_ACTIVE;
   p->max_mtu = IBV_MTU_4096;
-  p->active_mtu = mtu_enum(dev.netdev_mtu);
+  p->active_mtu = profile_.active_mtu ? profile_.active_mtu : mtu_enum(dev.netdev_mtu);
+  p->active_width = profile_.active_width;
+  p->active_speed = profile_.active_speed;
   p->gid_tbl_len = (int)dev.gids().size();
   p->port_cap_flags = IBV_PORT_CM_SUP;
   p->max_msg_sz = (uint32_t)kMaxMsgSize;
