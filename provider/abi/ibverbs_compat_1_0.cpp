@@ -30,29 +30,47 @@
 #include <cstdint>
 #include <cstring>
 
+#include "provider/abi/stub.hpp"
+
 // Bind a definition to NAME@VERSION (non-default, hence no "@@").  The GNU
 // spelling is required: GCC 12 silently ignores [[gnu::symver(...)]].
 #define ECA_COMPAT_SYMVER(name_at_version) __attribute__((symver(name_at_version), used))
 
+using eca::abi::fail_null;
+
+// One IBVERBS_1.0 stub (stub.hpp): NAME@IBVERBS_1.0, defined as NAME_1_0.
+#define ECA_STUB_1_0(ret, name, params, fail) \
+	ECA_COMPAT_SYMVER(#name "@IBVERBS_1.0") ECA_STUB(ret, name##_1_0, params, fail)
+
+// Copies field F from *src to *dst, converted to the destination's type (the kernel structs
+// use plain integers where libibverbs has enums).
+#define ECA_COPY(f) dst->f = static_cast<decltype(dst->f)>(src->f)
+
 namespace {
 
-// Helpers so every stub reads the same.
-inline void *fail_null() noexcept
+// The path record fields that ib_user_path_rec (kernel) and ibv_sa_path_rec (libibverbs) share
+// by name, in either direction, each converted to the destination's type; the GIDs differ in
+// shape (raw bytes on the kernel side) and are copied by the callers. Byte order is kept.
+template <class Dst, class Src>
+void copy_path_rec_fields(Dst *dst, const Src *src)
 {
-	errno = EOPNOTSUPP;
-	return nullptr;
-}
-
-inline int fail_minus_one() noexcept
-{
-	errno = EOPNOTSUPP;
-	return -1;
-}
-
-inline int fail_errno_value() noexcept
-{
-	errno = EOPNOTSUPP;
-	return EOPNOTSUPP;
+	ECA_COPY(dlid);
+	ECA_COPY(slid);
+	ECA_COPY(raw_traffic);
+	ECA_COPY(flow_label);
+	ECA_COPY(hop_limit);
+	ECA_COPY(traffic_class);
+	ECA_COPY(reversible);
+	ECA_COPY(numb_path);
+	ECA_COPY(pkey);
+	ECA_COPY(sl);
+	ECA_COPY(mtu_selector);
+	ECA_COPY(mtu);
+	ECA_COPY(rate_selector);
+	ECA_COPY(rate);
+	ECA_COPY(packet_life_time_selector);
+	ECA_COPY(packet_life_time);
+	ECA_COPY(preference);
 }
 
 } // namespace
@@ -80,196 +98,41 @@ void ibv_free_device_list_1_0(void ** /*list*/)
 }
 
 ECA_COMPAT_SYMVER("ibv_get_device_name@IBVERBS_1.0")
-const char *ibv_get_device_name_1_0(void * /*device*/)
+const char *ibv_get_device_name_1_0(void *)
 {
 	return static_cast<const char *>(fail_null());
 }
 
-ECA_COMPAT_SYMVER("ibv_get_device_guid@IBVERBS_1.0")
-__be64 ibv_get_device_guid_1_0(void * /*device*/)
-{
-	errno = EOPNOTSUPP;
-	return 0;
-}
-
-ECA_COMPAT_SYMVER("ibv_open_device@IBVERBS_1.0")
-void *ibv_open_device_1_0(void * /*device*/)
-{
-	return fail_null();
-}
-
-ECA_COMPAT_SYMVER("ibv_close_device@IBVERBS_1.0")
-int ibv_close_device_1_0(void * /*context*/)
-{
-	return fail_minus_one();
-}
-
-ECA_COMPAT_SYMVER("ibv_get_async_event@IBVERBS_1.0")
-int ibv_get_async_event_1_0(void * /*context*/, struct ibv_async_event * /*event*/)
-{
-	return fail_minus_one();
-}
-
-ECA_COMPAT_SYMVER("ibv_ack_async_event@IBVERBS_1.0")
-void ibv_ack_async_event_1_0(struct ibv_async_event * /*event*/)
-{
-}
-
-ECA_COMPAT_SYMVER("ibv_query_device@IBVERBS_1.0")
-int ibv_query_device_1_0(void * /*context*/, struct ibv_device_attr * /*device_attr*/)
-{
-	return fail_errno_value();
-}
-
-ECA_COMPAT_SYMVER("ibv_query_port@IBVERBS_1.0")
-int ibv_query_port_1_0(void * /*context*/, uint8_t /*port_num*/,
-		       struct ibv_port_attr * /*port_attr*/)
-{
-	return fail_errno_value();
-}
-
-ECA_COMPAT_SYMVER("ibv_query_gid@IBVERBS_1.0")
-int ibv_query_gid_1_0(void * /*context*/, uint8_t /*port_num*/, int /*index*/,
-		      union ibv_gid * /*gid*/)
-{
-	return fail_minus_one();
-}
-
-ECA_COMPAT_SYMVER("ibv_query_pkey@IBVERBS_1.0")
-int ibv_query_pkey_1_0(void * /*context*/, uint8_t /*port_num*/, int /*index*/,
-		       __be16 * /*pkey*/)
-{
-	return fail_minus_one();
-}
-
-ECA_COMPAT_SYMVER("ibv_alloc_pd@IBVERBS_1.0")
-void *ibv_alloc_pd_1_0(void * /*context*/)
-{
-	return fail_null();
-}
-
-ECA_COMPAT_SYMVER("ibv_dealloc_pd@IBVERBS_1.0")
-int ibv_dealloc_pd_1_0(void * /*pd*/)
-{
-	return fail_errno_value();
-}
-
-ECA_COMPAT_SYMVER("ibv_reg_mr@IBVERBS_1.0")
-void *ibv_reg_mr_1_0(void * /*pd*/, void * /*addr*/, size_t /*length*/, int /*access*/)
-{
-	return fail_null();
-}
-
-ECA_COMPAT_SYMVER("ibv_dereg_mr@IBVERBS_1.0")
-int ibv_dereg_mr_1_0(void * /*mr*/)
-{
-	return fail_errno_value();
-}
-
-ECA_COMPAT_SYMVER("ibv_create_cq@IBVERBS_1.0")
-void *ibv_create_cq_1_0(void * /*context*/, int /*cqe*/, void * /*cq_context*/,
-			struct ibv_comp_channel * /*channel*/, int /*comp_vector*/)
-{
-	return fail_null();
-}
-
-ECA_COMPAT_SYMVER("ibv_resize_cq@IBVERBS_1.0")
-int ibv_resize_cq_1_0(void * /*cq*/, int /*cqe*/)
-{
-	return fail_errno_value();
-}
-
-ECA_COMPAT_SYMVER("ibv_destroy_cq@IBVERBS_1.0")
-int ibv_destroy_cq_1_0(void * /*cq*/)
-{
-	return fail_errno_value();
-}
-
-ECA_COMPAT_SYMVER("ibv_get_cq_event@IBVERBS_1.0")
-int ibv_get_cq_event_1_0(struct ibv_comp_channel * /*channel*/, void ** /*cq*/,
-			 void ** /*cq_context*/)
-{
-	return fail_minus_one();
-}
-
-ECA_COMPAT_SYMVER("ibv_ack_cq_events@IBVERBS_1.0")
-void ibv_ack_cq_events_1_0(void * /*cq*/, unsigned int /*nevents*/)
-{
-}
-
-ECA_COMPAT_SYMVER("ibv_create_srq@IBVERBS_1.0")
-void *ibv_create_srq_1_0(void * /*pd*/, struct ibv_srq_init_attr * /*srq_init_attr*/)
-{
-	return fail_null();
-}
-
-ECA_COMPAT_SYMVER("ibv_modify_srq@IBVERBS_1.0")
-int ibv_modify_srq_1_0(void * /*srq*/, struct ibv_srq_attr * /*srq_attr*/,
-		       int /*srq_attr_mask*/)
-{
-	return fail_errno_value();
-}
-
-ECA_COMPAT_SYMVER("ibv_query_srq@IBVERBS_1.0")
-int ibv_query_srq_1_0(void * /*srq*/, struct ibv_srq_attr * /*srq_attr*/)
-{
-	return fail_errno_value();
-}
-
-ECA_COMPAT_SYMVER("ibv_destroy_srq@IBVERBS_1.0")
-int ibv_destroy_srq_1_0(void * /*srq*/)
-{
-	return fail_errno_value();
-}
-
-ECA_COMPAT_SYMVER("ibv_create_qp@IBVERBS_1.0")
-void *ibv_create_qp_1_0(void * /*pd*/, void * /*qp_init_attr (1.0 layout)*/)
-{
-	return fail_null();
-}
-
-ECA_COMPAT_SYMVER("ibv_query_qp@IBVERBS_1.0")
-int ibv_query_qp_1_0(void * /*qp*/, struct ibv_qp_attr * /*attr*/, int /*attr_mask*/,
-		     void * /*init_attr (1.0 layout)*/)
-{
-	return fail_errno_value();
-}
-
-ECA_COMPAT_SYMVER("ibv_modify_qp@IBVERBS_1.0")
-int ibv_modify_qp_1_0(void * /*qp*/, struct ibv_qp_attr * /*attr*/, int /*attr_mask*/)
-{
-	return fail_errno_value();
-}
-
-ECA_COMPAT_SYMVER("ibv_destroy_qp@IBVERBS_1.0")
-int ibv_destroy_qp_1_0(void * /*qp*/)
-{
-	return fail_errno_value();
-}
-
-ECA_COMPAT_SYMVER("ibv_create_ah@IBVERBS_1.0")
-void *ibv_create_ah_1_0(void * /*pd*/, struct ibv_ah_attr * /*attr*/)
-{
-	return fail_null();
-}
-
-ECA_COMPAT_SYMVER("ibv_destroy_ah@IBVERBS_1.0")
-int ibv_destroy_ah_1_0(void * /*ah*/)
-{
-	return fail_errno_value();
-}
-
-ECA_COMPAT_SYMVER("ibv_attach_mcast@IBVERBS_1.0")
-int ibv_attach_mcast_1_0(void * /*qp*/, union ibv_gid * /*gid*/, uint16_t /*lid*/)
-{
-	return fail_errno_value();
-}
-
-ECA_COMPAT_SYMVER("ibv_detach_mcast@IBVERBS_1.0")
-int ibv_detach_mcast_1_0(void * /*qp*/, union ibv_gid * /*gid*/, uint16_t /*lid*/)
-{
-	return fail_errno_value();
-}
+ECA_STUB_1_0(__be64, ibv_get_device_guid, (void *), fail_zero())
+ECA_STUB_1_0(void *, ibv_open_device, (void *), fail_null())
+ECA_STUB_1_0(int, ibv_close_device, (void *), fail_minus_one())
+ECA_STUB_1_0(int, ibv_get_async_event, (void *, struct ibv_async_event *), fail_minus_one())
+ECA_STUB_1_0(void, ibv_ack_async_event, (struct ibv_async_event *), nothing())
+ECA_STUB_1_0(int, ibv_query_device, (void *, struct ibv_device_attr *), fail_errno_value())
+ECA_STUB_1_0(int, ibv_query_port, (void *, uint8_t, struct ibv_port_attr *), fail_errno_value())
+ECA_STUB_1_0(int, ibv_query_gid, (void *, uint8_t, int, union ibv_gid *), fail_minus_one())
+ECA_STUB_1_0(int, ibv_query_pkey, (void *, uint8_t, int, __be16 *), fail_minus_one())
+ECA_STUB_1_0(void *, ibv_alloc_pd, (void *), fail_null())
+ECA_STUB_1_0(int, ibv_dealloc_pd, (void *), fail_errno_value())
+ECA_STUB_1_0(void *, ibv_reg_mr, (void *, void *, size_t, int), fail_null())
+ECA_STUB_1_0(int, ibv_dereg_mr, (void *), fail_errno_value())
+ECA_STUB_1_0(void *, ibv_create_cq, (void *, int, void *, struct ibv_comp_channel *, int), fail_null())
+ECA_STUB_1_0(int, ibv_resize_cq, (void *, int), fail_errno_value())
+ECA_STUB_1_0(int, ibv_destroy_cq, (void *), fail_errno_value())
+ECA_STUB_1_0(int, ibv_get_cq_event, (struct ibv_comp_channel *, void **, void **), fail_minus_one())
+ECA_STUB_1_0(void, ibv_ack_cq_events, (void *, unsigned int), nothing())
+ECA_STUB_1_0(void *, ibv_create_srq, (void *, struct ibv_srq_init_attr *), fail_null())
+ECA_STUB_1_0(int, ibv_modify_srq, (void *, struct ibv_srq_attr *, int), fail_errno_value())
+ECA_STUB_1_0(int, ibv_query_srq, (void *, struct ibv_srq_attr *), fail_errno_value())
+ECA_STUB_1_0(int, ibv_destroy_srq, (void *), fail_errno_value())
+ECA_STUB_1_0(void *, ibv_create_qp, (void *, void *), fail_null())
+ECA_STUB_1_0(int, ibv_query_qp, (void *, struct ibv_qp_attr *, int, void *), fail_errno_value())
+ECA_STUB_1_0(int, ibv_modify_qp, (void *, struct ibv_qp_attr *, int), fail_errno_value())
+ECA_STUB_1_0(int, ibv_destroy_qp, (void *), fail_errno_value())
+ECA_STUB_1_0(void *, ibv_create_ah, (void *, struct ibv_ah_attr *), fail_null())
+ECA_STUB_1_0(int, ibv_destroy_ah, (void *), fail_errno_value())
+ECA_STUB_1_0(int, ibv_attach_mcast, (void *, union ibv_gid *, uint16_t), fail_errno_value())
+ECA_STUB_1_0(int, ibv_detach_mcast, (void *, union ibv_gid *, uint16_t), fail_errno_value())
 
 // ---------------------------------------------------------------------------
 // ibv_register_driver@IBVERBS_1.1: the pre-rdma-core-13 provider registration
@@ -292,31 +155,31 @@ void ibv_register_driver_1_1(const char * /*name*/, void * /*init_func*/)
 void ibv_copy_ah_attr_from_kern(struct ibv_ah_attr *dst, struct ib_uverbs_ah_attr *src)
 {
 	std::memcpy(dst->grh.dgid.raw, src->grh.dgid, sizeof(dst->grh.dgid.raw));
-	dst->grh.flow_label = src->grh.flow_label;
-	dst->grh.sgid_index = src->grh.sgid_index;
-	dst->grh.hop_limit = src->grh.hop_limit;
-	dst->grh.traffic_class = src->grh.traffic_class;
+	ECA_COPY(grh.flow_label);
+	ECA_COPY(grh.sgid_index);
+	ECA_COPY(grh.hop_limit);
+	ECA_COPY(grh.traffic_class);
 
-	dst->dlid = src->dlid;
-	dst->sl = src->sl;
-	dst->src_path_bits = src->src_path_bits;
-	dst->static_rate = src->static_rate;
-	dst->is_global = src->is_global;
-	dst->port_num = src->port_num;
+	ECA_COPY(dlid);
+	ECA_COPY(sl);
+	ECA_COPY(src_path_bits);
+	ECA_COPY(static_rate);
+	ECA_COPY(is_global);
+	ECA_COPY(port_num);
 }
 
 // qp_state is deliberately left alone: callers (e.g. rdma_init_qp_attr) set
 // the state they asked the kernel about before calling this.
 void ibv_copy_qp_attr_from_kern(struct ibv_qp_attr *dst, struct ib_uverbs_qp_attr *src)
 {
-	dst->cur_qp_state = static_cast<enum ibv_qp_state>(src->cur_qp_state);
-	dst->path_mtu = static_cast<enum ibv_mtu>(src->path_mtu);
-	dst->path_mig_state = static_cast<enum ibv_mig_state>(src->path_mig_state);
-	dst->qkey = src->qkey;
-	dst->rq_psn = src->rq_psn;
-	dst->sq_psn = src->sq_psn;
-	dst->dest_qp_num = src->dest_qp_num;
-	dst->qp_access_flags = src->qp_access_flags;
+	ECA_COPY(cur_qp_state);
+	ECA_COPY(path_mtu);
+	ECA_COPY(path_mig_state);
+	ECA_COPY(qkey);
+	ECA_COPY(rq_psn);
+	ECA_COPY(sq_psn);
+	ECA_COPY(dest_qp_num);
+	ECA_COPY(qp_access_flags);
 
 	dst->cap.max_send_wr = src->max_send_wr;
 	dst->cap.max_recv_wr = src->max_recv_wr;
@@ -327,65 +190,33 @@ void ibv_copy_qp_attr_from_kern(struct ibv_qp_attr *dst, struct ib_uverbs_qp_att
 	ibv_copy_ah_attr_from_kern(&dst->ah_attr, &src->ah_attr);
 	ibv_copy_ah_attr_from_kern(&dst->alt_ah_attr, &src->alt_ah_attr);
 
-	dst->pkey_index = src->pkey_index;
-	dst->alt_pkey_index = src->alt_pkey_index;
-	dst->en_sqd_async_notify = src->en_sqd_async_notify;
-	dst->sq_draining = src->sq_draining;
-	dst->max_rd_atomic = src->max_rd_atomic;
-	dst->max_dest_rd_atomic = src->max_dest_rd_atomic;
-	dst->min_rnr_timer = src->min_rnr_timer;
-	dst->port_num = src->port_num;
-	dst->timeout = src->timeout;
-	dst->retry_cnt = src->retry_cnt;
-	dst->rnr_retry = src->rnr_retry;
-	dst->alt_port_num = src->alt_port_num;
-	dst->alt_timeout = src->alt_timeout;
+	ECA_COPY(pkey_index);
+	ECA_COPY(alt_pkey_index);
+	ECA_COPY(en_sqd_async_notify);
+	ECA_COPY(sq_draining);
+	ECA_COPY(max_rd_atomic);
+	ECA_COPY(max_dest_rd_atomic);
+	ECA_COPY(min_rnr_timer);
+	ECA_COPY(port_num);
+	ECA_COPY(timeout);
+	ECA_COPY(retry_cnt);
+	ECA_COPY(rnr_retry);
+	ECA_COPY(alt_port_num);
+	ECA_COPY(alt_timeout);
 }
 
 void ibv_copy_path_rec_from_kern(struct ibv_sa_path_rec *dst, struct ib_user_path_rec *src)
 {
 	std::memcpy(dst->dgid.raw, src->dgid, sizeof(dst->dgid.raw));
 	std::memcpy(dst->sgid.raw, src->sgid, sizeof(dst->sgid.raw));
-	dst->dlid = src->dlid;
-	dst->slid = src->slid;
-	dst->raw_traffic = static_cast<int>(src->raw_traffic);
-	dst->flow_label = src->flow_label;
-	dst->hop_limit = src->hop_limit;
-	dst->traffic_class = src->traffic_class;
-	dst->reversible = static_cast<int>(src->reversible);
-	dst->numb_path = src->numb_path;
-	dst->pkey = src->pkey;
-	dst->sl = src->sl;
-	dst->mtu_selector = src->mtu_selector;
-	dst->mtu = static_cast<uint8_t>(src->mtu);
-	dst->rate_selector = src->rate_selector;
-	dst->rate = src->rate;
-	dst->packet_life_time_selector = src->packet_life_time_selector;
-	dst->packet_life_time = src->packet_life_time;
-	dst->preference = src->preference;
+	copy_path_rec_fields(dst, src);
 }
 
 void ibv_copy_path_rec_to_kern(struct ib_user_path_rec *dst, struct ibv_sa_path_rec *src)
 {
 	std::memcpy(dst->dgid, src->dgid.raw, sizeof(dst->dgid));
 	std::memcpy(dst->sgid, src->sgid.raw, sizeof(dst->sgid));
-	dst->dlid = src->dlid;
-	dst->slid = src->slid;
-	dst->raw_traffic = static_cast<__u32>(src->raw_traffic);
-	dst->flow_label = src->flow_label;
-	dst->hop_limit = src->hop_limit;
-	dst->traffic_class = src->traffic_class;
-	dst->reversible = static_cast<__u32>(src->reversible);
-	dst->numb_path = src->numb_path;
-	dst->pkey = src->pkey;
-	dst->sl = src->sl;
-	dst->mtu_selector = src->mtu_selector;
-	dst->mtu = src->mtu;
-	dst->rate_selector = src->rate_selector;
-	dst->rate = src->rate;
-	dst->packet_life_time_selector = src->packet_life_time_selector;
-	dst->packet_life_time = src->packet_life_time;
-	dst->preference = src->preference;
+	copy_path_rec_fields(dst, src);
 }
 
 } // extern "C"

@@ -31,18 +31,18 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "provider/abi/stub.hpp"
+
 namespace {
 
-inline int fail_errno_value() noexcept
-{
-	errno = EOPNOTSUPP;
-	return EOPNOTSUPP;
-}
+using eca::abi::fail_errno_value;
 
-inline void *fail_null() noexcept
+// The post calls report the first work request as the failing one.
+inline int fail_post(void *wr, void **bad_wr) noexcept
 {
-	errno = EOPNOTSUPP;
-	return nullptr;
+	if (bad_wr)
+		*bad_wr = wr;
+	return fail_errno_value();
 }
 
 // Leading part of rdma-core's struct ibv_command_buffer (the stack-allocated
@@ -87,406 +87,105 @@ unsigned int __ioctl_final_num_attrs(unsigned int num_attrs, void *link)
 	}
 	return num_attrs;
 }
-
-int execute_ioctl(void * /*context*/, void * /*cmd*/)
-{
-	return fail_errno_value();
-}
+ECA_STUB(int, execute_ioctl, (void *, void *), fail_errno_value())
 
 // ---------------------------------------------------------------------------
 // Context setup used by provider alloc_context / uninit paths
 // ---------------------------------------------------------------------------
+ECA_STUB(void *, _verbs_init_and_alloc_context, (void *, int, size_t, void *, uint32_t), fail_null())
 
-void *_verbs_init_and_alloc_context(void * /*device*/, int /*cmd_fd*/, size_t /*alloc_size*/,
-				    void * /*context_offset*/, uint32_t /*driver_id*/)
-{
-	return fail_null();
-}
-
-void verbs_uninit_context(void * /*context*/)
-{
-}
-
-void verbs_set_ops(void * /*vctx*/, const void * /*ops*/)
-{
-}
-
-void verbs_init_cq(void * /*cq*/, void * /*context*/, void * /*channel*/, void * /*cq_context*/)
-{
-}
-
-void *verbs_open_device(void * /*device*/, void * /*private_data*/)
-{
-	return fail_null();
-}
+ECA_STUB(void, verbs_uninit_context, (void *), nothing())
+ECA_STUB(void, verbs_set_ops, (void *, const void *), nothing())
+ECA_STUB(void, verbs_init_cq, (void *, void *, void *, void *), nothing())
+ECA_STUB(void *, verbs_open_device, (void *, void *), fail_null())
 
 // ---------------------------------------------------------------------------
 // Device and context commands
 // ---------------------------------------------------------------------------
-
-int ibv_cmd_get_context(void * /*context*/, void * /*cmd*/, size_t /*cmd_size*/,
-			void * /*resp*/, size_t /*resp_size*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_query_context(void * /*ctx*/, void * /*driver*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_query_device_any(void * /*context*/, const void * /*input*/, void * /*attr*/,
-			     size_t /*attr_size*/, void * /*resp*/, size_t * /*resp_size*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_query_port(void * /*context*/, uint8_t /*port_num*/, void * /*port_attr*/,
-		       void * /*cmd*/, size_t /*cmd_size*/)
-{
-	return fail_errno_value();
-}
+ECA_STUB(int, ibv_cmd_get_context, (void *, void *, size_t, void *, size_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_query_context, (void *, void *), fail_errno_value())
+ECA_STUB(int, ibv_cmd_query_device_any, (void *, const void *, void *, size_t, void *, size_t *), fail_errno_value())
+ECA_STUB(int, ibv_cmd_query_port, (void *, uint8_t, void *, void *, size_t), fail_errno_value())
 
 // ---------------------------------------------------------------------------
 // PD, XRCD, MR, MW, DM
 // ---------------------------------------------------------------------------
-
-int ibv_cmd_alloc_pd(void * /*context*/, void * /*pd*/, void * /*cmd*/, size_t /*cmd_size*/,
-		     void * /*resp*/, size_t /*resp_size*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_dealloc_pd(void * /*pd*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_open_xrcd(void * /*context*/, void * /*xrcd*/, int /*vxrcd_size*/,
-		      void * /*attr*/, void * /*cmd*/, size_t /*cmd_size*/,
-		      void * /*resp*/, size_t /*resp_size*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_close_xrcd(void * /*xrcd*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_reg_mr(void * /*pd*/, void * /*addr*/, size_t /*length*/, uint64_t /*hca_va*/,
-		   int /*access*/, void * /*vmr*/, void * /*cmd*/, size_t /*cmd_size*/,
-		   void * /*resp*/, size_t /*resp_size*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_rereg_mr(void * /*vmr*/, uint32_t /*flags*/, void * /*addr*/, size_t /*length*/,
-		     uint64_t /*hca_va*/, int /*access*/, void * /*pd*/, void * /*cmd*/,
-		     size_t /*cmd_sz*/, void * /*resp*/, size_t /*resp_sz*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_dereg_mr(void * /*vmr*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_query_mr(void * /*pd*/, void * /*vmr*/, uint32_t /*mr_handle*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_advise_mr(void * /*pd*/, int /*advice (enum)*/, uint32_t /*flags*/,
-		      void * /*sg_list*/, uint32_t /*num_sge*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_reg_dmabuf_mr(void * /*pd*/, uint64_t /*offset*/, size_t /*length*/,
-			  uint64_t /*iova*/, int /*fd*/, int /*access*/, void * /*vmr*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_alloc_mw(void * /*pd*/, int /*type (enum)*/, void * /*mw*/, void * /*cmd*/,
-		     size_t /*cmd_size*/, void * /*resp*/, size_t /*resp_size*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_dealloc_mw(void * /*mw*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_alloc_dm(void * /*ctx*/, const void * /*dm_attr*/, void * /*dm*/, void * /*link*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_free_dm(void * /*dm*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_reg_dm_mr(void * /*pd*/, void * /*dm*/, uint64_t /*offset*/, size_t /*length*/,
-		      unsigned int /*access*/, void * /*vmr*/, void * /*link*/)
-{
-	return fail_errno_value();
-}
+ECA_STUB(int, ibv_cmd_alloc_pd, (void *, void *, void *, size_t, void *, size_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_dealloc_pd, (void *), fail_errno_value())
+ECA_STUB(int, ibv_cmd_open_xrcd, (void *, void *, int, void *, void *, size_t, void *, size_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_close_xrcd, (void *), fail_errno_value())
+ECA_STUB(int, ibv_cmd_reg_mr, (void *, void *, size_t, uint64_t, int, void *, void *, size_t, void *, size_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_rereg_mr, (void *, uint32_t, void *, size_t, uint64_t, int, void *, void *, size_t, void *, size_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_dereg_mr, (void *), fail_errno_value())
+ECA_STUB(int, ibv_cmd_query_mr, (void *, void *, uint32_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_advise_mr, (void *, int /* enum */, uint32_t, void *, uint32_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_reg_dmabuf_mr, (void *, uint64_t, size_t, uint64_t, int, int, void *), fail_errno_value())
+ECA_STUB(int, ibv_cmd_alloc_mw, (void *, int /* enum */, void *, void *, size_t, void *, size_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_dealloc_mw, (void *), fail_errno_value())
+ECA_STUB(int, ibv_cmd_alloc_dm, (void *, const void *, void *, void *), fail_errno_value())
+ECA_STUB(int, ibv_cmd_free_dm, (void *), fail_errno_value())
+ECA_STUB(int, ibv_cmd_reg_dm_mr, (void *, void *, uint64_t, size_t, unsigned int, void *, void *), fail_errno_value())
 
 // ---------------------------------------------------------------------------
 // CQ
 // ---------------------------------------------------------------------------
-
-int ibv_cmd_create_cq(void * /*context*/, int /*cqe*/, void * /*channel*/, int /*comp_vector*/,
-		      void * /*cq*/, void * /*cmd*/, size_t /*cmd_size*/, void * /*resp*/,
-		      size_t /*resp_size*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_create_cq_ex(void * /*context*/, const void * /*cq_attr*/, void * /*cq*/,
-			 void * /*cmd*/, size_t /*cmd_size*/, void * /*resp*/,
-			 size_t /*resp_size*/, uint32_t /*cmd_flags*/)
-{
-	return fail_errno_value();
-}
-
+ECA_STUB(int, ibv_cmd_create_cq, (void *, int, void *, int, void *, void *, size_t, void *, size_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_create_cq_ex, (void *, const void *, void *, void *, size_t, void *, size_t, uint32_t), fail_errno_value())
 // Success returns a completion count, so failure is -1 (as in rdma-core).
-int ibv_cmd_poll_cq(void * /*cq*/, int /*ne*/, void * /*wc*/)
-{
-	errno = EOPNOTSUPP;
-	return -1;
-}
-
-int ibv_cmd_req_notify_cq(void * /*cq*/, int /*solicited_only*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_resize_cq(void * /*cq*/, int /*cqe*/, void * /*cmd*/, size_t /*cmd_size*/,
-		      void * /*resp*/, size_t /*resp_size*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_destroy_cq(void * /*cq*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_modify_cq(void * /*cq*/, void * /*attr*/, void * /*cmd*/, size_t /*cmd_size*/)
-{
-	return fail_errno_value();
-}
+ECA_STUB(int, ibv_cmd_poll_cq, (void *, int, void *), fail_minus_one())
+ECA_STUB(int, ibv_cmd_req_notify_cq, (void *, int), fail_errno_value())
+ECA_STUB(int, ibv_cmd_resize_cq, (void *, int, void *, size_t, void *, size_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_destroy_cq, (void *), fail_errno_value())
+ECA_STUB(int, ibv_cmd_modify_cq, (void *, void *, void *, size_t), fail_errno_value())
 
 // ---------------------------------------------------------------------------
 // SRQ
 // ---------------------------------------------------------------------------
-
-int ibv_cmd_create_srq(void * /*pd*/, void * /*srq*/, void * /*attr*/, void * /*cmd*/,
-		       size_t /*cmd_size*/, void * /*resp*/, size_t /*resp_size*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_create_srq_ex(void * /*context*/, void * /*srq*/, void * /*attr_ex*/,
-			  void * /*cmd*/, size_t /*cmd_size*/, void * /*resp*/,
-			  size_t /*resp_size*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_modify_srq(void * /*srq*/, void * /*srq_attr*/, int /*srq_attr_mask*/,
-		       void * /*cmd*/, size_t /*cmd_size*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_query_srq(void * /*srq*/, void * /*srq_attr*/, void * /*cmd*/, size_t /*cmd_size*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_destroy_srq(void * /*srq*/)
-{
-	return fail_errno_value();
-}
+ECA_STUB(int, ibv_cmd_create_srq, (void *, void *, void *, void *, size_t, void *, size_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_create_srq_ex, (void *, void *, void *, void *, size_t, void *, size_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_modify_srq, (void *, void *, int, void *, size_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_query_srq, (void *, void *, void *, size_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_destroy_srq, (void *), fail_errno_value())
 
 // ---------------------------------------------------------------------------
 // QP
 // ---------------------------------------------------------------------------
+ECA_STUB(int, ibv_cmd_create_qp, (void *, void *, void *, void *, size_t, void *, size_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_create_qp_ex, (void *, void *, void *, void *, size_t, void *, size_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_create_qp_ex2, (void *, void *, void *, void *, size_t, void *, size_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_open_qp, (void *, void *, int, void *, void *, size_t, void *, size_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_query_qp, (void *, void *, int, void *, void *, size_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_modify_qp, (void *, void *, int, void *, size_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_modify_qp_ex, (void *, void *, int, void *, size_t, void *, size_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_destroy_qp, (void *), fail_errno_value())
 
-int ibv_cmd_create_qp(void * /*pd*/, void * /*qp*/, void * /*attr*/, void * /*cmd*/,
-		      size_t /*cmd_size*/, void * /*resp*/, size_t /*resp_size*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_create_qp_ex(void * /*context*/, void * /*qp*/, void * /*attr_ex*/, void * /*cmd*/,
-			 size_t /*cmd_size*/, void * /*resp*/, size_t /*resp_size*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_create_qp_ex2(void * /*context*/, void * /*qp*/, void * /*qp_attr*/, void * /*cmd*/,
-			  size_t /*cmd_size*/, void * /*resp*/, size_t /*resp_size*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_open_qp(void * /*context*/, void * /*qp*/, int /*vqp_sz*/, void * /*attr*/,
-		    void * /*cmd*/, size_t /*cmd_size*/, void * /*resp*/, size_t /*resp_size*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_query_qp(void * /*qp*/, void * /*qp_attr*/, int /*attr_mask*/,
-		     void * /*qp_init_attr*/, void * /*cmd*/, size_t /*cmd_size*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_modify_qp(void * /*qp*/, void * /*attr*/, int /*attr_mask*/, void * /*cmd*/,
-		      size_t /*cmd_size*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_modify_qp_ex(void * /*qp*/, void * /*attr*/, int /*attr_mask*/, void * /*cmd*/,
-			 size_t /*cmd_size*/, void * /*resp*/, size_t /*resp_size*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_destroy_qp(void * /*qp*/)
-{
-	return fail_errno_value();
-}
-
-// The post calls report the first work request as the failing one.
-int ibv_cmd_post_send(void * /*qp*/, void *wr, void **bad_wr)
-{
-	if (bad_wr)
-		*bad_wr = wr;
-	return fail_errno_value();
-}
-
-int ibv_cmd_post_recv(void * /*qp*/, void *wr, void **bad_wr)
-{
-	if (bad_wr)
-		*bad_wr = wr;
-	return fail_errno_value();
-}
-
-int ibv_cmd_post_srq_recv(void * /*srq*/, void *wr, void **bad_wr)
-{
-	if (bad_wr)
-		*bad_wr = wr;
-	return fail_errno_value();
-}
+int ibv_cmd_post_send(void * /*qp*/, void *wr, void **bad_wr) { return fail_post(wr, bad_wr); }
+int ibv_cmd_post_recv(void * /*qp*/, void *wr, void **bad_wr) { return fail_post(wr, bad_wr); }
+int ibv_cmd_post_srq_recv(void * /*srq*/, void *wr, void **bad_wr) { return fail_post(wr, bad_wr); }
 
 // ---------------------------------------------------------------------------
 // AH and multicast
 // ---------------------------------------------------------------------------
-
-int ibv_cmd_create_ah(void * /*pd*/, void * /*ah*/, void * /*attr*/, void * /*resp*/,
-		      size_t /*resp_size*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_destroy_ah(void * /*ah*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_attach_mcast(void * /*qp*/, const void * /*gid*/, uint16_t /*lid*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_detach_mcast(void * /*qp*/, const void * /*gid*/, uint16_t /*lid*/)
-{
-	return fail_errno_value();
-}
+ECA_STUB(int, ibv_cmd_create_ah, (void *, void *, void *, void *, size_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_destroy_ah, (void *), fail_errno_value())
+ECA_STUB(int, ibv_cmd_attach_mcast, (void *, const void *, uint16_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_detach_mcast, (void *, const void *, uint16_t), fail_errno_value())
 
 // ---------------------------------------------------------------------------
 // Flow steering, flow actions, WQ, RSS indirection tables, counters
 // ---------------------------------------------------------------------------
-
-int ibv_cmd_create_flow(void * /*qp*/, void * /*flow_id*/, void * /*flow_attr*/,
-			void * /*ucmd*/, size_t /*ucmd_size*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_destroy_flow(void * /*flow_id*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_create_flow_action_esp(void * /*ctx*/, void * /*attr*/, void * /*flow_action*/,
-				   void * /*driver*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_modify_flow_action_esp(void * /*flow_action*/, void * /*attr*/, void * /*driver*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_destroy_flow_action(void * /*action*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_create_wq(void * /*context*/, void * /*wq_init_attr*/, void * /*wq*/, void * /*cmd*/,
-		      size_t /*cmd_size*/, void * /*resp*/, size_t /*resp_size*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_modify_wq(void * /*wq*/, void * /*attr*/, void * /*cmd*/, size_t /*cmd_size*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_destroy_wq(void * /*wq*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_create_rwq_ind_table(void * /*context*/, void * /*init_attr*/,
-				 void * /*rwq_ind_table*/, void * /*resp*/, size_t /*resp_size*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_destroy_rwq_ind_table(void * /*rwq_ind_table*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_create_counters(void * /*context*/, void * /*init_attr*/, void * /*vcounters*/,
-			    void * /*link*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_destroy_counters(void * /*vcounters*/)
-{
-	return fail_errno_value();
-}
-
-int ibv_cmd_read_counters(void * /*vcounters*/, uint64_t * /*counters_value*/,
-			  uint32_t /*ncounters*/, uint32_t /*flags*/, void * /*link*/)
-{
-	return fail_errno_value();
-}
+ECA_STUB(int, ibv_cmd_create_flow, (void *, void *, void *, void *, size_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_destroy_flow, (void *), fail_errno_value())
+ECA_STUB(int, ibv_cmd_create_flow_action_esp, (void *, void *, void *, void *), fail_errno_value())
+ECA_STUB(int, ibv_cmd_modify_flow_action_esp, (void *, void *, void *), fail_errno_value())
+ECA_STUB(int, ibv_cmd_destroy_flow_action, (void *), fail_errno_value())
+ECA_STUB(int, ibv_cmd_create_wq, (void *, void *, void *, void *, size_t, void *, size_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_modify_wq, (void *, void *, void *, size_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_destroy_wq, (void *), fail_errno_value())
+ECA_STUB(int, ibv_cmd_create_rwq_ind_table, (void *, void *, void *, void *, size_t), fail_errno_value())
+ECA_STUB(int, ibv_cmd_destroy_rwq_ind_table, (void *), fail_errno_value())
+ECA_STUB(int, ibv_cmd_create_counters, (void *, void *, void *, void *), fail_errno_value())
+ECA_STUB(int, ibv_cmd_destroy_counters, (void *), fail_errno_value())
+ECA_STUB(int, ibv_cmd_read_counters, (void *, uint64_t *, uint32_t, uint32_t, void *), fail_errno_value())
 
 } // extern "C"
