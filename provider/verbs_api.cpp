@@ -153,25 +153,25 @@ EXPORT int ibv_get_async_event(ibv_context *ctx, ibv_async_event *event) {
   return n < 0 ? -1 : fail_minus1(EIO);
 }
 
+// Counts acknowledged events of one object and wakes an ibv_destroy_* that waits until every
+// event it reported has been acknowledged (verbs.h: the object's mutex, cond and counter).
+static void count_acked(pthread_mutex_t &mu, pthread_cond_t &cond, uint32_t &acked, uint32_t n) {
+  pthread_mutex_lock(&mu);
+  acked += n;
+  pthread_cond_signal(&cond);
+  pthread_mutex_unlock(&mu);
+}
+
 EXPORT void ibv_ack_async_event(ibv_async_event *event) {
+  auto &e = event->element;
   switch (event->event_type) {
-    case IBV_EVENT_CQ_ERR: {
-      ibv_cq *cq = event->element.cq;
-      pthread_mutex_lock(&cq->mutex);
-      cq->async_events_completed++;
-      pthread_cond_signal(&cq->cond);
-      pthread_mutex_unlock(&cq->mutex);
+    case IBV_EVENT_CQ_ERR:
+      count_acked(e.cq->mutex, e.cq->cond, e.cq->async_events_completed, 1);
       break;
-    }
     case IBV_EVENT_SRQ_ERR:
-    case IBV_EVENT_SRQ_LIMIT_REACHED: {
-      ibv_srq *srq = event->element.srq;
-      pthread_mutex_lock(&srq->mutex);
-      srq->events_completed++;
-      pthread_cond_signal(&srq->cond);
-      pthread_mutex_unlock(&srq->mutex);
+    case IBV_EVENT_SRQ_LIMIT_REACHED:
+      count_acked(e.srq->mutex, e.srq->cond, e.srq->events_completed, 1);
       break;
-    }
     case IBV_EVENT_QP_FATAL:
     case IBV_EVENT_QP_REQ_ERR:
     case IBV_EVENT_QP_ACCESS_ERR:
@@ -179,14 +179,9 @@ EXPORT void ibv_ack_async_event(ibv_async_event *event) {
     case IBV_EVENT_SQ_DRAINED:
     case IBV_EVENT_PATH_MIG:
     case IBV_EVENT_PATH_MIG_ERR:
-    case IBV_EVENT_QP_LAST_WQE_REACHED: {
-      ibv_qp *qp = event->element.qp;
-      pthread_mutex_lock(&qp->mutex);
-      qp->events_completed++;
-      pthread_cond_signal(&qp->cond);
-      pthread_mutex_unlock(&qp->mutex);
+    case IBV_EVENT_QP_LAST_WQE_REACHED:
+      count_acked(e.qp->mutex, e.qp->cond, e.qp->events_completed, 1);
       break;
-    }
     default:
       break;
   }
@@ -308,10 +303,7 @@ EXPORT int ibv_get_cq_event(ibv_comp_channel *channel, ibv_cq **cq, void **cq_co
 }
 
 EXPORT void ibv_ack_cq_events(ibv_cq *cq, unsigned int nevents) {
-  pthread_mutex_lock(&cq->mutex);
-  cq->comp_events_completed += nevents;
-  pthread_cond_signal(&cq->cond);
-  pthread_mutex_unlock(&cq->mutex);
+  count_acked(cq->mutex, cq->cond, cq->comp_events_completed, nevents);
 }
 
 // ---------------------------------------------------------------------------------------------

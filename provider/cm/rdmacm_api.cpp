@@ -173,21 +173,16 @@ int rdma_init_qp_attr(rdma_cm_id *id, ibv_qp_attr *qp_attr, int *qp_attr_mask) {
   return ret(eca::cm::init_qp_attr(id, qp_attr, qp_attr_mask));
 }
 
-__be16 rdma_get_src_port(rdma_cm_id *id) {
-  if (!id) return 0;
-  const sockaddr *a = &id->route.addr.src_addr;
-  if (a->sa_family == AF_INET) return id->route.addr.src_sin.sin_port;
-  if (a->sa_family == AF_INET6) return id->route.addr.src_sin6.sin6_port;
+// The port of an IPv4 or IPv6 address in network order; 0 for any other family (rdma-core).
+static __be16 port_of(const sockaddr *a) {
+  if (a->sa_family == AF_INET) return reinterpret_cast<const sockaddr_in *>(a)->sin_port;
+  if (a->sa_family == AF_INET6) return reinterpret_cast<const sockaddr_in6 *>(a)->sin6_port;
   return 0;
 }
 
-__be16 rdma_get_dst_port(rdma_cm_id *id) {
-  if (!id) return 0;
-  const sockaddr *a = &id->route.addr.dst_addr;
-  if (a->sa_family == AF_INET) return id->route.addr.dst_sin.sin_port;
-  if (a->sa_family == AF_INET6) return id->route.addr.dst_sin6.sin6_port;
-  return 0;
-}
+__be16 rdma_get_src_port(rdma_cm_id *id) { return id ? port_of(&id->route.addr.src_addr) : 0; }
+
+__be16 rdma_get_dst_port(rdma_cm_id *id) { return id ? port_of(&id->route.addr.dst_addr) : 0; }
 
 // ---------------------------------------------------------------------------------------------
 // QPs and SRQs on ids

@@ -318,6 +318,21 @@ struct WqRing {
   W &at(uint64_t i) { return slots[i & mask]; }
 };
 
+// Two indices of a WqRing as last stored under the ring's lock, for a thread without the
+// lock asking "is anything between them". A hint: a stale answer is harmless as long as the
+// caller looks again under the lock before acting. publish() is a release and the loads in
+// empty() acquire, so a reader that sees the new `to` also sees the WQE written before it.
+struct RingWindow {
+  std::atomic<uint64_t> from{0}, to{0};
+  void publish(uint64_t f, uint64_t t) {
+    from.store(f, std::memory_order_release);
+    to.store(t, std::memory_order_release);
+  }
+  bool empty() const {
+    return from.load(std::memory_order_acquire) == to.load(std::memory_order_acquire);
+  }
+};
+
 struct Srq {
   ibv_srq ibsrq;  // first
   Context *ctx = nullptr;
@@ -379,28 +394,23 @@ struct Qp {
 
   Mutex sq_mu;
   WqRing<SendWqe> sq;
-  // sq.tx and sq.tail as last published under sq_mu: lets the device see "nothing new"
+  // [sq.tx, sq.tail) as last published under sq_mu: lets the device see "nothing new"
   // without taking the lock.
-  std::atomic<uint64_t> sq_tx_pub{0}, sq_tail_pub{0};
+  RingWindow sq_unsent;
   void publish_sq_locked() {
     ECA_ASSERT_HELD(sq_mu);
-    sq_tx_pub.store(sq.tx, std::memory_order_release);
-    sq_tail_pub.store(sq.tail, std::memory_order_release);
+    sq_unsent.publish(sq.tx, sq.tail);
   }
   Mutex rq_mu;
   WqRing<RecvWqe> rq;
-  // rq.head and rq.tail as last published under rq_mu: "a receive may be posted", for a
-  // polling thread deciding whether to look at the socket (a hint: stale is harmless).
-  std::atomic<uint64_t> rq_head_pub{0}, rq_tail_pub{0};
+  // [rq.head, rq.tail) as last published under rq_mu: "a receive may be posted", for a
+  // polling thread deciding whether to look at the socket.
+  RingWindow rq_posted;
   void publish_rq_locked() {
     ECA_ASSERT_HELD(rq_mu);
-    rq_head_pub.store(rq.head, std::memory_order_relaxed);
-    rq_tail_pub.store(rq.tail, std::memory_order_relaxed);
+    rq_posted.publish(rq.head, rq.tail);
   }
-  bool rq_maybe_posted() const {
-    return srq || rq_head_pub.load(std::memory_order_relaxed) !=
-                      rq_tail_pub.load(std::memory_order_relaxed);
-  }
+  bool rq_maybe_posted() const { return srq || !rq_posted.empty(); }
 
   // ibv_wr_* API: WQEs being built between wr_start and wr_complete
   std::vector<SendWqe> wr_batch;

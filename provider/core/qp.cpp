@@ -343,8 +343,7 @@ SendWqe *Qp::sq_take() {
   // doorbell's release RMW; the modeled adapter: its seq_cst work flag, which this fence
   // pairs with), so a post is never stranded.
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (sq_tx_pub.load(std::memory_order_acquire) == sq_tail_pub.load(std::memory_order_acquire))
-    return nullptr;
+  if (sq_unsent.empty()) return nullptr;
   std::lock_guard lk(sq_mu);
   if (sq.tx == sq.tail || state.load() == IBV_QPS_ERR) return nullptr;
   SendWqe *w = &sq.at(sq.tx++);

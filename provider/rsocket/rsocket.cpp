@@ -835,6 +835,19 @@ struct Inside {
   ~Inside() { --t_inside; }
 };
 
+// What a call on one rsocket starts with: the thread is marked inside the library, and the
+// socket is looked up and locked for the rest of the call. sp is empty (the caller returns
+// EBADF) for a descriptor that is not an rsocket. Members are released in reverse order:
+// the lock before the last reference to the socket that holds the mutex.
+struct SockCall {
+  Inside in;
+  std::shared_ptr<Sock> sp;
+  std::unique_lock<std::mutex> lk;
+  explicit SockCall(int id) : sp(lookup(id)) {
+    if (sp) lk = std::unique_lock<std::mutex>(sp->mu);
+  }
+};
+
 inline ssize_t sret(ssize_t r) { return r < 0 ? err(int(-r)) : r; }
 inline int iret(int r) { return r ? err(r) : 0; }
 }  // namespace
@@ -857,58 +870,50 @@ int rsocket(int domain, int type, int protocol) {
 }
 
 int rbind(int socket, const struct sockaddr *addr, socklen_t addrlen) {
-  Inside in;
-  auto sp = lookup(socket);
-  if (!sp) return err(EBADF);
-  std::lock_guard<std::mutex> g(sp->mu);
-  if (int r = check_addr(*sp, addr, addrlen)) return err(r);
-  if (sp->st != St::Idle) return err(EINVAL);
-  if (rdma_bind_addr(sp->cm, const_cast<sockaddr *>(addr))) return -1;
-  sp->st = St::Bound;
+  SockCall call(socket);
+  if (!call.sp) return err(EBADF);
+  if (int r = check_addr(*call.sp, addr, addrlen)) return err(r);
+  if (call.sp->st != St::Idle) return err(EINVAL);
+  if (rdma_bind_addr(call.sp->cm, const_cast<sockaddr *>(addr))) return -1;
+  call.sp->st = St::Bound;
   return 0;
 }
 
 int rlisten(int socket, int backlog) {
-  Inside in;
-  auto sp = lookup(socket);
-  if (!sp) return err(EBADF);
-  std::lock_guard<std::mutex> g(sp->mu);
-  if (sp->st == St::Listening) {
-    sp->backlog = backlog;
+  SockCall call(socket);
+  if (!call.sp) return err(EBADF);
+  if (call.sp->st == St::Listening) {
+    call.sp->backlog = backlog;
     return 0;
   }
-  if (sp->st != St::Idle && sp->st != St::Bound) return err(EINVAL);
-  if (sp->st == St::Idle) {
+  if (call.sp->st != St::Idle && call.sp->st != St::Bound) return err(EINVAL);
+  if (call.sp->st == St::Idle) {
     sockaddr_storage any{};  // the wildcard of the socket's family
-    any.ss_family = (sa_family_t)sp->domain;
-    if (rdma_bind_addr(sp->cm, reinterpret_cast<sockaddr *>(&any))) return -1;
+    any.ss_family = (sa_family_t)call.sp->domain;
+    if (rdma_bind_addr(call.sp->cm, reinterpret_cast<sockaddr *>(&any))) return -1;
   }
-  if (rdma_listen(sp->cm, backlog > 0 ? backlog : 1)) return -1;
-  sp->backlog = backlog > 0 ? backlog : 1;
-  sp->st = St::Listening;
+  if (rdma_listen(call.sp->cm, backlog > 0 ? backlog : 1)) return -1;
+  call.sp->backlog = backlog > 0 ? backlog : 1;
+  call.sp->st = St::Listening;
   return 0;
 }
 
 int raccept(int socket, struct sockaddr *addr, socklen_t *addrlen) {
-  Inside in;
-  auto sp = lookup(socket);
-  if (!sp) return err(EBADF);
-  std::unique_lock<std::mutex> lk(sp->mu);
-  if (sp->st != St::Listening) return err(EINVAL);
-  if (int r = wait_for(*sp, lk, sp->nonblock, [&] { return !sp->accept_q.empty(); }))
-    return err(r);
-  auto c = sp->accept_q.front();
-  sp->accept_q.pop_front();
+  SockCall call(socket);
+  if (!call.sp) return err(EBADF);
+  if (call.sp->st != St::Listening) return err(EINVAL);
+  Sock &s = *call.sp;
+  if (int r = wait_for(s, call.lk, s.nonblock, [&] { return !s.accept_q.empty(); })) return err(r);
+  auto c = call.sp->accept_q.front();
+  call.sp->accept_q.pop_front();
   if (addr && addrlen) put_addr(*c, rdma_get_peer_addr(c->cm), addr, addrlen);
   return c->id;
 }
 
 int rconnect(int socket, const struct sockaddr *addr, socklen_t addrlen) {
-  Inside in;
-  auto sp = lookup(socket);
-  if (!sp) return err(EBADF);
-  std::unique_lock<std::mutex> lk(sp->mu);
-  return iret(do_connect(*sp, lk, addr, addrlen));
+  SockCall call(socket);
+  if (!call.sp) return err(EBADF);
+  return iret(do_connect(*call.sp, call.lk, addr, addrlen));
 }
 
 int rshutdown(int socket, int how) {
@@ -1043,10 +1048,9 @@ int rgetsockname(int socket, struct sockaddr *addr, socklen_t *addrlen) {
 }
 
 int rsetsockopt(int socket, int level, int optname, const void *optval, socklen_t optlen) {
-  auto sp = lookup(socket);
-  if (!sp) return err(EBADF);
-  std::lock_guard<std::mutex> g(sp->mu);
-  Sock &s = *sp;
+  SockCall call(socket);
+  if (!call.sp) return err(EBADF);
+  Sock &s = *call.sp;
   if (level == SOL_SOCKET && optname == SO_LINGER) {
     if (!optval || optlen < sizeof(linger)) return err(EINVAL);
     std::memcpy(&s.lng, optval, sizeof(linger));
@@ -1072,10 +1076,9 @@ int rsetsockopt(int socket, int level, int optname, const void *optval, socklen_
 }
 
 int rgetsockopt(int socket, int level, int optname, void *optval, socklen_t *optlen) {
-  auto sp = lookup(socket);
-  if (!sp) return err(EBADF);
-  std::lock_guard<std::mutex> g(sp->mu);
-  Sock &s = *sp;
+  SockCall call(socket);
+  if (!call.sp) return err(EBADF);
+  Sock &s = *call.sp;
   if (level == SOL_SOCKET && optname == SO_LINGER) {
     if (!optval || !optlen || *optlen < sizeof(linger)) return err(EINVAL);
     std::memcpy(optval, &s.lng, sizeof(linger));
@@ -1092,17 +1095,16 @@ int rgetsockopt(int socket, int level, int optname, void *optval, socklen_t *opt
 }
 
 int rfcntl(int socket, int cmd, ...) {
-  auto sp = lookup(socket);
-  if (!sp) return err(EBADF);
-  std::lock_guard<std::mutex> g(sp->mu);
+  SockCall call(socket);
+  if (!call.sp) return err(EBADF);
   switch (cmd) {
-    case F_GETFL: return O_RDWR | (sp->nonblock ? O_NONBLOCK : 0);
+    case F_GETFL: return O_RDWR | (call.sp->nonblock ? O_NONBLOCK : 0);
     case F_SETFL: {
       va_list ap;
       va_start(ap, cmd);
       int fl = va_arg(ap, int);
       va_end(ap);
-      sp->nonblock = fl & O_NONBLOCK;
+      call.sp->nonblock = fl & O_NONBLOCK;
       return 0;
     }
     default: return err(EINVAL);
@@ -1130,11 +1132,9 @@ off_t riomap(int socket, void *buf, size_t len, int prot, int /*flags*/, off_t o
 }
 
 int riounmap(int socket, void *buf, size_t len) {
-  Inside in;
-  auto sp = lookup(socket);
-  if (!sp) return err(EBADF);
-  std::lock_guard<std::mutex> g(sp->mu);
-  Sock &s = *sp;
+  SockCall call(socket);
+  if (!call.sp) return err(EBADF);
+  Sock &s = *call.sp;
   auto it = std::find_if(s.lmaps.begin(), s.lmaps.end(),
                          [&](const LocalMap &m) { return m.buf == buf && m.len == len; });
   if (it == s.lmaps.end()) return err(EINVAL);

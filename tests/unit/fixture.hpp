@@ -71,6 +71,15 @@ inline std::vector<std::string> backend_params() {
   return out;
 }
 
+// For suites that test the modeled adapter's own machinery: the backends of backend_params()
+// that are "hwmodel" (none in a software-backend process, so nothing is listed there as
+// skipped; pair with GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST).
+inline std::vector<std::string> hwmodel_only_params() {
+  std::vector<std::string> out = backend_params();
+  std::erase_if(out, [](const std::string &b) { return b != "hwmodel"; });
+  return out;
+}
+
 inline std::string backend_name(const ::testing::TestParamInfo<std::string> &i) { return i.param; }
 
 inline const char *device_prefix(const std::string &backend) {

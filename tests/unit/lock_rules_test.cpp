@@ -49,7 +49,8 @@ TEST(LockRules, LockedFunctionRunsUnderItsLock) {
     std::lock_guard g(qp.sq_mu);
     qp.publish_sq_locked();
   }
-  EXPECT_EQ(qp.sq_tail_pub.load(), 3u);
+  EXPECT_EQ(qp.sq_unsent.to.load(), 3u);
+  EXPECT_FALSE(qp.sq_unsent.empty());
 }
 
 #if ECA_LOCK_CHECKS

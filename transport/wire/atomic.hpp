@@ -36,17 +36,19 @@ inline constexpr uint32_t kAtomicOpMask = 0xf;
 inline constexpr uint8_t kRdmapInvalidAtomicRequest = kRdmapUnspecified;
 
 namespace off {
-inline constexpr size_t kAtomicCtrl = 20;
-inline constexpr size_t kAtomicReqId = 24;
-inline constexpr size_t kAtomicStag = 28;
-inline constexpr size_t kAtomicTo = 32;
-inline constexpr size_t kAtomicAddSwap = 40;
-inline constexpr size_t kAtomicAddSwapMask = 48;
-inline constexpr size_t kAtomicCompare = 56;
-inline constexpr size_t kAtomicCompareMask = 64;
-inline constexpr size_t kAtomicOrigReqId = 20;
-inline constexpr size_t kAtomicOrigValue = 24;
+// Each field follows the one before it, by that field's width in the RFC 7306 figures.
+inline constexpr size_t kAtomicCtrl = kUntaggedHdr;              // 20
+inline constexpr size_t kAtomicReqId = kAtomicCtrl + 4;          // 24
+inline constexpr size_t kAtomicStag = kAtomicReqId + 4;          // 28
+inline constexpr size_t kAtomicTo = kAtomicStag + 4;             // 32
+inline constexpr size_t kAtomicAddSwap = kAtomicTo + 8;          // 40
+inline constexpr size_t kAtomicAddSwapMask = kAtomicAddSwap + 8; // 48
+inline constexpr size_t kAtomicCompare = kAtomicAddSwapMask + 8; // 56
+inline constexpr size_t kAtomicCompareMask = kAtomicCompare + 8; // 64
+inline constexpr size_t kAtomicOrigReqId = kUntaggedHdr;         // 20
+inline constexpr size_t kAtomicOrigValue = kAtomicOrigReqId + 4; // 24
 }  // namespace off
+static_assert(off::kAtomicCtrl == 20 && off::kAtomicTo == 32 && off::kAtomicCompareMask == 64);
 static_assert(off::kAtomicCompareMask + 8 == kUntaggedHdr + kAtomicReqBody);
 static_assert(off::kAtomicOrigValue + 8 == kUntaggedHdr + kAtomicRespBody);
 
