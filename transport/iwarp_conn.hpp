@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "engine/conn_engine.hpp"
+#include "engine/ord_ird.hpp"
 #include "provider/core/backend.hpp"
 #include "provider/core/llp.hpp"
 #include "provider/core/objects.hpp"
@@ -140,8 +141,8 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   void poll_progress();         // an application thread polls one of our CQs (never blocks)
   void close(bool graceful);    // any thread; idempotent
   bool crc_on() const { return crc_; }
-  uint16_t ird() const { return ird_; }
-  uint16_t ord() const { return ord_; }
+  uint16_t ird() const { return (uint16_t)rd_.ird(); }  // the negotiated depths (constant)
+  uint16_t ord() const { return (uint16_t)rd_.ord(); }
 
  private:
   // ---- tx (qp_tx.cpp)
@@ -199,7 +200,6 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   boost::asio::ip::tcp::socket sock_;
   int fd_;
   bool crc_;               // negotiated MPA CRC32c
-  uint16_t ird_, ord_;     // negotiated inbound/outbound READ depth
   Rtr rtr_recv_;           // RFC 6581 RTR still to be consumed (responder, p2p mode)
   uint32_t fpdu_payload_;
   const uint32_t qpn_;     // for log lines after close (the Qp may be gone by then)
@@ -222,6 +222,7 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   TxFrame frame_;
   std::deque<OrqEntry> orq_;
   std::deque<IrqEntry> irq_;
+  engine::OrdIrd rd_;  // ORD/IRD: the counts of orq_ and irq_ and the rules (engine/ord_ird.hpp)
   bool term_queued_ = false;  // the stream is ending: take no more work
   bool term_want_ = false;    // term_ goes out after the FPDU in flight
   bool term_sent_ = false;

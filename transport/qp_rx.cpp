@@ -575,8 +575,8 @@ bool IwarpConn::rx_begin_payload() {
         }
       }
       std::lock_guard lk(tx_mu_);
-      if (irq_.size() >= std::max<uint16_t>(ird_, 1)) {
-        ECA_QP_LOG(Info, qp_.qpn, "peer exceeded IRD %u", ird_);
+      if (!rd_.inbound_accept()) {
+        ECA_QP_LOG(Info, qp_.qpn, "peer exceeded IRD %u", rd_.ird());
         // handled below, outside tx_mu
       } else {
         irq_.push_back(std::move(e));  // answered when the request is complete
@@ -642,6 +642,7 @@ bool IwarpConn::rx_segment_done() {
         {
           std::lock_guard lk(tx_mu_);
           orq_.pop_front();
+          rd_.response_done();
           orq_size_.store((uint32_t)orq_.size(), std::memory_order_release);
         }
         rx_.orq = nullptr;

@@ -77,7 +77,10 @@ ibv_wc_status terminate_status(uint32_t why) {
 }  // namespace
 
 HwConn::HwConn(Qp &qp, LlpConnection &&llp)
-    : qp_(qp), sock_(runtime::adopt_tcp_socket(llp.fd.release())), initiator_(llp.initiator) {
+    : qp_(qp),
+      sock_(runtime::adopt_tcp_socket(llp.fd.release())),
+      initiator_(llp.initiator),
+      rd_(llp.ord, llp.ird) {
   start_ns_ = mono_ns();
   side_ = initiator_ ? 0 : 1;
 }
@@ -535,23 +538,34 @@ int HwConn::remote_copy(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t nee
 Step HwConn::exec_wqe_locked(SendWqe *w) {
   ECA_ASSERT_HELD(mu_);
   if (mw_is_local_op(w->opcode)) {  // memory-window bind / invalidation: no frame
+    if (rd_.fence_blocks(w->flags)) return Step::Retry;
     if (mw_execute_wqe(qp_, w)) return Step::Done;
     return terminate_locked(WireError::Ended);
   }
   const uint64_t len = w->total_len;
   const bool is_read = w->opcode == IBV_WR_RDMA_READ;
   const bool is_send = w->opcode == IBV_WR_SEND || w->opcode == IBV_WR_SEND_WITH_INV;
+  const bool is_atomic =
+      w->opcode == IBV_WR_ATOMIC_FETCH_AND_ADD || w->opcode == IBV_WR_ATOMIC_CMP_AND_SWP;
   const bool needs_frame = is_send || w->opcode == IBV_WR_RDMA_WRITE_WITH_IMM;
-  // Atomics travel as frames behind whatever is in the ring (hw_atomic.cpp).
-  if (w->opcode == IBV_WR_ATOMIC_FETCH_AND_ADD || w->opcode == IBV_WR_ATOMIC_CMP_AND_SWP)
-    return exec_atomic_locked(w);
   // Ordering: the responder handles messages in order, so a WRITE or READ must not overtake
-  // a Send, Immediate Data or atomic frame the peer has not handled yet.
-  if (!is_send && (!await_ack_.empty() || !await_atomic_.empty())) return Step::Retry;
-  if (is_read && qp_.ord == 0) {  // the peer accepts no READs (IRD 0)
-    ECA_QP_LOG(Warn, qp_.qpn, "RDMA READ posted on a connection with ORD 0");
-    return fail_wqe_locked(w, IBV_WC_LOC_QP_OP_ERR);
+  // a Send, Immediate Data or atomic frame the peer has not handled yet. (Atomics travel as
+  // frames behind whatever is in the ring: they keep their place by themselves.)
+  if (!is_send && !is_atomic && (!await_ack_.empty() || !await_atomic_.empty()))
+    return Step::Retry;
+  // ORD and fences (engine/ord_ird.hpp). Our READs are executed here and complete before the
+  // next work request starts, so only atomics are ever outstanding.
+  switch (rd_.sq_gate(w->opcode, w->flags)) {
+    case engine::SqGate::Go:
+      break;
+    case engine::SqGate::WaitOrd:
+    case engine::SqGate::WaitFence:
+      return Step::Retry;
+    case engine::SqGate::RefuseOrd0:  // the peer accepts no READs or atomics (IRD 0)
+      engine::refuse_ord0(qp_, w);
+      return terminate_locked(WireError::Ended);
   }
+  if (is_atomic) return exec_atomic_locked(w);
   Frame *f = nullptr;
   if (needs_frame && !(f = ring_slot_locked())) return Step::Retry;  // peer ring full
 

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "engine/conn_engine.hpp"
+#include "engine/ord_ird.hpp"
 #include "hwmodel/backend/adapter.hpp"
 #include "hwmodel/backend/timing.hpp"
 #include "provider/core/backend.hpp"
@@ -154,6 +155,10 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
     MrRef result;                    // the 8-byte local buffer for the original value
   };
   std::deque<AtomicWait> await_atomic_;
+  // ORD/IRD (engine/ord_ird.hpp), mu_: its outstanding count is await_atomic_'s size. The
+  // responder answers each Atomic Request before it takes the next frame, so it never holds
+  // more than one and IRD cannot be exceeded here.
+  engine::OrdIrd rd_;
   std::atomic<uint64_t> acked_seen_{0};  // the peer's `placed` count completed here (hint, as above)
   uint64_t placed_ = 0;              // our `placed` count (the peer's messages we placed)
   bool have_rqe_ = false;
