@@ -31,6 +31,7 @@
 #include <mutex>
 #include <vector>
 
+#include "engine/conn_end.hpp"
 #include "engine/conn_engine.hpp"
 #include "engine/ord_ird.hpp"
 #include "provider/core/backend.hpp"
@@ -131,7 +132,9 @@ struct RxState {
   std::chrono::steady_clock::time_point park_deadline;
 };
 
-class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
+// The order of close() and of the end of a connection, and the flags closed_ and ended_:
+// engine/conn_end.hpp.
+class IwarpConn : public std::enable_shared_from_this<IwarpConn>, private engine::ConnEnd {
  public:
   IwarpConn(Qp &qp, LlpConnection &&llp);
   void start();                 // begin receiving (progress thread)
@@ -205,10 +208,8 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   const uint32_t qpn_;     // for log lines after close (the Qp may be gone by then)
   Mutex cb_mu_;
   bool in_report_ = false;  // report_end() is calling into the Qp (progress thread only)
-  std::atomic<bool> closed_{false};
   std::atomic<bool> lingering_{false};  // closed, but a queued TERMINATE is still going out
   bool qp_detached_ = false;  // close() took tx_mu: the transmitter leaves the Qp alone (tx_mu)
-  bool ended_ = false;  // the end was found; reported or about to be (cb_mu)
 
   // tx. The hand-off between threads that want transmission is one atomic word
   // (qp_tx.cpp, "Doorbell", has the protocol and its proof).

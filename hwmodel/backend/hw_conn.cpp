@@ -388,15 +388,6 @@ Step HwConn::fail_wqe_locked(SendWqe *w, ibv_wc_status st) {
   return terminate_locked(WireError::Ended);
 }
 
-// A receive we took from the RQ and hold for the next message is not in the RQ any more: the
-// flush of Qp::enter_error would not see it.
-void HwConn::flush_held_rqe_locked() {
-  ECA_ASSERT_HELD(mu_);
-  if (!have_rqe_) return;
-  qp_.rq_done(rqe_, IBV_WC_WR_FLUSH_ERR, 0, false, 0);
-  have_rqe_ = false;
-}
-
 Step HwConn::fail_rqe_locked(ibv_wc_status st, uint32_t byte_len, WireError why) {
   ECA_ASSERT_HELD(mu_);
   qp_.rq_done(rqe_, st, byte_len, false, 0);
@@ -855,28 +846,28 @@ void HwConn::fail(LlpEnd why, ibv_wc_status st) {
 // connection (close() takes cb_mu_), runs after it, announced by upcall_.
 void HwConn::do_fail(LlpEnd why, ibv_wc_status st) {
   std::unique_lock cb(cb_mu_);
-  if (closed_ || ended_) return;
-  ended_ = true;
+  if (!end_begin_locked(cb_mu_)) return;
   {
     // Sends the peer placed before it went away completed successfully: their count is
     // published before the peer's Disconnect, Terminate or exit.
     std::lock_guard lk(mu_);
     if (link_ && ready_) harvest_acks_locked();
   }
-  if (st != IBV_WC_WR_FLUSH_ERR && st != IBV_WC_SUCCESS) qp_.sq_fail_oldest(st);
-  {
-    std::lock_guard lk(mu_);
-    flush_held_rqe_locked();
-    inflight_.clear();   // still unfinished in the SQ: flushed by enter_error()
-    tx_queued_.store(false, std::memory_order_relaxed);
-    await_ack_.clear();
-    await_atomic_.clear();
-  }
-  upcall_.store(true, std::memory_order_relaxed);  // under cb_mu_: a close() after us sees it
-  cb.unlock();
-  qp_.llp_ended(why);  // QP to ERROR, flush, async event, rdma_cm; calls close()
-  upcall_.store(false, std::memory_order_release);
-  upcall_.notify_all();
+  report_end(
+      qp_, why, st, mu_, {rqe_, have_rqe_},
+      [this] {
+        inflight_.clear();  // still unfinished in the SQ: flushed by enter_error()
+        tx_queued_.store(false, std::memory_order_relaxed);
+        await_ack_.clear();
+        await_atomic_.clear();
+      },
+      [&](auto &&report) {
+        upcall_.store(true, std::memory_order_relaxed);  // under cb_mu_: a close() after us sees it
+        cb.unlock();
+        report();  // calls close()
+        upcall_.store(false, std::memory_order_release);
+        upcall_.notify_all();
+      });
 }
 
 void HwConn::close(bool graceful) {
@@ -892,40 +883,32 @@ void HwConn::close(bool graceful) {
     }
   } await_upcall{*this};
   std::lock_guard cb(cb_mu_);
-  if (closed_.exchange(true)) return;
-  {
-    std::lock_guard lk(mu_);
+  if (!close_begin_locked(cb_mu_)) return;
+  close_detach(qp_, mu_, {rqe_, have_rqe_}, [&] {
     if (stats_.ops)
       ECA_QP_LOG(Info, qp_.qpn, "modeled adapter: %llu operations, %llu bytes, %llu adapter-path copies",
                  (unsigned long long)stats_.ops, (unsigned long long)stats_.bytes,
                  (unsigned long long)stats_.adapter_path_copies);
-    flush_held_rqe_locked();
-    if (ready_ && link_) {
-      if (graceful)
-        if (Frame *f = ring_slot_locked()) {
-          f->type = (uint32_t)FrameType::Disconnect;
-          f->model_ps = now_ps();
-          ring_publish_locked();
-        }
-      // seq_cst: pairs with the peer's LinkSide::touching store in remote_copy. From here the
-      // peer's adapter starts no access to our memory; one already running is awaited, as
-      // our outstanding work requests are flushed (and their buffers reused) after this.
-      link_->side[side_].closed.store(1, std::memory_order_seq_cst);
-    }
-  }
+    if (!ready_ || !link_) return;
+    if (graceful)
+      if (Frame *f = ring_slot_locked()) {
+        f->type = (uint32_t)FrameType::Disconnect;
+        f->model_ps = now_ps();
+        ring_publish_locked();
+      }
+    // seq_cst: pairs with the peer's LinkSide::touching store in remote_copy. From here the
+    // peer's adapter starts no access to our memory; one already running is awaited, as
+    // our outstanding work requests are flushed (and their buffers reused) after this.
+    link_->side[side_].closed.store(1, std::memory_order_seq_cst);
+  });
   await_peer_untouched(0);
   Adapter::instance().detach(this);
   Adapter::instance().forget(nonce_, asker_pid_.exchange(0));
-  auto self = shared_from_this();
-  auto finish = [self] {
+  finish_on_progress(nullptr, [self = shared_from_this()] {
     boost::system::error_code ec;
     self->sock_.shutdown(boost::asio::ip::tcp::socket::shutdown_both, ec);
     self->sock_.close(ec);
-  };
-  if (Progress::instance().on_progress_thread())
-    finish();
-  else
-    Progress::instance().post(finish);
+  });
 }
 
 }  // namespace eca::hw
