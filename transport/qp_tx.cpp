@@ -339,19 +339,24 @@ bool IwarpConn::start_wqe_locked(SendWqe *w) {
   if (!(w->flags & IBV_SEND_INLINE))
     refs.assign(std::make_move_iterator(map.refs.begin()),
                 std::make_move_iterator(map.refs.begin() + map.n));
+  // READ and atomics: the mapped SGEs are the sink of the response; the request waits on the
+  // ORQ, counted against ORD.
+  auto to_orq = [&](OrqEntry o) {
+    o.wqe = w;
+    o.sinks = std::move(refs);
+    o.sink_iov = std::move(msg_.src);
+    msg_.src.clear();
+    orq_.push_back(std::move(o));
+    rd_.request_sent();
+    orq_size_.store((uint32_t)orq_.size(), std::memory_order_release);
+  };
   switch (w->opcode) {
     case IBV_WR_RDMA_READ: {
       OrqEntry o;
-      o.wqe = w;
       o.sink_stag = w->num_sge ? w->sge[0].lkey : 0;
       o.sink_to = w->num_sge ? w->sge[0].addr : 0;
       o.length = w->total_len;
-      o.sinks = std::move(refs);
-      o.sink_iov = std::move(msg_.src);
-      msg_.src.clear();
-      orq_.push_back(std::move(o));
-      rd_.request_sent();
-      orq_size_.store((uint32_t)orq_.size(), std::memory_order_release);
+      to_orq(std::move(o));
       msg_.op = Opcode::ReadRequest;
       msg_.length = 0;  // the request carries no payload
       msg_.msn = msn_rreq_++;
@@ -360,16 +365,10 @@ bool IwarpConn::start_wqe_locked(SendWqe *w) {
     case IBV_WR_ATOMIC_FETCH_AND_ADD:
     case IBV_WR_ATOMIC_CMP_AND_SWP: {
       OrqEntry o;
-      o.wqe = w;
       o.atomic = true;
       o.req_id = ++atomic_req_id_;
       o.length = kAtomicLen;
-      o.sinks = std::move(refs);
-      o.sink_iov = std::move(msg_.src);
-      msg_.src.clear();
-      orq_.push_back(std::move(o));
-      rd_.request_sent();
-      orq_size_.store((uint32_t)orq_.size(), std::memory_order_release);
+      to_orq(std::move(o));
       msg_.areq = w->opcode == IBV_WR_ATOMIC_FETCH_AND_ADD
                       ? verbs_fetch_add(w->rkey, w->remote_addr, w->compare_add)
                       : verbs_compare_swap(w->rkey, w->remote_addr, w->compare_add, w->swap);
