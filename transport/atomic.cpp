@@ -39,12 +39,12 @@ bool IwarpConn::rx_atomic_request() {
   e.areq = r;
   {
     std::lock_guard lk(tx_mu_);
-    if (irq_.size() < std::max<uint16_t>(ird_, 1)) {
+    if (rd_.inbound_accept()) {
       irq_.push_back(std::move(e));  // answered by the doorbell after the request
       return true;
     }
   }
-  ECA_QP_LOG(Info, qp_.qpn, "peer exceeded IRD %u with an Atomic Request", ird_);
+  ECA_QP_LOG(Info, qp_.qpn, "peer exceeded IRD %u with an Atomic Request", rd_.ird());
   fail_terminate({TermLayer::Rdmap, kRdmapRemoteOperation, kRdmapCatastrophicStream},
                  IBV_WC_WR_FLUSH_ERR);
   return false;
@@ -104,6 +104,7 @@ bool IwarpConn::rx_atomic_response() {
   {
     std::lock_guard lk(tx_mu_);
     orq_.pop_front();
+    rd_.response_done();
     orq_size_.store((uint32_t)orq_.size(), std::memory_order_release);
   }
   qp_.sq_done(w, IBV_WC_SUCCESS);

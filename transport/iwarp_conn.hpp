@@ -31,7 +31,9 @@
 #include <mutex>
 #include <vector>
 
+#include "engine/conn_end.hpp"
 #include "engine/conn_engine.hpp"
+#include "engine/ord_ird.hpp"
 #include "provider/core/backend.hpp"
 #include "provider/core/llp.hpp"
 #include "provider/core/objects.hpp"
@@ -130,7 +132,9 @@ struct RxState {
   std::chrono::steady_clock::time_point park_deadline;
 };
 
-class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
+// The order of close() and of the end of a connection, and the flags closed_ and ended_:
+// engine/conn_end.hpp.
+class IwarpConn : public std::enable_shared_from_this<IwarpConn>, private engine::ConnEnd {
  public:
   IwarpConn(Qp &qp, LlpConnection &&llp);
   void start();                 // begin receiving (progress thread)
@@ -140,8 +144,8 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   void poll_progress();         // an application thread polls one of our CQs (never blocks)
   void close(bool graceful);    // any thread; idempotent
   bool crc_on() const { return crc_; }
-  uint16_t ird() const { return ird_; }
-  uint16_t ord() const { return ord_; }
+  uint16_t ird() const { return (uint16_t)rd_.ird(); }  // the negotiated depths (constant)
+  uint16_t ord() const { return (uint16_t)rd_.ord(); }
 
  private:
   // ---- tx (qp_tx.cpp)
@@ -199,16 +203,13 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   boost::asio::ip::tcp::socket sock_;
   int fd_;
   bool crc_;               // negotiated MPA CRC32c
-  uint16_t ird_, ord_;     // negotiated inbound/outbound READ depth
   Rtr rtr_recv_;           // RFC 6581 RTR still to be consumed (responder, p2p mode)
   uint32_t fpdu_payload_;
   const uint32_t qpn_;     // for log lines after close (the Qp may be gone by then)
   Mutex cb_mu_;
   bool in_report_ = false;  // report_end() is calling into the Qp (progress thread only)
-  std::atomic<bool> closed_{false};
   std::atomic<bool> lingering_{false};  // closed, but a queued TERMINATE is still going out
   bool qp_detached_ = false;  // close() took tx_mu: the transmitter leaves the Qp alone (tx_mu)
-  bool ended_ = false;  // the end was found; reported or about to be (cb_mu)
 
   // tx. The hand-off between threads that want transmission is one atomic word
   // (qp_tx.cpp, "Doorbell", has the protocol and its proof).
@@ -222,6 +223,7 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   TxFrame frame_;
   std::deque<OrqEntry> orq_;
   std::deque<IrqEntry> irq_;
+  engine::OrdIrd rd_;  // ORD/IRD: the counts of orq_ and irq_ and the rules (engine/ord_ird.hpp)
   bool term_queued_ = false;  // the stream is ending: take no more work
   bool term_want_ = false;    // term_ goes out after the FPDU in flight
   bool term_sent_ = false;

@@ -575,8 +575,8 @@ bool IwarpConn::rx_begin_payload() {
         }
       }
       std::lock_guard lk(tx_mu_);
-      if (irq_.size() >= std::max<uint16_t>(ird_, 1)) {
-        ECA_QP_LOG(Info, qp_.qpn, "peer exceeded IRD %u", ird_);
+      if (!rd_.inbound_accept()) {
+        ECA_QP_LOG(Info, qp_.qpn, "peer exceeded IRD %u", rd_.ird());
         // handled below, outside tx_mu
       } else {
         irq_.push_back(std::move(e));  // answered when the request is complete
@@ -642,6 +642,7 @@ bool IwarpConn::rx_segment_done() {
         {
           std::lock_guard lk(tx_mu_);
           orq_.pop_front();
+          rd_.response_done();
           orq_size_.store((uint32_t)orq_.size(), std::memory_order_release);
         }
         rx_.orq = nullptr;
@@ -778,8 +779,7 @@ void IwarpConn::fail_terminate(const TermInfo &t, ibv_wc_status sq_status) {
 }
 
 void IwarpConn::fail_llp(LlpEnd why, ibv_wc_status sq_status) {
-  if (ended_ || closed_) return;
-  ended_ = true;
+  if (!end_begin_locked(cb_mu_)) return;
   if (Progress::instance().on_progress_thread()) return report_end(why, sq_status);
   // Found by a polling thread: the QP's teardown (and rdma_cm) run on the progress thread,
   // never inside the application's ibv_poll_cq().
@@ -792,25 +792,20 @@ void IwarpConn::fail_llp(LlpEnd why, ibv_wc_status sq_status) {
 
 void IwarpConn::report_end(LlpEnd why, ibv_wc_status sq_status) {
   ECA_ASSERT_HELD(cb_mu_);
-  if (sq_status != IBV_WC_WR_FLUSH_ERR && sq_status != IBV_WC_SUCCESS) {
-    // A posting thread may be between handing a message's last byte to the socket and
-    // retiring its WQE (pump_locked holds tx_mu for both): wait for it, so that a WQE that
-    // was completely handed to the transport is not mistaken for the oldest outstanding one.
-    std::lock_guard lk(tx_mu_);
-    qp_.sq_fail_oldest(sq_status);
-  }
-  if (rx_.have_rqe) {
-    qp_.rq_done(rx_.rqe, IBV_WC_WR_FLUSH_ERR, 0, false, 0);
-    rx_.have_rqe = false;
-  }
-  // QP to ERROR, flush, async event, rdma_cm. That calls close(), which must not lock cb_mu
-  // again (it is not recursive): in_report_ tells it that this call chain holds it.
-  struct InReport {
-    bool &flag;
-    explicit InReport(bool &f) : flag(f) { flag = true; }
-    ~InReport() { flag = false; }
-  } in_report(in_report_);
-  qp_.llp_ended(why);
+  // Under tx_mu: a posting thread may be between handing a message's last byte to the socket
+  // and retiring its WQE (pump_locked holds tx_mu for both), and a WQE that was completely
+  // handed to the transport must not be mistaken for the oldest outstanding one.
+  ConnEnd::report_end(qp_, why, sq_status, tx_mu_, {rx_.rqe, rx_.have_rqe}, [] {},
+                      [this](auto &&report) {
+                        // Qp::llp_ended calls close(), which must not lock cb_mu again (it is
+                        // not recursive): in_report_ tells it that this call chain holds it.
+                        struct InReport {
+                          bool &flag;
+                          explicit InReport(bool &f) : flag(f) { flag = true; }
+                          ~InReport() { flag = false; }
+                        } in_report(in_report_);
+                        report();
+                      });
 }
 
 // After close() returns, nothing calls into the Qp. A TERMINATE that has not left yet (the
@@ -826,20 +821,17 @@ void IwarpConn::close(bool graceful) {
 
 void IwarpConn::close_locked(bool graceful) {
   ECA_ASSERT_HELD(cb_mu_);
-  if (closed_.exchange(true)) return;
-  bool linger;
-  {
-    std::lock_guard lk(tx_mu_);  // waits for a transmitter that may still call into the Qp
+  if (!close_begin_locked(cb_mu_)) return;
+  // tx_mu waits for a transmitter that may still call into the Qp.
+  const bool linger = close_detach(qp_, tx_mu_, {rx_.rqe, rx_.have_rqe}, [&] {
     qp_detached_ = true;
-    linger = term_want_ && !term_sent_;
+    const bool linger = term_want_ && !term_sent_;
     if (linger) lingering_ = true;
     else if (graceful && !term_sent_) ::shutdown(fd_, SHUT_WR);
     else ::shutdown(fd_, SHUT_RDWR);
-  }
-  if (Progress::instance().on_progress_thread()) return close_finish_locked(linger);
-  auto self = shared_from_this();
-  Progress::instance().post([self, linger] {
-    std::lock_guard cb(self->cb_mu_);
+    return linger;
+  });
+  finish_on_progress(&cb_mu_, [self = shared_from_this(), linger] {
     self->close_finish_locked(linger);
   });
 }

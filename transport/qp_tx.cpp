@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "engine/ord_ird.hpp"
 #include "engine/sge.hpp"
 #include "provider/core/log.hpp"
 #include "provider/core/mw.hpp"
@@ -24,14 +25,6 @@ namespace eca::transport {
 
 using namespace eca::wire;
 
-namespace {
-// Work requests that wait for a response from the peer and count against ORD.
-bool uses_orq(ibv_wr_opcode op) {
-  return op == IBV_WR_RDMA_READ || op == IBV_WR_ATOMIC_FETCH_AND_ADD ||
-         op == IBV_WR_ATOMIC_CMP_AND_SWP;
-}
-}  // namespace
-
 IwarpConn::IwarpConn(Qp &qp, LlpConnection &&llp)
     : qp_(qp),
       sock_(runtime::adopt_tcp_socket(llp.fd.release())),
@@ -41,8 +34,7 @@ IwarpConn::IwarpConn(Qp &qp, LlpConnection &&llp)
       park_timer_(Progress::instance().io()),
       term_timer_(Progress::instance().io()) {
   crc_ = llp.crc;
-  ird_ = llp.ird;
-  ord_ = llp.ord;
+  rd_ = engine::OrdIrd(llp.ord, llp.ird);
   rtr_recv_ = llp.rtr_recv;
   boost::system::error_code ec;
   sock_.non_blocking(true, ec);
@@ -252,7 +244,7 @@ bool IwarpConn::next_message_locked() {
   }
   SendWqe *w = blocked_wqe_ ? blocked_wqe_ : qp_.sq_take();
   // Memory-window binds and invalidations: executed here, in order, with no wire traffic.
-  while (w && mw_is_local_op(w->opcode) && !((w->flags & IBV_SEND_FENCE) && !orq_.empty())) {
+  while (w && mw_is_local_op(w->opcode) && !rd_.fence_blocks(w->flags)) {
     blocked_wqe_ = nullptr;
     if (!mw_execute_wqe(qp_, w)) {
       fail_local_async();
@@ -261,15 +253,19 @@ bool IwarpConn::next_message_locked() {
     w = qp_.sq_take();
   }
   if (!w) return false;
-  if (uses_orq(w->opcode) && orq_.size() >= std::max<uint16_t>(ord_, 1)) {
-    blocked_wqe_ = w;  // resumes when a READ response completes
-    return false;
-  }
-  if ((w->flags & IBV_SEND_FENCE) && !orq_.empty()) {
-    blocked_wqe_ = w;
+  const engine::SqGate gate = rd_.sq_gate(w->opcode, w->flags);
+  if (gate == engine::SqGate::WaitOrd || gate == engine::SqGate::WaitFence) {
+    blocked_wqe_ = w;  // resumes when a READ or atomic response completes
     return false;
   }
   blocked_wqe_ = nullptr;
+  if (gate == engine::SqGate::RefuseOrd0) {
+    // The peer accepts no READs or atomics (IRD 0): a local QP operation error, which ends
+    // the stream like any local error, so nothing posted behind it is transmitted.
+    engine::refuse_ord0(qp_, w);
+    fail_local_async();
+    return false;
+  }
   return start_wqe_locked(w);
 }
 
@@ -325,16 +321,7 @@ bool IwarpConn::start_wqe_locked(SendWqe *w) {
   msg_.wqe = w;
   msg_.length = w->total_len;
   // READ and atomics: the local SGEs are the sink of the response (local write access).
-  const bool is_read = uses_orq(w->opcode);
-  if (is_read && ord_ == 0) {
-    // The peer accepts no READs or atomics (IRD 0): a local QP operation error, which ends
-    // the stream like any local error, so nothing posted behind it is transmitted.
-    ECA_QP_LOG(Warn, qp_.qpn, "RDMA READ or atomic posted on a connection with ORD 0");
-    qp_.sq_done(w, IBV_WC_LOC_QP_OP_ERR);
-    msg_.kind = TxMsg::Kind::None;
-    fail_local_async();
-    return false;
-  }
+  const bool is_read = engine::uses_ord(w->opcode);  // sq_gate() refused these with ORD 0
   // Validate and map the local SGEs (READ: the sink, needing local write access).
   engine::SgeMap map;
   uint32_t bad = 0;
@@ -352,18 +339,24 @@ bool IwarpConn::start_wqe_locked(SendWqe *w) {
   if (!(w->flags & IBV_SEND_INLINE))
     refs.assign(std::make_move_iterator(map.refs.begin()),
                 std::make_move_iterator(map.refs.begin() + map.n));
+  // READ and atomics: the mapped SGEs are the sink of the response; the request waits on the
+  // ORQ, counted against ORD.
+  auto to_orq = [&](OrqEntry o) {
+    o.wqe = w;
+    o.sinks = std::move(refs);
+    o.sink_iov = std::move(msg_.src);
+    msg_.src.clear();
+    orq_.push_back(std::move(o));
+    rd_.request_sent();
+    orq_size_.store((uint32_t)orq_.size(), std::memory_order_release);
+  };
   switch (w->opcode) {
     case IBV_WR_RDMA_READ: {
       OrqEntry o;
-      o.wqe = w;
       o.sink_stag = w->num_sge ? w->sge[0].lkey : 0;
       o.sink_to = w->num_sge ? w->sge[0].addr : 0;
       o.length = w->total_len;
-      o.sinks = std::move(refs);
-      o.sink_iov = std::move(msg_.src);
-      msg_.src.clear();
-      orq_.push_back(std::move(o));
-      orq_size_.store((uint32_t)orq_.size(), std::memory_order_release);
+      to_orq(std::move(o));
       msg_.op = Opcode::ReadRequest;
       msg_.length = 0;  // the request carries no payload
       msg_.msn = msn_rreq_++;
@@ -372,15 +365,10 @@ bool IwarpConn::start_wqe_locked(SendWqe *w) {
     case IBV_WR_ATOMIC_FETCH_AND_ADD:
     case IBV_WR_ATOMIC_CMP_AND_SWP: {
       OrqEntry o;
-      o.wqe = w;
       o.atomic = true;
       o.req_id = ++atomic_req_id_;
       o.length = kAtomicLen;
-      o.sinks = std::move(refs);
-      o.sink_iov = std::move(msg_.src);
-      msg_.src.clear();
-      orq_.push_back(std::move(o));
-      orq_size_.store((uint32_t)orq_.size(), std::memory_order_release);
+      to_orq(std::move(o));
       msg_.areq = w->opcode == IBV_WR_ATOMIC_FETCH_AND_ADD
                       ? verbs_fetch_add(w->rkey, w->remote_addr, w->compare_add)
                       : verbs_compare_swap(w->rkey, w->remote_addr, w->compare_add, w->swap);
@@ -541,6 +529,7 @@ void IwarpConn::frame_sent_locked() {
     case TxMsg::Kind::ReadResponse:
     case TxMsg::Kind::AtomicResponse:
       irq_.pop_front();
+      rd_.inbound_done();
       irq_active_ = false;
       break;
     case TxMsg::Kind::Terminate:

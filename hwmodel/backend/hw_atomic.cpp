@@ -19,11 +19,7 @@ namespace eng = eca::engine;
 
 Step HwConn::exec_atomic_locked(SendWqe *wqe) {
   ECA_ASSERT_HELD(mu_);
-  if (qp_.ord == 0) {  // the peer accepts no READs or atomics (IRD 0)
-    ECA_QP_LOG(Warn, qp_.qpn, "atomic posted on a connection with ORD 0");
-    return fail_wqe_locked(wqe, IBV_WC_LOC_QP_OP_ERR);
-  }
-  if (await_atomic_.size() >= std::max<uint32_t>(qp_.ord, 1)) return Step::Retry;  // ORD full
+  // ORD, fence and ORD 0 were decided by exec_wqe_locked (rd_.sq_gate).
   Frame *f = ring_slot_locked();
   if (!f) return Step::Retry;
   // One 8-byte buffer (checked at post time), the sink of the original value.
@@ -50,6 +46,7 @@ Step HwConn::exec_atomic_locked(SendWqe *wqe) {
   // answers atomics by itself): wake its firmware if it sleeps.
   Adapter::kick_peer(peer_->bell());
   await_atomic_.push_back({wqe, std::move(sink.refs[0])});
+  rd_.request_sent();
   stats_.ops++;
   stats_.bytes += eng::kAtomicLen;
   stats_.modeled_ps += timing_.message_ps(eng::kAtomicLen);
@@ -101,6 +98,7 @@ Step HwConn::handle_atomic_response_locked(const Frame &f) {
   std::memcpy(&b, f.data, sizeof b);
   AtomicWait a = std::move(await_atomic_.front());
   await_atomic_.pop_front();
+  rd_.response_done();
   {
     MrUse use;
     if (!use.enter(a.result)) return fail_wqe_locked(a.w, IBV_WC_LOC_PROT_ERR);

@@ -77,7 +77,10 @@ ibv_wc_status terminate_status(uint32_t why) {
 }  // namespace
 
 HwConn::HwConn(Qp &qp, LlpConnection &&llp)
-    : qp_(qp), sock_(runtime::adopt_tcp_socket(llp.fd.release())), initiator_(llp.initiator) {
+    : qp_(qp),
+      sock_(runtime::adopt_tcp_socket(llp.fd.release())),
+      initiator_(llp.initiator),
+      rd_(llp.ord, llp.ird) {
   start_ns_ = mono_ns();
   side_ = initiator_ ? 0 : 1;
 }
@@ -385,15 +388,6 @@ Step HwConn::fail_wqe_locked(SendWqe *w, ibv_wc_status st) {
   return terminate_locked(WireError::Ended);
 }
 
-// A receive we took from the RQ and hold for the next message is not in the RQ any more: the
-// flush of Qp::enter_error would not see it.
-void HwConn::flush_held_rqe_locked() {
-  ECA_ASSERT_HELD(mu_);
-  if (!have_rqe_) return;
-  qp_.rq_done(rqe_, IBV_WC_WR_FLUSH_ERR, 0, false, 0);
-  have_rqe_ = false;
-}
-
 Step HwConn::fail_rqe_locked(ibv_wc_status st, uint32_t byte_len, WireError why) {
   ECA_ASSERT_HELD(mu_);
   qp_.rq_done(rqe_, st, byte_len, false, 0);
@@ -535,23 +529,34 @@ int HwConn::remote_copy(uint32_t rkey, uint64_t addr, uint64_t len, uint32_t nee
 Step HwConn::exec_wqe_locked(SendWqe *w) {
   ECA_ASSERT_HELD(mu_);
   if (mw_is_local_op(w->opcode)) {  // memory-window bind / invalidation: no frame
+    if (rd_.fence_blocks(w->flags)) return Step::Retry;
     if (mw_execute_wqe(qp_, w)) return Step::Done;
     return terminate_locked(WireError::Ended);
   }
   const uint64_t len = w->total_len;
   const bool is_read = w->opcode == IBV_WR_RDMA_READ;
   const bool is_send = w->opcode == IBV_WR_SEND || w->opcode == IBV_WR_SEND_WITH_INV;
+  const bool is_atomic =
+      w->opcode == IBV_WR_ATOMIC_FETCH_AND_ADD || w->opcode == IBV_WR_ATOMIC_CMP_AND_SWP;
   const bool needs_frame = is_send || w->opcode == IBV_WR_RDMA_WRITE_WITH_IMM;
-  // Atomics travel as frames behind whatever is in the ring (hw_atomic.cpp).
-  if (w->opcode == IBV_WR_ATOMIC_FETCH_AND_ADD || w->opcode == IBV_WR_ATOMIC_CMP_AND_SWP)
-    return exec_atomic_locked(w);
   // Ordering: the responder handles messages in order, so a WRITE or READ must not overtake
-  // a Send, Immediate Data or atomic frame the peer has not handled yet.
-  if (!is_send && (!await_ack_.empty() || !await_atomic_.empty())) return Step::Retry;
-  if (is_read && qp_.ord == 0) {  // the peer accepts no READs (IRD 0)
-    ECA_QP_LOG(Warn, qp_.qpn, "RDMA READ posted on a connection with ORD 0");
-    return fail_wqe_locked(w, IBV_WC_LOC_QP_OP_ERR);
+  // a Send, Immediate Data or atomic frame the peer has not handled yet. (Atomics travel as
+  // frames behind whatever is in the ring: they keep their place by themselves.)
+  if (!is_send && !is_atomic && (!await_ack_.empty() || !await_atomic_.empty()))
+    return Step::Retry;
+  // ORD and fences (engine/ord_ird.hpp). Our READs are executed here and complete before the
+  // next work request starts, so only atomics are ever outstanding.
+  switch (rd_.sq_gate(w->opcode, w->flags)) {
+    case engine::SqGate::Go:
+      break;
+    case engine::SqGate::WaitOrd:
+    case engine::SqGate::WaitFence:
+      return Step::Retry;
+    case engine::SqGate::RefuseOrd0:  // the peer accepts no READs or atomics (IRD 0)
+      engine::refuse_ord0(qp_, w);
+      return terminate_locked(WireError::Ended);
   }
+  if (is_atomic) return exec_atomic_locked(w);
   Frame *f = nullptr;
   if (needs_frame && !(f = ring_slot_locked())) return Step::Retry;  // peer ring full
 
@@ -841,28 +846,28 @@ void HwConn::fail(LlpEnd why, ibv_wc_status st) {
 // connection (close() takes cb_mu_), runs after it, announced by upcall_.
 void HwConn::do_fail(LlpEnd why, ibv_wc_status st) {
   std::unique_lock cb(cb_mu_);
-  if (closed_ || ended_) return;
-  ended_ = true;
+  if (!end_begin_locked(cb_mu_)) return;
   {
     // Sends the peer placed before it went away completed successfully: their count is
     // published before the peer's Disconnect, Terminate or exit.
     std::lock_guard lk(mu_);
     if (link_ && ready_) harvest_acks_locked();
   }
-  if (st != IBV_WC_WR_FLUSH_ERR && st != IBV_WC_SUCCESS) qp_.sq_fail_oldest(st);
-  {
-    std::lock_guard lk(mu_);
-    flush_held_rqe_locked();
-    inflight_.clear();   // still unfinished in the SQ: flushed by enter_error()
-    tx_queued_.store(false, std::memory_order_relaxed);
-    await_ack_.clear();
-    await_atomic_.clear();
-  }
-  upcall_.store(true, std::memory_order_relaxed);  // under cb_mu_: a close() after us sees it
-  cb.unlock();
-  qp_.llp_ended(why);  // QP to ERROR, flush, async event, rdma_cm; calls close()
-  upcall_.store(false, std::memory_order_release);
-  upcall_.notify_all();
+  report_end(
+      qp_, why, st, mu_, {rqe_, have_rqe_},
+      [this] {
+        inflight_.clear();  // still unfinished in the SQ: flushed by enter_error()
+        tx_queued_.store(false, std::memory_order_relaxed);
+        await_ack_.clear();
+        await_atomic_.clear();
+      },
+      [&](auto &&report) {
+        upcall_.store(true, std::memory_order_relaxed);  // under cb_mu_: a close() after us sees it
+        cb.unlock();
+        report();  // calls close()
+        upcall_.store(false, std::memory_order_release);
+        upcall_.notify_all();
+      });
 }
 
 void HwConn::close(bool graceful) {
@@ -878,40 +883,32 @@ void HwConn::close(bool graceful) {
     }
   } await_upcall{*this};
   std::lock_guard cb(cb_mu_);
-  if (closed_.exchange(true)) return;
-  {
-    std::lock_guard lk(mu_);
+  if (!close_begin_locked(cb_mu_)) return;
+  close_detach(qp_, mu_, {rqe_, have_rqe_}, [&] {
     if (stats_.ops)
       ECA_QP_LOG(Info, qp_.qpn, "modeled adapter: %llu operations, %llu bytes, %llu adapter-path copies",
                  (unsigned long long)stats_.ops, (unsigned long long)stats_.bytes,
                  (unsigned long long)stats_.adapter_path_copies);
-    flush_held_rqe_locked();
-    if (ready_ && link_) {
-      if (graceful)
-        if (Frame *f = ring_slot_locked()) {
-          f->type = (uint32_t)FrameType::Disconnect;
-          f->model_ps = now_ps();
-          ring_publish_locked();
-        }
-      // seq_cst: pairs with the peer's LinkSide::touching store in remote_copy. From here the
-      // peer's adapter starts no access to our memory; one already running is awaited, as
-      // our outstanding work requests are flushed (and their buffers reused) after this.
-      link_->side[side_].closed.store(1, std::memory_order_seq_cst);
-    }
-  }
+    if (!ready_ || !link_) return;
+    if (graceful)
+      if (Frame *f = ring_slot_locked()) {
+        f->type = (uint32_t)FrameType::Disconnect;
+        f->model_ps = now_ps();
+        ring_publish_locked();
+      }
+    // seq_cst: pairs with the peer's LinkSide::touching store in remote_copy. From here the
+    // peer's adapter starts no access to our memory; one already running is awaited, as
+    // our outstanding work requests are flushed (and their buffers reused) after this.
+    link_->side[side_].closed.store(1, std::memory_order_seq_cst);
+  });
   await_peer_untouched(0);
   Adapter::instance().detach(this);
   Adapter::instance().forget(nonce_, asker_pid_.exchange(0));
-  auto self = shared_from_this();
-  auto finish = [self] {
+  finish_on_progress(nullptr, [self = shared_from_this()] {
     boost::system::error_code ec;
     self->sock_.shutdown(boost::asio::ip::tcp::socket::shutdown_both, ec);
     self->sock_.close(ec);
-  };
-  if (Progress::instance().on_progress_thread())
-    finish();
-  else
-    Progress::instance().post(finish);
+  });
 }
 
 }  // namespace eca::hw

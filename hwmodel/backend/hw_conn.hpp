@@ -25,7 +25,9 @@
 #include <span>
 #include <vector>
 
+#include "engine/conn_end.hpp"
 #include "engine/conn_engine.hpp"
+#include "engine/ord_ird.hpp"
 #include "hwmodel/backend/adapter.hpp"
 #include "hwmodel/backend/timing.hpp"
 #include "provider/core/backend.hpp"
@@ -39,7 +41,9 @@ namespace eca::hw {
 // (the link is ending; what the item owed is completed or flushed by the failure path).
 enum class Step : uint8_t { Done, Retry, Failed };
 
-class HwConn : public std::enable_shared_from_this<HwConn> {
+// The order of close() and of the end of a connection, and the flags closed_ and ended_:
+// engine/conn_end.hpp.
+class HwConn : public std::enable_shared_from_this<HwConn>, private engine::ConnEnd {
   friend struct HwConnProbe;  // test-only access: tests/fuzz/hw_frame_fuzz.cpp
 
  public:
@@ -97,7 +101,6 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   Step terminate_locked(WireError why);
   Step fail_wqe_locked(SendWqe *w, ibv_wc_status st);
   Step fail_rqe_locked(ibv_wc_status st, uint32_t byte_len, WireError why);
-  void flush_held_rqe_locked();  // the receive we hold (if any) completes flushed
   void fail(LlpEnd why, ibv_wc_status st);  // defers to the progress thread
   void do_fail(LlpEnd why, ibv_wc_status st);
   uint64_t now_ps() const;
@@ -107,7 +110,7 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   bool initiator_;
   // Held by progress/firmware handlers for their work and by close(), never across a call
   // that can come back into close() (do_fail's Qp::llp_ended: see upcall_).
-  std::mutex cb_mu_;
+  Mutex cb_mu_;
   // do_fail is inside Qp::llp_ended, on the progress thread, without cb_mu_ (set under it).
   // A close() on any other thread waits for it to clear before it returns: the caller may
   // free the Qp next. A close() on the progress thread that sees it set is nested inside that
@@ -115,14 +118,12 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
   std::atomic<bool> upcall_{false};
   Mutex mu_;                    // data path state; only try_lock from application threads
   std::atomic<bool> ready_{false};
-  std::atomic<bool> closed_{false};
   std::atomic<bool> failing_{false};
   std::atomic<bool> work_pending_{false};
   // Visits by application threads (post, poll). While they keep coming, the application
   // drives the adapter (poll mode) and the firmware thread stays out of its way.
   std::atomic<uint64_t> app_visits_{0};
   uint64_t fw_seen_visits_ = 0;
-  bool ended_ = false;
 
   int side_ = 0;
   LinkShm *link_ = nullptr;
@@ -154,6 +155,10 @@ class HwConn : public std::enable_shared_from_this<HwConn> {
     MrRef result;                    // the 8-byte local buffer for the original value
   };
   std::deque<AtomicWait> await_atomic_;
+  // ORD/IRD (engine/ord_ird.hpp), mu_: its outstanding count is await_atomic_'s size. The
+  // responder answers each Atomic Request before it takes the next frame, so it never holds
+  // more than one and IRD cannot be exceeded here.
+  engine::OrdIrd rd_;
   std::atomic<uint64_t> acked_seen_{0};  // the peer's `placed` count completed here (hint, as above)
   uint64_t placed_ = 0;              // our `placed` count (the peer's messages we placed)
   bool have_rqe_ = false;

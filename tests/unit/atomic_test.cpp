@@ -1,6 +1,7 @@
 // RFC 7306 atomics through the verbs API, on every backend (tests/unit/fixture.hpp): results,
 // completion opcodes, the extended post API, ordering against READs, more atomics in flight
-// than ORD allows at once, the device attributes, and the errors a responder reports.
+// than ORD allows at once, a fence behind an atomic, the device attributes, and the errors a
+// responder reports.
 #include "tests/unit/fixture.hpp"
 
 using namespace ecatest;
@@ -168,6 +169,41 @@ TEST_P(Atomics, ManyBeyondOrd) {
     seen[v] = true;
   }
   EXPECT_EQ(target_[5], (uint64_t)kN);
+}
+
+// IBV_SEND_FENCE (verbs: a fenced work request starts only once every READ and atomic
+// posted before it has completed): a Send fenced behind a Fetch-and-Add whose result sink is
+// the Send's source carries the original value, not what the buffer held before. Both Sends
+// are small (inline-sized on the modeled adapter, copied when the Send starts).
+TEST_P(Atomics, FencedSendCarriesTheAtomicsResult) {
+  ASSERT_NO_FATAL_FAILURE(Setup());
+  uint64_t *in = reinterpret_cast<uint64_t *>(Alloc(64));
+  ibv_mr *inmr = Reg(srv_.pd, in, 64, IBV_ACCESS_LOCAL_WRITE);
+  ASSERT_TRUE(inmr);
+  constexpr uint64_t kBefore = 0x5e57'1e00'dead'beefull;
+  for (int round = 0; round < 20; round++) {
+    SCOPED_TRACE(round);
+    target_[3] = 4242 + (uint64_t)round;
+    results_[40] = kBefore;
+    in[0] = 0;
+    ASSERT_EQ(0, post_recv(srv_.qp, {sge(inmr, in, 8)}, 90));
+    ASSERT_EQ(0, PostAtomic(IBV_WR_ATOMIC_FETCH_AND_ADD, T(3), 1, 0, 40, 91));
+    ASSERT_EQ(0, post(cli_.qp, {.opcode = IBV_WR_SEND,
+                                .sges = {sge(rmr_, &results_[40], 8)},
+                                .flags = IBV_SEND_SIGNALED | IBV_SEND_FENCE,
+                                .wr_id = 92}));
+    auto wcs = poll_n(cli_.scq, 2);
+    ASSERT_EQ(wcs.size(), 2u);
+    EXPECT_EQ(wcs[0].wr_id, 91u);
+    EXPECT_EQ(wcs[1].wr_id, 92u);
+    for (auto &x : wcs) EXPECT_EQ(x.status, IBV_WC_SUCCESS) << wc_status_name(x.status);
+    ibv_wc wc{};
+    ASSERT_TRUE(poll_one(srv_.rcq, &wc));
+    EXPECT_EQ(wc.status, IBV_WC_SUCCESS) << wc_status_name(wc.status);
+    EXPECT_EQ(wc.byte_len, 8u);
+    EXPECT_EQ(in[0], 4242u + (uint64_t)round) << "the Send left before the atomic's answer";
+    EXPECT_EQ(target_[3], 4243u + (uint64_t)round);
+  }
 }
 
 // The responder's checks, as the requester sees them: the work request fails with the

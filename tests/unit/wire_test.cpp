@@ -971,6 +971,42 @@ TEST_P(Hostile, AtomicsAreOrderedWithReads) {
   Close(c);
 }
 
+// The application ends the connection in the middle of a Send: the receive the transport took
+// for it is owed a completion like every receive still posted (engine/conn_end.hpp: close()
+// flushes the receive an engine holds).
+TEST_P(Hostile, CloseInTheMiddleOfASendFlushesItsReceive) {
+  Conn c;
+  ASSERT_NO_FATAL_FAILURE(Open(c));
+  // The first segment of a Send (L clear)...
+  auto first = untagged_hdr(w::Opcode::Send, 0, 1, 0);
+  w::put_ctrl(first.data(), w::Opcode::Send, false);
+  std::vector<uint8_t> all = fpdu(first, std::vector<uint8_t>(64, 0xAB), c.crc);
+  // ...then an RDMA Read Request: its answer shows the server has handled the segment.
+  auto rr = untagged_hdr(w::Opcode::ReadRequest, 1, 1, 0, w::kReadReqBody);
+  w::st32(rr.data() + w::off::kSinkStag, 0x61);
+  w::st64(rr.data() + w::off::kSinkTo, 0);
+  w::st32(rr.data() + w::off::kReadSize, 8);
+  w::st32(rr.data() + w::off::kSrcStag, c.wmr->rkey);
+  w::st64(rr.data() + w::off::kSrcTo, (uint64_t)(uintptr_t)c.wbuf.data());
+  const auto rrf = fpdu(rr, {}, c.crc);
+  all.insert(all.end(), rrf.begin(), rrf.end());
+  ASSERT_TRUE(send_all(c.fd, all));
+  RxFrame f;
+  ASSERT_TRUE(read_fpdu(c.fd, c.crc, &f));
+  ASSERT_EQ(f.opcode, 2) << "READ response";
+  ibv_qp_attr a{};
+  a.qp_state = IBV_QPS_ERR;
+  ASSERT_EQ(0, ibv_modify_qp(c.qp(), &a, IBV_QP_STATE));
+  auto wcs = poll_n(c.cq, 4);
+  EXPECT_EQ(wcs.size(), 4u) << "a posted receive got no completion";
+  for (size_t i = 0; i < wcs.size(); i++) {
+    EXPECT_EQ(wcs[i].wr_id, 10u + i) << "receives complete in order";
+    EXPECT_EQ(wcs[i].status, IBV_WC_WR_FLUSH_ERR) << wc_status_name(wcs[i].status);
+  }
+  EXPECT_TRUE(cq_empty(c.cq));
+  Close(c);
+}
+
 // Every error path of a received Atomic Request ends in the TERMINATE of RFC 7306 / RFC 5040
 // and leaves the target word alone.
 TEST_P(Hostile, BadAtomicRequestsTerminate) {
