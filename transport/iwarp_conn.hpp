@@ -166,7 +166,7 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
                                                    wire::kRdmapUnspecified});
   bool source_deregistered_locked();  // send_frame_rest() found a source MR deregistered
   // ---- rx (qp_rx.cpp)
-  void arm_read();
+  void arm_read();    // cb_mu held, any thread: the read wait, unless one is armed
   void rx_handler();  // progress thread: on_readable() under a try-lock of cb_mu, or hand back
   void rx_unlock(std::unique_lock<Mutex> &cb, bool more);  // a poller lets go of cb_mu
   void on_readable();
@@ -238,6 +238,7 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn> {
   boost::asio::steady_timer term_timer_;  // bounds a close that lingers for its TERMINATE
   // The receive hand-off (qp_rx.cpp, "Hand-back", has the protocol).
   std::atomic<bool> rx_pending_{false};  // readable, but cb_mu was held: the holder takes over
+  std::atomic<bool> rx_armed_{false};    // a read wait is armed (set under cb_mu by arm_read())
 };
 
 using IwarpEngine = engine::ConnEngine<IwarpConn>;

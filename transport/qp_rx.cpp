@@ -107,19 +107,28 @@ void IwarpConn::start() {
 //    fence, one more try-lock of cb_mu. Got it: it clears rx_pending_ and receives itself.
 //    Else it returns; the holder has the work.
 //  - Holder, a polling thread (rx_unlock()): before it unlocks, exchange(false) of
-//    rx_pending_; if it was set, it drains the socket itself (rx_process()) and posts
-//    rx_handler(), which re-arms the read wait (the wait fired for the hand-back and only the
-//    progress thread arms it: its reactor runs between its handlers, so an edge between its
-//    EAGAIN and its arming is not missed). Then it unlocks, a seq_cst fence, and loads
-//    rx_pending_: still clear, done; set, it try-locks cb_mu again and repeats (a failed
-//    try-lock means a new holder, which runs the same check before it lets go).
+//    rx_pending_; if it was set, it drains the socket itself (rx_process()), which leaves the
+//    read wait armed when it finds the socket empty (rx_would_block()); only when it stops on
+//    its budget with bytes left does it post rx_handler() to the progress thread. Then it
+//    unlocks, a seq_cst fence, and loads rx_pending_: still clear, done; set, it try-locks
+//    cb_mu again and repeats (a failed try-lock means a new holder, which runs the same check
+//    before it lets go).
 // No lost wake-up: the two fences are totally ordered. If the setter's comes first, the
 // holder's load after its unlock sees rx_pending_ set (or already cleared by a thread that
 // took the work over); if the holder's comes first, the setter's second try-lock sees cb_mu
-// released. A flag left set by a race costs one redundant rx_handler() run, nothing else.
+// released. A flag left set by a race costs one redundant receive run, nothing else.
 // close() holds cb_mu from an application thread too but takes no hand-back: after it,
 // nothing receives. Progress-thread holders (timers, posted handlers) never meet a setter:
 // the setter is that same thread.
+//
+// The read wait (rx_armed_): whichever thread finds the socket empty, the progress thread or
+// a poller, makes sure one wait is armed (rx_would_block(), under cb_mu); rx_armed_ keeps it
+// to one, so a hand-back or a posted run costs no second wait and no second handler. Arming
+// from a poller is safe against a lost edge: Asio arms a wait with epoll_ctl(EPOLL_CTL_MOD),
+// which looks at the socket again and reports data that came after the poller's recv(). A
+// poller that took a hand-back therefore re-arms with one epoll_ctl instead of waking the
+// progress thread (which then found the socket empty, re-armed, and met the poller again on
+// its next run: a wake-up and three system calls per round, for as long as it polled).
 //
 // A busy poller still calls recv() once per poll while it waits (a poller that skipped the
 // socket until the read wait reported readiness made the progress thread pace the receive:
@@ -127,11 +136,15 @@ void IwarpConn::start() {
 // quarter). What it no longer does is end each receive run with an EAGAIN: a short recv()
 // already says the socket is empty (rx_would_block()).
 
+// cb_mu held (any thread): at most one read wait at a time.
 void IwarpConn::arm_read() {
+  ECA_ASSERT_HELD(cb_mu_);
+  if (rx_armed_.exchange(true, std::memory_order_acq_rel)) return;
   auto self = shared_from_this();
   sock_.async_wait(boost::asio::ip::tcp::socket::wait_read,
                    [self](const boost::system::error_code &ec) {
                      if (ec == boost::asio::error::operation_aborted) return;
+                     self->rx_armed_.store(false, std::memory_order_release);
                      self->rx_handler();
                    });
 }
@@ -154,8 +167,9 @@ void IwarpConn::rx_handler() {
 void IwarpConn::rx_unlock(std::unique_lock<Mutex> &cb, bool more) {
   for (;;) {
     if (rx_pending_.exchange(false, std::memory_order_acq_rel)) {
-      if (!closed_ && !ended_ && !rx_.parked) rx_process(kPollBudget);
-      more = true;  // the progress thread re-arms the read wait
+      // Drained: rx_process() left the read wait armed. Budget used up: the progress thread
+      // continues.
+      if (!closed_ && !ended_ && !rx_.parked && rx_process(kPollBudget)) more = true;
     }
     cb.unlock();
     if (more) {
@@ -281,11 +295,10 @@ bool IwarpConn::rx_process(size_t budget) {
 }
 
 // The socket has nothing more (EAGAIN, or a recv() that came back short: TCP hands over all
-// it holds, and what arrives later raises a new readiness edge). A polling thread arms
-// nothing: the progress thread's read wait is still armed, or an rx_handler() is due (see
-// "Hand-back"). The progress thread arms it before its reactor looks for edges again.
+// it holds, and what arrives later raises a new readiness edge): the read wait is armed, by
+// this thread if it is not already (see "Hand-back"). cb_mu held.
 bool IwarpConn::rx_would_block() {
-  if (Progress::instance().on_progress_thread()) arm_read();
+  arm_read();
   return false;
 }
 
