@@ -30,6 +30,13 @@ constexpr size_t kPollBudget = 256u << 10;   // bytes per ibv_poll_cq() call tha
 constexpr size_t kDirectMin = 2048;          // payload left that is worth a direct recv
 constexpr auto kParkTick = std::chrono::milliseconds(1);
 constexpr auto kTermLinger = std::chrono::seconds(1);  // a closed QP waits this long for its TERMINATE
+// Quiet (see "Quiet"): after this many receive runs by pollers the socket stops waking the
+// progress thread; the watchdog gives it back when no poller looked for a whole period.
+constexpr uint32_t kQuietAfterLooks = 32;
+constexpr auto kQuietCheck = std::chrono::milliseconds(2);
+// SO_RCVLOWAT while quiet: the kernel caps it at half the largest receive buffer; a backlog
+// this large (or memory pressure) still wakes the progress thread to help.
+constexpr int kQuietLowat = 16 << 20;
 
 
 }  // namespace
@@ -210,7 +217,91 @@ void IwarpConn::poll_progress() {
   // Budget used up with more to come: the progress thread continues (its read wait only
   // fires for new data).
   const bool more = !closed_ && !ended_ && !rx_.parked && rx_process(kPollBudget);
+  poll_looks_.fetch_add(1, std::memory_order_relaxed);
+  if (!quiet_.load(std::memory_order_relaxed) && ++loud_looks_ >= kQuietAfterLooks &&
+      !closed_ && !ended_)
+    quiet_enter();
   rx_unlock(cb, more);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quiet: while an application thread polls, arriving data does not wake the progress thread.
+//
+// The socket is registered with the progress thread's epoll edge-triggered for as long as it
+// is open (Asio), so every arrival woke the progress thread, even with no read wait armed,
+// and a busy poller that had already taken the data lost its CPU to it (on two loaded cores,
+// thousands of wake-ups a second, each a context switch on the critical path). After
+// kQuietAfterLooks receive runs by pollers, quiet_enter() raises SO_RCVLOWAT: the kernel
+// reports the socket readable (and wakes the epoll) only once kQuietLowat bytes wait, on
+// memory pressure, at the end of the stream or on an error; a poller's non-blocking recv()
+// still returns whatever is there. Two ways back, both through quiet_leave(), which sets
+// SO_RCVLOWAT to 1 (the kernel then reports readiness at once if data waits, so nothing
+// that arrived while quiet is left unseen) and makes sure the read wait is armed:
+//  - the watchdog (quiet_check(), every kQuietCheck on the progress thread) finds that no
+//    poller looked at the socket for a whole period: one-sided work the application does not
+//    poll for is placed by the progress thread again within two periods;
+//  - the application arms one of our CQs (cq_armed()): it is about to wait for an event, so
+//    the progress thread must receive. Posted, so that it runs at once.
+// quiet_ is written under cb_mu only; costs: two setsockopt() calls per quiet spell and a
+// timer tick per kQuietCheck while it lasts, instead of a wake-up per arrival. The watchdog
+// takes no lock unless it leaves, and then only tries cb_mu (a holder is a poller).
+
+void IwarpConn::quiet_enter() {
+  ECA_ASSERT_HELD(cb_mu_);
+  int lowat = kQuietLowat;
+  if (::setsockopt(fd_, SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof lowat) != 0) {
+    loud_looks_ = 0;  // stays loud; tried again after another kQuietAfterLooks
+    return;
+  }
+  quiet_.store(true, std::memory_order_relaxed);
+  auto self = shared_from_this();
+  Progress::instance().post([self] {
+    if (!self->quiet_.load(std::memory_order_relaxed) || self->closed_) return;
+    self->quiet_seen_ = self->poll_looks_.load(std::memory_order_relaxed);
+    self->quiet_watch();
+  });
+}
+
+// Progress thread: the watchdog looks again after kQuietCheck. Re-arming the timer cancels a
+// wait still pending, so there is one watchdog however often quiet begins.
+void IwarpConn::quiet_watch() {
+  auto self = shared_from_this();
+  quiet_timer_.expires_after(kQuietCheck);
+  quiet_timer_.async_wait([self](const boost::system::error_code &ec) {
+    if (!ec) self->quiet_check();
+  });
+}
+
+// Progress thread, no lock: it never waits for a poller. A poller that looked since the last
+// run, or holds cb_mu now, is still polling.
+void IwarpConn::quiet_check() {
+  if (!quiet_.load(std::memory_order_relaxed) || closed_) return;
+  const uint32_t looks = poll_looks_.load(std::memory_order_relaxed);
+  if (looks == quiet_seen_) {
+    std::unique_lock cb(cb_mu_, std::try_to_lock);
+    if (cb.owns_lock()) return quiet_leave();
+  }
+  quiet_seen_ = looks;
+  quiet_watch();
+}
+
+void IwarpConn::quiet_leave() {
+  ECA_ASSERT_HELD(cb_mu_);
+  if (!quiet_.exchange(false, std::memory_order_relaxed)) return;
+  loud_looks_ = 0;
+  int lowat = 1;
+  ::setsockopt(fd_, SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof lowat);
+  if (!closed_ && !ended_ && !rx_.parked) arm_read();
+}
+
+// Any thread (ibv_req_notify_cq); never blocks.
+void IwarpConn::cq_armed() {
+  if (!quiet_.load(std::memory_order_relaxed)) return;
+  auto self = shared_from_this();
+  Progress::instance().post([self] {
+    std::lock_guard cb(self->cb_mu_);
+    if (!self->closed_) self->quiet_leave();
+  });
 }
 
 // Whether the peer may have sent something the application waits for: a receive is posted

@@ -39,7 +39,8 @@ IwarpConn::IwarpConn(Qp &qp, LlpConnection &&llp)
       fpdu_payload_(config().fpdu_payload),
       qpn_(qp.qpn),
       park_timer_(Progress::instance().io()),
-      term_timer_(Progress::instance().io()) {
+      term_timer_(Progress::instance().io()),
+      quiet_timer_(Progress::instance().io()) {
   crc_ = llp.crc;
   ird_ = llp.ird;
   ord_ = llp.ord;
