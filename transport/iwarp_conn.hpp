@@ -142,6 +142,7 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn>, private engine
   void sq_doorbell() { doorbell(); }
   void rq_doorbell();           // RQ has buffers (any thread)
   void poll_progress();         // an application thread polls one of our CQs (never blocks)
+  void cq_armed();              // one of our CQs was armed: its poller is about to sleep
   void close(bool graceful);    // any thread; idempotent
   bool crc_on() const { return crc_; }
   uint16_t ird() const { return (uint16_t)rd_.ird(); }  // the negotiated depths (constant)
@@ -170,7 +171,7 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn>, private engine
                                                    wire::kRdmapUnspecified});
   bool source_deregistered_locked();  // send_frame_rest() found a source MR deregistered
   // ---- rx (qp_rx.cpp)
-  void arm_read();
+  void arm_read();    // cb_mu held, any thread: the read wait, unless one is armed
   void rx_handler();  // progress thread: on_readable() under a try-lock of cb_mu, or hand back
   void rx_unlock(std::unique_lock<Mutex> &cb, bool more);  // a poller lets go of cb_mu
   void on_readable();
@@ -188,6 +189,11 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn>, private engine
   bool rx_atomic_response();  // requester: place the original value, complete the WQE
   bool start_atomic_response_locked(IrqEntry &e);  // tx_mu held: execute, frame the answer
   bool rx_expected() const;  // a polling thread has reason to look at the socket
+  // ---- quiet socket while an application thread polls (qp_rx.cpp, "Quiet")
+  void quiet_enter();   // a poller, cb_mu held
+  void quiet_watch();   // progress thread: the watchdog's next look
+  void quiet_check();   // progress thread, no lock held: the watchdog
+  void quiet_leave();   // cb_mu held
   // ---- errors (qp_rx.cpp)
   // A protocol/access error detected locally: send TERMINATE, end the connection.
   void fail_terminate(const wire::TermInfo &t, ibv_wc_status sq_status);
@@ -240,6 +246,13 @@ class IwarpConn : public std::enable_shared_from_this<IwarpConn>, private engine
   boost::asio::steady_timer term_timer_;  // bounds a close that lingers for its TERMINATE
   // The receive hand-off (qp_rx.cpp, "Hand-back", has the protocol).
   std::atomic<bool> rx_pending_{false};  // readable, but cb_mu was held: the holder takes over
+  std::atomic<bool> rx_armed_{false};    // a read wait is armed (set under cb_mu by arm_read())
+  // Quiet: a poller receives; data arrival does not wake the progress thread (SO_RCVLOWAT).
+  std::atomic<bool> quiet_{false};        // written under cb_mu; cq_armed() peeks without it
+  std::atomic<uint32_t> poll_looks_{0};   // pollers' receive runs (quiet_check() compares)
+  uint32_t loud_looks_ = 0;   // poller receive runs while not quiet (cb_mu)
+  uint32_t quiet_seen_ = 0;   // poll_looks_ at the watchdog's last run (progress thread)
+  boost::asio::steady_timer quiet_timer_;
 };
 
 using IwarpEngine = engine::ConnEngine<IwarpConn>;

@@ -30,6 +30,13 @@ constexpr size_t kPollBudget = 256u << 10;   // bytes per ibv_poll_cq() call tha
 constexpr size_t kDirectMin = 2048;          // payload left that is worth a direct recv
 constexpr auto kParkTick = std::chrono::milliseconds(1);
 constexpr auto kTermLinger = std::chrono::seconds(1);  // a closed QP waits this long for its TERMINATE
+// Quiet (see "Quiet"): after this many receive runs by pollers the socket stops waking the
+// progress thread; the watchdog gives it back when no poller looked for a whole period.
+constexpr uint32_t kQuietAfterLooks = 32;
+constexpr auto kQuietCheck = std::chrono::milliseconds(2);
+// SO_RCVLOWAT while quiet: the kernel caps it at half the largest receive buffer; a backlog
+// this large (or memory pressure) still wakes the progress thread to help.
+constexpr int kQuietLowat = 16 << 20;
 
 
 }  // namespace
@@ -107,19 +114,28 @@ void IwarpConn::start() {
 //    fence, one more try-lock of cb_mu. Got it: it clears rx_pending_ and receives itself.
 //    Else it returns; the holder has the work.
 //  - Holder, a polling thread (rx_unlock()): before it unlocks, exchange(false) of
-//    rx_pending_; if it was set, it drains the socket itself (rx_process()) and posts
-//    rx_handler(), which re-arms the read wait (the wait fired for the hand-back and only the
-//    progress thread arms it: its reactor runs between its handlers, so an edge between its
-//    EAGAIN and its arming is not missed). Then it unlocks, a seq_cst fence, and loads
-//    rx_pending_: still clear, done; set, it try-locks cb_mu again and repeats (a failed
-//    try-lock means a new holder, which runs the same check before it lets go).
+//    rx_pending_; if it was set, it drains the socket itself (rx_process()), which leaves the
+//    read wait armed when it finds the socket empty (rx_would_block()); only when it stops on
+//    its budget with bytes left does it post rx_handler() to the progress thread. Then it
+//    unlocks, a seq_cst fence, and loads rx_pending_: still clear, done; set, it try-locks
+//    cb_mu again and repeats (a failed try-lock means a new holder, which runs the same check
+//    before it lets go).
 // No lost wake-up: the two fences are totally ordered. If the setter's comes first, the
 // holder's load after its unlock sees rx_pending_ set (or already cleared by a thread that
 // took the work over); if the holder's comes first, the setter's second try-lock sees cb_mu
-// released. A flag left set by a race costs one redundant rx_handler() run, nothing else.
+// released. A flag left set by a race costs one redundant receive run, nothing else.
 // close() holds cb_mu from an application thread too but takes no hand-back: after it,
 // nothing receives. Progress-thread holders (timers, posted handlers) never meet a setter:
 // the setter is that same thread.
+//
+// The read wait (rx_armed_): whichever thread finds the socket empty, the progress thread or
+// a poller, makes sure one wait is armed (rx_would_block(), under cb_mu); rx_armed_ keeps it
+// to one, so a hand-back or a posted run costs no second wait and no second handler. Arming
+// from a poller is safe against a lost edge: Asio arms a wait with epoll_ctl(EPOLL_CTL_MOD),
+// which looks at the socket again and reports data that came after the poller's recv(). A
+// poller that took a hand-back therefore re-arms with one epoll_ctl instead of waking the
+// progress thread (which then found the socket empty, re-armed, and met the poller again on
+// its next run: a wake-up and three system calls per round, for as long as it polled).
 //
 // A busy poller still calls recv() once per poll while it waits (a poller that skipped the
 // socket until the read wait reported readiness made the progress thread pace the receive:
@@ -127,11 +143,15 @@ void IwarpConn::start() {
 // quarter). What it no longer does is end each receive run with an EAGAIN: a short recv()
 // already says the socket is empty (rx_would_block()).
 
+// cb_mu held (any thread): at most one read wait at a time.
 void IwarpConn::arm_read() {
+  ECA_ASSERT_HELD(cb_mu_);
+  if (rx_armed_.exchange(true, std::memory_order_acq_rel)) return;
   auto self = shared_from_this();
   sock_.async_wait(boost::asio::ip::tcp::socket::wait_read,
                    [self](const boost::system::error_code &ec) {
                      if (ec == boost::asio::error::operation_aborted) return;
+                     self->rx_armed_.store(false, std::memory_order_release);
                      self->rx_handler();
                    });
 }
@@ -154,8 +174,9 @@ void IwarpConn::rx_handler() {
 void IwarpConn::rx_unlock(std::unique_lock<Mutex> &cb, bool more) {
   for (;;) {
     if (rx_pending_.exchange(false, std::memory_order_acq_rel)) {
-      if (!closed_ && !ended_ && !rx_.parked) rx_process(kPollBudget);
-      more = true;  // the progress thread re-arms the read wait
+      // Drained: rx_process() left the read wait armed. Budget used up: the progress thread
+      // continues.
+      if (!closed_ && !ended_ && !rx_.parked && rx_process(kPollBudget)) more = true;
     }
     cb.unlock();
     if (more) {
@@ -196,7 +217,91 @@ void IwarpConn::poll_progress() {
   // Budget used up with more to come: the progress thread continues (its read wait only
   // fires for new data).
   const bool more = !closed_ && !ended_ && !rx_.parked && rx_process(kPollBudget);
+  poll_looks_.fetch_add(1, std::memory_order_relaxed);
+  if (!quiet_.load(std::memory_order_relaxed) && ++loud_looks_ >= kQuietAfterLooks &&
+      !closed_ && !ended_)
+    quiet_enter();
   rx_unlock(cb, more);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quiet: while an application thread polls, arriving data does not wake the progress thread.
+//
+// The socket is registered with the progress thread's epoll edge-triggered for as long as it
+// is open (Asio), so every arrival woke the progress thread, even with no read wait armed,
+// and a busy poller that had already taken the data lost its CPU to it (on two loaded cores,
+// thousands of wake-ups a second, each a context switch on the critical path). After
+// kQuietAfterLooks receive runs by pollers, quiet_enter() raises SO_RCVLOWAT: the kernel
+// reports the socket readable (and wakes the epoll) only once kQuietLowat bytes wait, on
+// memory pressure, at the end of the stream or on an error; a poller's non-blocking recv()
+// still returns whatever is there. Two ways back, both through quiet_leave(), which sets
+// SO_RCVLOWAT to 1 (the kernel then reports readiness at once if data waits, so nothing
+// that arrived while quiet is left unseen) and makes sure the read wait is armed:
+//  - the watchdog (quiet_check(), every kQuietCheck on the progress thread) finds that no
+//    poller looked at the socket for a whole period: one-sided work the application does not
+//    poll for is placed by the progress thread again within two periods;
+//  - the application arms one of our CQs (cq_armed()): it is about to wait for an event, so
+//    the progress thread must receive. Posted, so that it runs at once.
+// quiet_ is written under cb_mu only; costs: two setsockopt() calls per quiet spell and a
+// timer tick per kQuietCheck while it lasts, instead of a wake-up per arrival. The watchdog
+// takes no lock unless it leaves, and then only tries cb_mu (a holder is a poller).
+
+void IwarpConn::quiet_enter() {
+  ECA_ASSERT_HELD(cb_mu_);
+  int lowat = kQuietLowat;
+  if (::setsockopt(fd_, SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof lowat) != 0) {
+    loud_looks_ = 0;  // stays loud; tried again after another kQuietAfterLooks
+    return;
+  }
+  quiet_.store(true, std::memory_order_relaxed);
+  auto self = shared_from_this();
+  Progress::instance().post([self] {
+    if (!self->quiet_.load(std::memory_order_relaxed) || self->closed_) return;
+    self->quiet_seen_ = self->poll_looks_.load(std::memory_order_relaxed);
+    self->quiet_watch();
+  });
+}
+
+// Progress thread: the watchdog looks again after kQuietCheck. Re-arming the timer cancels a
+// wait still pending, so there is one watchdog however often quiet begins.
+void IwarpConn::quiet_watch() {
+  auto self = shared_from_this();
+  quiet_timer_.expires_after(kQuietCheck);
+  quiet_timer_.async_wait([self](const boost::system::error_code &ec) {
+    if (!ec) self->quiet_check();
+  });
+}
+
+// Progress thread, no lock: it never waits for a poller. A poller that looked since the last
+// run, or holds cb_mu now, is still polling.
+void IwarpConn::quiet_check() {
+  if (!quiet_.load(std::memory_order_relaxed) || closed_) return;
+  const uint32_t looks = poll_looks_.load(std::memory_order_relaxed);
+  if (looks == quiet_seen_) {
+    std::unique_lock cb(cb_mu_, std::try_to_lock);
+    if (cb.owns_lock()) return quiet_leave();
+  }
+  quiet_seen_ = looks;
+  quiet_watch();
+}
+
+void IwarpConn::quiet_leave() {
+  ECA_ASSERT_HELD(cb_mu_);
+  if (!quiet_.exchange(false, std::memory_order_relaxed)) return;
+  loud_looks_ = 0;
+  int lowat = 1;
+  ::setsockopt(fd_, SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof lowat);
+  if (!closed_ && !ended_ && !rx_.parked) arm_read();
+}
+
+// Any thread (ibv_req_notify_cq); never blocks.
+void IwarpConn::cq_armed() {
+  if (!quiet_.load(std::memory_order_relaxed)) return;
+  auto self = shared_from_this();
+  Progress::instance().post([self] {
+    std::lock_guard cb(self->cb_mu_);
+    if (!self->closed_) self->quiet_leave();
+  });
 }
 
 // Whether the peer may have sent something the application waits for: a receive is posted
@@ -281,11 +386,10 @@ bool IwarpConn::rx_process(size_t budget) {
 }
 
 // The socket has nothing more (EAGAIN, or a recv() that came back short: TCP hands over all
-// it holds, and what arrives later raises a new readiness edge). A polling thread arms
-// nothing: the progress thread's read wait is still armed, or an rx_handler() is due (see
-// "Hand-back"). The progress thread arms it before its reactor looks for edges again.
+// it holds, and what arrives later raises a new readiness edge): the read wait is armed, by
+// this thread if it is not already (see "Hand-back"). cb_mu held.
 bool IwarpConn::rx_would_block() {
-  if (Progress::instance().on_progress_thread()) arm_read();
+  arm_read();
   return false;
 }
 

@@ -32,7 +32,8 @@ IwarpConn::IwarpConn(Qp &qp, LlpConnection &&llp)
       fpdu_payload_(config().fpdu_payload),
       qpn_(qp.qpn),
       park_timer_(Progress::instance().io()),
-      term_timer_(Progress::instance().io()) {
+      term_timer_(Progress::instance().io()),
+      quiet_timer_(Progress::instance().io()) {
   crc_ = llp.crc;
   rd_ = engine::OrdIrd(llp.ord, llp.ird);
   rtr_recv_ = llp.rtr_recv;

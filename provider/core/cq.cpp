@@ -83,6 +83,7 @@ bool Cq::push(const ibv_wc &wc, bool solicited) {
       if (slot >= ring.size()) slot -= (uint32_t)ring.size();
       ring[slot] = wc;
       count++;
+      ready.store(count, std::memory_order_release);
       if (armed == Arm::Next ||
           (armed == Arm::Solicited && (solicited || wc.status != IBV_WC_SUCCESS))) {
         if ((mod_count > 1 || mod_period_us) && channel && wc.status == IBV_WC_SUCCESS) {
@@ -136,7 +137,10 @@ bool Cq::push(const ibv_wc &wc, bool solicited) {
 int Cq::poll(int n, ibv_wc *out) {
   if (n < 0) return -EINVAL;
   int k = 0;
+  // mu only when there is something to take: a completion pushed after the look at `ready`
+  // is found by the next poll (a poll reports what had arrived when it looked).
   auto take = [&] {
+    if (ready.load(std::memory_order_acquire) == 0) return;
     std::lock_guard lk(mu);
     const uint32_t cap = (uint32_t)ring.size();
     while (k < n && count) {
@@ -144,6 +148,7 @@ int Cq::poll(int n, ibv_wc *out) {
       head = head + 1 == cap ? 0 : head + 1;
       count--;
     }
+    ready.store(count, std::memory_order_relaxed);
   };
   take();
   if (k == 0 && n > 0 && nhooks.load(std::memory_order_relaxed) &&

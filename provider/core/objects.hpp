@@ -210,6 +210,9 @@ struct Cq {
   std::mutex mu;
   std::vector<ibv_wc> ring;  // capacity = ring.size()
   uint32_t head = 0, count = 0;
+  // `count` as of the last push or poll (stored under mu): an empty poll reads it without
+  // taking mu, so a busy poller does not contend with the thread that pushes completions.
+  std::atomic<uint32_t> ready{0};
   enum class Arm : uint8_t { None, Next, Solicited } armed = Arm::None;
   bool overflowed = false;
   std::atomic<int> users{0};

@@ -62,7 +62,10 @@ constexpr uint32_t kMaxMsg = 65536;      // largest SEND payload (several FPDUs)
 constexpr uint32_t kRecvDepth = 16;      // receives per QP on each side = SEND credits
 constexpr uint32_t kSendDepth = 64;      // the target's send queue depth per QP
 constexpr uint64_t kPatternLen = 1 << 20;  // peer's read-only pattern region
-constexpr uint64_t kScratchLen = 1 << 20;  // peer's remote-write scratch region
+// The peer's remote-write scratch region, one part per QP: WRITEs of different connections
+// never overlap (overlapping placements from two threads are the application's data race,
+// which ThreadSanitizer reports once nothing else happens to order the threads).
+constexpr uint64_t kScratchPerQp = 256 << 10;
 
 struct MsgHdr {
   uint32_t magic;
@@ -79,6 +82,7 @@ struct PeerInfo {
   uint64_t scratch_addr;
   uint32_t pattern_rkey;
   uint32_t scratch_rkey;
+  uint64_t scratch_len;  // this QP's part of the scratch region
 };
 
 uint32_t crc32(const uint8_t *p, size_t n) {
@@ -147,7 +151,7 @@ int run_peer(uint16_t port, int qps) {
   rdma_event_channel *ch = rdma_create_event_channel();
   if (!ch) die("rdma_create_event_channel");
   auto *pattern = static_cast<uint8_t *>(map_pages(kPatternLen));
-  auto *scratch = static_cast<uint8_t *>(map_pages(kScratchLen));
+  auto *scratch = static_cast<uint8_t *>(map_pages(kScratchPerQp * qps));
   for (uint64_t i = 0; i < kPatternLen; i++) pattern[i] = pattern_byte(i);
   const uint32_t slot = kHdr + kMaxMsg;
   auto *bufs = static_cast<uint8_t *>(map_pages(size_t(slot) * kRecvDepth * qps));
@@ -177,7 +181,7 @@ int run_peer(uint16_t port, int qps) {
       pd = ibv_alloc_pd(id->verbs);
       cq = ibv_create_cq(id->verbs, 4 * kRecvDepth * qps + 64, nullptr, nullptr, 0);
       pmr = ibv_reg_mr(pd, pattern, kPatternLen, IBV_ACCESS_REMOTE_READ);
-      smr = ibv_reg_mr(pd, scratch, kScratchLen,
+      smr = ibv_reg_mr(pd, scratch, kScratchPerQp * qps,
                        IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
       bmr = ibv_reg_mr(pd, bufs, size_t(slot) * kRecvDepth * qps, IBV_ACCESS_LOCAL_WRITE);
       if (!pd || !cq || !pmr || !smr || !bmr) die("peer verbs setup");
@@ -198,7 +202,8 @@ int run_peer(uint16_t port, int qps) {
       wr.num_sge = 1;
       if (ibv_post_recv(id->qp, &wr, &bad)) die("peer post_recv");
     }
-    PeerInfo info{uint64_t(uintptr_t(pattern)), uint64_t(uintptr_t(scratch)), pmr->rkey, smr->rkey};
+    PeerInfo info{uint64_t(uintptr_t(pattern)), uint64_t(uintptr_t(scratch + kScratchPerQp * i)),
+                  pmr->rkey, smr->rkey, kScratchPerQp};
     rdma_conn_param cp{};
     cp.private_data = &info;
     cp.private_data_len = sizeof info;
@@ -671,7 +676,7 @@ void Target::poster(int idx) {
       const uint32_t len = 1 + uint32_t(rng() % kMaxMsg);
       s = {uint64_t(uintptr_t(src)), len, src_mr->lkey};
       wr.opcode = IBV_WR_RDMA_WRITE;
-      wr.wr.rdma.remote_addr = c.peer.scratch_addr + rng() % (kScratchLen - len);
+      wr.wr.rdma.remote_addr = c.peer.scratch_addr + rng() % (c.peer.scratch_len - len);
       wr.wr.rdma.rkey = c.peer.scratch_rkey;
       id = new_wr(WrKind::Write, c, nullptr, len);
       st_.writes++;

@@ -217,6 +217,33 @@ TEST_P(DataPath, RdmaWriteAndReadSizesAndOffsets) {
   EXPECT_EQ(0, memcmp(back.p(), local.p(), 100));
 }
 
+// A responder whose thread busy-polled and then stopped polling, without arming a CQ, still
+// takes RDMA WRITEs and answers RDMA READs. While a thread polls, the software backend stops
+// the socket from waking the progress thread; its watchdog must give the socket back
+// (transport/qp_rx.cpp, "Quiet"), or the READ below is never answered.
+TEST_P(DataPath, OneSidedAfterThePollerStops) {
+  ASSERT_NO_FATAL_FAILURE(Connect());
+  const uint32_t n = 65536;
+  Mem remote = Make(srv_.pd, n, 0);
+  Mem local = Make(cli_.pd, n);
+  Mem back = Make(cli_.pd, n);
+  Mem rbuf = Make(srv_.pd, 64);
+  // A posted receive gives the poller reason to look at the socket.
+  ASSERT_EQ(0, post_recv(srv_.qp, {sge(rbuf.mr, rbuf.p(), 64)}, 7));
+  ibv_wc wc{};
+  for (int i = 0; i < 1000; i++) ASSERT_EQ(0, ibv_poll_cq(srv_.rcq, 1, &wc));
+  // The responder's thread polls no more.
+  fill_pattern(local.p(), n, 9);
+  wc = post_and_wait(cli_.qp, cli_.scq, {IBV_WR_RDMA_WRITE, {sge(local.mr, local.p(), n)},
+                                         IBV_SEND_SIGNALED, 1, remote.a(), remote.mr->rkey});
+  ASSERT_EQ(wc.status, IBV_WC_SUCCESS) << wc_status_name(wc.status);
+  wc = post_and_wait(cli_.qp, cli_.scq, {IBV_WR_RDMA_READ, {sge(back.mr, back.p(), n)},
+                                         IBV_SEND_SIGNALED, 2, remote.a(), remote.mr->rkey});
+  ASSERT_EQ(wc.status, IBV_WC_SUCCESS) << wc_status_name(wc.status);
+  EXPECT_EQ(0, memcmp(back.p(), local.p(), n)) << "READ returned other data";
+  EXPECT_EQ(0, memcmp(remote.p(), local.p(), n)) << "WRITE placed other data";
+}
+
 TEST_P(DataPath, RdmaMultiSgeLocalSide) {
   ASSERT_NO_FATAL_FAILURE(Connect());
   Mem remote = Make(srv_.pd, 300000, 0xEE);
