@@ -25,6 +25,15 @@ using namespace eca::wire;
 
 namespace {
 
+// Adds staged bytes to a fixed-size part of an FPDU (its header or its CRC trailer) until the
+// part holds `need` bytes; returns how many of the `avail` bytes at `p` it took.
+size_t fill_part(uint8_t *part, size_t &have, size_t need, const uint8_t *p, size_t avail) {
+  const size_t take = std::min(avail, need - have);
+  std::memcpy(part + have, p, take);
+  have += take;
+  return take;
+}
+
 constexpr size_t kRxBudget = 4u << 20;       // bytes per handler run before yielding
 constexpr size_t kPollBudget = 256u << 10;   // bytes per ibv_poll_cq() call that receives
 constexpr size_t kDirectMin = 2048;          // payload left that is worth a direct recv
@@ -325,28 +334,20 @@ bool IwarpConn::rx_process(size_t budget) {
       const uint8_t *p = rx_.buf.data() + rx_.buf_pos;
       size_t avail = rx_.buf_end - rx_.buf_pos;
       switch (rx_.phase) {
-        case RxState::Phase::Header: {
-          size_t take = std::min(avail, rx_.hdr_need - rx_.hdr_have);
-          std::memcpy(rx_.hdr.data() + rx_.hdr_have, p, take);
-          rx_.hdr_have += take;
-          rx_.buf_pos += take;
+        case RxState::Phase::Header:
+          rx_.buf_pos += fill_part(rx_.hdr.data(), rx_.hdr_have, rx_.hdr_need, p, avail);
           if (rx_.hdr_have == rx_.hdr_need && !rx_header_complete()) return false;
           break;
-        }
         case RxState::Phase::Payload: {
           size_t take = std::min<uint64_t>(avail, rx_.payload_len - rx_.payload_done);
           rx_place(p, take);
           rx_.buf_pos += take;
           break;
         }
-        case RxState::Phase::Trailer: {
-          size_t take = std::min(avail, rx_.trailer_len - rx_.trailer_have);
-          std::memcpy(rx_.trailer.data() + rx_.trailer_have, p, take);
-          rx_.trailer_have += take;
-          rx_.buf_pos += take;
+        case RxState::Phase::Trailer:
+          rx_.buf_pos += fill_part(rx_.trailer.data(), rx_.trailer_have, rx_.trailer_len, p, avail);
           if (rx_.trailer_have == rx_.trailer_len && !rx_segment_done()) return false;
           break;
-        }
       }
     }
     // 2. Read more from the socket (the staging buffer is empty here).

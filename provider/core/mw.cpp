@@ -176,7 +176,6 @@ int mw_alloc(Pd *pd, ibv_mw_type type, Mw **out) {
     delete mw;
     return rc;
   }
-  e->ibmr.handle = e->ibmr.lkey = e->ibmr.rkey = key;
   mw->entry = std::move(e);
   mw->ibmw.rkey = key;
   mw->ibmw.handle = key;

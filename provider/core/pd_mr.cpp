@@ -19,6 +19,7 @@ namespace {
 
 class MrTable {
  public:
+  // Publishes `mr` under a new key (also its handle, lkey and rkey); ENOMEM when full.
   int add(std::shared_ptr<Mr> mr, uint32_t *key) {
     std::unique_lock lk(mu_);
     uint32_t idx;
@@ -33,6 +34,9 @@ class MrTable {
     // Index 0 is never used: STag 0 is what a zero-filled header carries.
     uint32_t k = (uint32_t)(rng_() & 0xff);
     *key = ((idx + 1) << 8) | k;
+    // The key is part of the entry before the entry is visible: get() compares it under the
+    // shared lock, from any thread.
+    mr->ibmr.handle = mr->ibmr.lkey = mr->ibmr.rkey = *key;
     slots_[idx] = std::move(mr);
     return 0;
   }
@@ -126,9 +130,6 @@ int mr_register(Pd *pd, void *addr, size_t len, uint64_t iova, int access, Mr **
   raw->ibmr.pd = &pd->ibpd;
   raw->ibmr.addr = addr;
   raw->ibmr.length = len;
-  raw->ibmr.handle = key;
-  raw->ibmr.lkey = key;
-  raw->ibmr.rkey = key;
   if (int rc = pd->ctx->dev->backend->mr_registered(*raw)) {
     table().remove(key);
     return rc;
