@@ -134,6 +134,25 @@ bool Cq::push(const ibv_wc &wc, bool solicited) {
   return true;
 }
 
+// As rdma-core's hardware providers clean a CQ when a QP is destroyed: nothing polled after
+// ibv_destroy_qp returns names that QP, so an application (libfabric's rxm, for one) may free
+// the buffers and contexts of its work requests as soon as the QP is gone. Completions that
+// arrive during the destroy (the engine's final flush) are removed with the rest.
+void Cq::purge_qp(uint32_t qpn, bool keep_srq_recv) {
+  std::lock_guard lk(mu);
+  const uint32_t cap = (uint32_t)ring.size();
+  uint32_t kept = 0;
+  for (uint32_t i = 0; i < count; i++) {
+    const ibv_wc wc = ring[(head + i) % cap];
+    const bool srq_recv = keep_srq_recv && (wc.opcode & IBV_WC_RECV);
+    if (wc.qp_num == qpn && !srq_recv) continue;
+    ring[(head + kept) % cap] = wc;  // kept <= i: never overwrites an entry still to be read
+    kept++;
+  }
+  count = kept;
+  ready.store(count, std::memory_order_release);
+}
+
 int Cq::poll(int n, ibv_wc *out) {
   if (n < 0) return -EINVAL;
   int k = 0;

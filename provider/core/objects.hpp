@@ -249,6 +249,9 @@ struct Cq {
   // marked broken and IBV_EVENT_CQ_ERR is raised; returns false.
   bool push(const ibv_wc &wc, bool solicited);
   int poll(int n, ibv_wc *out);
+  // ibv_destroy_qp: removes the completions of QP `qpn` not yet polled (keeping receive
+  // completions of SRQ WQEs when `keep_srq_recv`: their buffers belong to the SRQ).
+  void purge_qp(uint32_t qpn, bool keep_srq_recv);
   int set_moderation(uint16_t count, uint16_t period_us);
   void notify_channel();  // writes the event (mu not held)
 };

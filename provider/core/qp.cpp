@@ -169,6 +169,8 @@ int qp_destroy(Qp *qp) {
   std::unique_ptr<QpEngine> eng = qp->detach_engine();  // no thread is inside it any more
   if (eng) eng->close(false);  // after this, nothing calls back into the QP
   eng.reset();
+  qp->scq->purge_qp(qp->qpn, qp->srq != nullptr);
+  if (qp->rcq != qp->scq) qp->rcq->purge_qp(qp->qpn, qp->srq != nullptr);
   qp->pd->users--;
   qp->scq->users--;
   qp->rcq->users--;

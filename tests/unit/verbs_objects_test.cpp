@@ -417,6 +417,53 @@ TEST_P(VerbsObjects, PostingInWrongStateAndIllegalTransitions) {
   EXPECT_EQ(0, ibv_dealloc_pd(pd));
 }
 
+// ibv_destroy_qp takes the QP's unpolled completions out of its CQs (as rdma-core's hardware
+// providers do): a completion polled later would name a QP, and a wr_id, the application has
+// already released. Another QP's completions on the same CQ stay.
+TEST_P(VerbsObjects, DestroyedQpLeavesNoCompletionsBehind) {
+  OpenDev d(GetParam());
+  ASSERT_NE(d.ctx, nullptr);
+  ibv_pd *pd = ibv_alloc_pd(d.ctx);
+  ibv_cq *cq = ibv_create_cq(d.ctx, 16, nullptr, nullptr, 0);
+  ASSERT_TRUE(pd && cq);
+  ibv_qp_init_attr a = rc_attr(cq);
+  ibv_qp *gone = ibv_create_qp(pd, &a), *kept = ibv_create_qp(pd, &a);
+  ASSERT_TRUE(gone && kept);
+  std::vector<uint8_t> buf(64);
+  ibv_mr *mr = ibv_reg_mr(pd, buf.data(), buf.size(), IBV_ACCESS_LOCAL_WRITE);
+  ASSERT_NE(mr, nullptr);
+  ibv_sge s = sge(mr, buf.data(), 8);
+  // Receives posted in INIT are flushed into the CQ by ERR, unpolled.
+  for (ibv_qp *qp : {gone, kept}) {
+    for (uint64_t id = 1; id <= 3; id++) {
+      ibv_recv_wr rw{}, *bad = nullptr;
+      rw.wr_id = id + (qp == kept ? 100 : 0);
+      rw.sg_list = &s;
+      rw.num_sge = 1;
+      ASSERT_EQ(0, ibv_post_recv(qp, &rw, &bad));
+    }
+    ibv_qp_attr at{};
+    at.qp_state = IBV_QPS_ERR;
+    ASSERT_EQ(0, ibv_modify_qp(qp, &at, IBV_QP_STATE));
+  }
+  const uint32_t gone_qpn = gone->qp_num, kept_qpn = kept->qp_num;
+  ASSERT_EQ(0, ibv_destroy_qp(gone));
+  std::vector<ibv_wc> got;
+  ibv_wc wc{};
+  while (got.size() < 6 && poll_one(cq, &wc, 500)) got.push_back(wc);
+  ASSERT_EQ(got.size(), 3u) << "the surviving QP's three flushes, nothing of the destroyed QP";
+  for (const ibv_wc &w : got) {
+    EXPECT_NE(w.qp_num, gone_qpn);
+    EXPECT_EQ(w.qp_num, kept_qpn);
+    EXPECT_GT(w.wr_id, 100u);
+    EXPECT_EQ(w.status, IBV_WC_WR_FLUSH_ERR);
+  }
+  EXPECT_EQ(0, ibv_destroy_qp(kept));
+  EXPECT_EQ(0, ibv_dereg_mr(mr));
+  EXPECT_EQ(0, ibv_destroy_cq(cq));
+  EXPECT_EQ(0, ibv_dealloc_pd(pd));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Completion channels (connected pair)
 
