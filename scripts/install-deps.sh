@@ -7,7 +7,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libibverbs-dev librdmacm-dev libboost-dev libisal-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev libcli11-dev
-  perftest rdmacm-utils ibverbs-utils qperf tshark libfabric-bin openmpi-bin libopenmpi-dev python3-pyverbs
+  perftest rdmacm-utils ibverbs-utils qperf sockperf tshark libfabric-bin openmpi-bin libopenmpi-dev python3-pyverbs
   iproute2 strace procps python3 coreutils gawk grep sed findutils binutils
   clang-14 libclang-rt-14-dev
 )
