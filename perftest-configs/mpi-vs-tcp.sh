@@ -15,6 +15,11 @@
 # streaming bandwidth; then Debian's fi_pingpong (msg endpoints, 64 B) over verbs and over
 # libfabric's tcp provider. Ratios and targets (against tcp;ofi_rxm / the tcp provider):
 #   8 B latency <= 1.0x, 1 MiB bandwidth >= 2x, fi_pingpong 64 B <= 1.2x, first exchange <= 1.5x
+# Each round also measures the ceiling of any TCP-based transport over the same veth pair:
+# iperf3, one stream of 1 MiB writes (information: every byte of the software backend crosses
+# one TCP connection, so its MPI bandwidth cannot exceed this).
+# eca-mpirun leaves the ranks unbound (--bind-to none) because both "hosts" are this machine:
+# bound, each namespace's rank sat on core 0 and every configuration measured one shared core.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 rounds=3 lat_iters=2000 bw_rounds=20 pp_iters=2000
@@ -23,7 +28,7 @@ parse_opts rounds lat-iters bw-rounds pp-iters -- "$@"
 mpirun_w="$build/bin/eca-mpirun"
 prog="$build/bin/mpi_check"
 [ -x "$prog" ] || { echo "$prog missing (libopenmpi-dev, then rebuild)" >&2; exit 2; }
-need_tools mpirun fi_pingpong ip
+need_tools mpirun fi_pingpong iperf3 ip
 
 # --- two namespaces and a veth pair
 net=$((RANDOM % 200 + 20))
@@ -79,12 +84,30 @@ pingpong() {
   awk '$1 == "64" && NF >= 8 && $7 ~ /^[0-9.]+$/ {print $7}' "$out"
 }
 
+# -> iperf3 single-stream TCP throughput from B to A, MB/s (10^6 B/s)
+tcp_ceiling() {
+  local port
+  port=$(free_port)
+  ip netns exec "$ns_a" timeout 30 iperf3 -s -1 -p "$port" >/dev/null 2>&1 &
+  local spid=$!
+  pids+=("$spid")
+  for _ in $(seq 1 200); do
+    [ -n "$(ip netns exec "$ns_a" ss -ltnH "sport = :$port")" ] && break
+    sleep 0.05
+  done
+  timeout 30 ip netns exec "$ns_b" iperf3 -c "$ip_a" -p "$port" -t 2 -l 1M -J 2>/dev/null |
+    /usr/bin/python3 -c 'import json,sys; print("%.1f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 8e6))' || true
+  wait "$spid" 2>/dev/null || true
+}
+
 configs=("verbs software" "verbs hwmodel" "tcp software" "ob1 software")
 names=(verbs-sw verbs-hw tcp-rxm ob1-tcp)
 declare -A first lat bw
 for i in "${!configs[@]}"; do first[$i]=""; lat[$i]=""; bw[$i]=""; done
-pp_v="" pp_t=""
+pp_v="" pp_t="" ceil=""
 for r in $(seq 1 "$rounds"); do
+  c=$(tcp_ceiling); [ -n "$c" ] && ceil+="$c "
+  printf 'round %d iperf3 TCP over the veth pair: %s MB/s\n' "$r" "${c:-?}" >&2
   for i in "${!configs[@]}"; do
     # shellcheck disable=SC2086
     if v=$(mpi_bench ${configs[$i]}); then
@@ -107,6 +130,12 @@ for i in "${!configs[@]}"; do
 done
 ppv=$(med "$pp_v") ppt=$(med "$pp_t")
 printf 'fi_pingpong msg 64 B usec/xfer: verbs %s, tcp %s\n' "$ppv" "$ppt"
+if [ -n "$ceil" ]; then
+  printf 'TCP ceiling (iperf3, one stream, same veth pair): %.1f MB/s' "$(med "$ceil")"
+  [ -n "${bw[0]}" ] && awk -v b="$(med "${bw[0]}")" -v c="$(med "$ceil")" 'BEGIN {printf "; verbs-sw bw1m is %.2fx of it", b/c}'
+  [ -n "${bw[2]}" ] && awk -v b="$(med "${bw[2]}")" -v c="$(med "$ceil")" 'BEGIN {printf ", tcp-rxm %.2fx", b/c}'
+  echo
+fi
 if [ -n "${lat[0]}" ] && [ -n "${lat[2]}" ]; then
   awk -v l="$(med "${lat[0]}")" -v lt="$(med "${lat[2]}")" -v b="$(med "${bw[0]}")" -v bt="$(med "${bw[2]}")" \
       -v f="$(med "${first[0]}")" -v ft="$(med "${first[2]}")" -v p="$ppv" -v pt="$ppt" 'BEGIN {

@@ -8,7 +8,7 @@ PACKAGES=(
   libibverbs-dev librdmacm-dev libboost-dev libisal-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev libcli11-dev
   perftest rdmacm-utils ibverbs-utils qperf sockperf tshark libfabric-bin openmpi-bin libopenmpi-dev python3-pyverbs
-  iproute2 strace procps python3 coreutils gawk grep sed findutils binutils
+  iproute2 iperf3 strace procps python3 coreutils gawk grep sed findutils binutils
   clang-14 libclang-rt-14-dev
 )
 
