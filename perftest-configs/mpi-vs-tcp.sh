@@ -65,18 +65,25 @@ mpi_bench() {
            END {if (f == "" || l == "" || b == "") exit 1; print f, l, b}' "$out"
 }
 
-# pingpong PROVIDER -> usec/xfer of 64-byte messages over msg endpoints (one run)
-pingpong() {
-  local port out="$tmp/pp.out"
-  port=$(free_port)
-  ip netns exec "$ns_a" "$run" timeout 120 fi_pingpong -p "$1" -e msg -B "$port" -I "$pp_iters" -S 64 \
-    >"$tmp/pp.srv" 2>&1 &
-  local spid=$!
+# serve_in_a PORT COMMAND...: starts a server in namespace A (output to $tmp/srv.out), sets
+# spid, and waits until something listens on PORT there.
+serve_in_a() {
+  local port=$1
+  shift
+  ip netns exec "$ns_a" "$@" >"$tmp/srv.out" 2>&1 &
+  spid=$!
   pids+=("$spid")
   for _ in $(seq 1 200); do
     [ -n "$(ip netns exec "$ns_a" ss -ltnH "sport = :$port")" ] && break
     sleep 0.05
   done
+}
+
+# pingpong PROVIDER -> usec/xfer of 64-byte messages over msg endpoints (one run)
+pingpong() {
+  local port out="$tmp/pp.out" spid
+  port=$(free_port)
+  serve_in_a "$port" "$run" timeout 120 fi_pingpong -p "$1" -e msg -B "$port" -I "$pp_iters" -S 64
   timeout 120 ip netns exec "$ns_b" "$run" fi_pingpong -p "$1" -e msg -P "$port" -I "$pp_iters" -S 64 \
     "$ip_a" >"$out" 2>&1 || { echo "fi_pingpong -p $1 failed:" >&2; tail -5 "$out" >&2; }
   wait "$spid" 2>/dev/null || true
@@ -86,15 +93,9 @@ pingpong() {
 
 # -> iperf3 single-stream TCP throughput from B to A, MB/s (10^6 B/s)
 tcp_ceiling() {
-  local port
+  local port spid
   port=$(free_port)
-  ip netns exec "$ns_a" timeout 30 iperf3 -s -1 -p "$port" >/dev/null 2>&1 &
-  local spid=$!
-  pids+=("$spid")
-  for _ in $(seq 1 200); do
-    [ -n "$(ip netns exec "$ns_a" ss -ltnH "sport = :$port")" ] && break
-    sleep 0.05
-  done
+  serve_in_a "$port" timeout 30 iperf3 -s -1 -p "$port"
   timeout 30 ip netns exec "$ns_b" iperf3 -c "$ip_a" -p "$port" -t 2 -l 1M -J 2>/dev/null |
     /usr/bin/python3 -c 'import json,sys; print("%.1f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 8e6))' || true
   wait "$spid" 2>/dev/null || true
